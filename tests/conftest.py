@@ -1,0 +1,127 @@
+"""Fixtures: one real redis-server per test session, a unique host id per test, cleanup by PID."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.support import SLEEPER, ProcessTracker, RedisServer, short_tmpdir, start_redis
+from workerguard.config import Config, load_config
+from workerguard.guard import Guard
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def to_toml(guard: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["[guard]", *(f"{k} = {toml_value(v)}" for k, v in guard.items())]
+    for name, body in profiles.items():
+        lines += ["", f"[profiles.{json.dumps(name)}]",
+                  *(f"{k} = {toml_value(v)}" for k, v in body.items())]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Workspace:
+    """One test's world: its own host id (so its processes are recognisably its own),
+    home directory, config file and Redis database."""
+
+    redis_url: str
+    home: Path
+    tracker: ProcessTracker
+    host_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    guard_settings: dict[str, Any] = field(default_factory=dict)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tracker.host_ids.add(self.host_id)
+
+    @property
+    def token(self) -> str:
+        return self.host_id
+
+    def sleeper_profile(self, *extra_args: str, **overrides: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "command": [sys.executable, str(SLEEPER), "--tag", self.token, *extra_args],
+            "match": rf"sleeper\.py --tag {self.token}\b",
+            "start_seconds": 0.3,
+            "stop_timeout": 3,
+        }
+        body.update(overrides)
+        return body
+
+    def add_profile(self, name: str = "demo", *extra_args: str, **overrides: Any) -> str:
+        self.profiles[name] = self.sleeper_profile(*extra_args, **overrides)
+        return name
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / "workerguard.toml"
+
+    def write_config(self) -> Path:
+        guard = {"redis_url": self.redis_url, "host_id": self.host_id, "home": str(self.home),
+                 "lock_expire": 2, "lock_timeout": 20, **self.guard_settings}
+        self.config_path.write_text(to_toml(guard, self.profiles))
+        return self.config_path
+
+    def config(self) -> Config:
+        return load_config(self.write_config(), environ={})
+
+    def guard(self, client: redis.Redis) -> Guard:
+        return Guard(client, self.config())
+
+    def hand_started(self, *extra_args: str) -> Any:
+        """A worker started by hand, outside workerguard (found through ``match``)."""
+        return self.tracker.sleeper("--tag", self.token, *extra_args)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    directory = short_tmpdir("wg-redis-")
+    server = start_redis(directory)
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def tracker() -> Iterator[ProcessTracker]:
+    tracker = ProcessTracker()
+    yield tracker
+    tracker.end_all()
+
+
+@pytest.fixture
+def workspace(redis_server: RedisServer, redis_client: redis.Redis,
+              tracker: ProcessTracker) -> Iterator[Workspace]:
+    home = short_tmpdir()
+    yield Workspace(redis_url=redis_server.url, home=home, tracker=tracker)
+    shutil.rmtree(home, ignore_errors=True)

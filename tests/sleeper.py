@@ -1,0 +1,41 @@
+"""A small stand-in worker for the tests: sleeps until stopped.
+
+--children N     start N child processes (a launcher with its workers)
+--ignore-term    ignore SIGTERM (only SIGKILL ends it)
+--exit-code C    exit with code C at once (a worker that crashes on start)
+--tag TAG        a marker for the tests' match regexes
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--children", type=int, default=0)
+    parser.add_argument("--ignore-term", action="store_true")
+    parser.add_argument("--exit-code", type=int, default=None)
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    if args.exit_code is not None:
+        print(f"sleeper {os.getpid()} failing with {args.exit_code}", flush=True)
+        sys.exit(args.exit_code)
+    if args.ignore_term:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    children = [
+        subprocess.Popen([sys.executable, __file__, "--tag", f"{args.tag}-child"]
+                         + (["--ignore-term"] if args.ignore_term else []))
+        for _ in range(args.children)
+    ]
+    print(f"sleeper {os.getpid()} up, children {[c.pid for c in children]}, "
+          f"SIGINT={signal.getsignal(signal.SIGINT)}", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    main()

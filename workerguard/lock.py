@@ -1,0 +1,118 @@
+"""The two locks around a converge.
+
+``ProfileLock`` is python-redis-lock's ``Lock`` (same keys protocol, same Lua scripts)
+with three changes:
+
+* keys live under ``workerguard:`` instead of ``lock:``;
+* ``acquire_within`` waits in short ``BLPOP`` slices bounded by the holder's remaining
+  TTL, so a crashed holder delays the next caller by at most ``expire`` + ~0.1 s
+  (the stock wait can miss the expiry: redis-py 8's socket timeout, PITFALLS.md);
+* the renewal thread logs and stops when the lock was lost instead of dying with an
+  unhandled exception, and ``owned()`` lets the holder check before it acts.
+
+``host_fence`` is a host-local OS lock (``flock``) held only while acting. A Redis
+lock with a TTL is an efficiency lock: after a long pause or a failover two holders
+can believe they own it. The kernel releases the fence when its holder dies, so it
+needs no stale timeout at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from threading import Event
+from typing import Any
+
+import redis
+import redis_lock
+
+log = logging.getLogger("workerguard.lock")
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_SLICE = 1.0
+
+
+class ProfileLock(redis_lock.Lock):  # type: ignore[misc]
+    def __init__(self, client: redis.Redis, host: str, profile: str, expire: int) -> None:
+        super().__init__(client, f"{host}:{profile}", expire=expire, auto_renewal=True,
+                         strict=False)
+        self._name = f"workerguard:lock:{host}:{profile}"
+        self._signal = f"workerguard:lock-signal:{host}:{profile}"
+
+    @property
+    def key(self) -> str:
+        return str(self._name)
+
+    def acquire_within(self, timeout: float) -> bool:
+        """Take the lock, waiting at most ``timeout`` seconds; True if taken."""
+        deadline = time.monotonic() + timeout
+        client = self._client
+        while True:
+            if client.set(self._name, self._id, nx=True, ex=self._expire):
+                self._start_lock_renewer()
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            ttl_ms = client.pttl(self._name)
+            # Wake on the holder's release signal, or just after its key expires.
+            wait = min(remaining, _SLICE, ttl_ms / 1000 + 0.005 if ttl_ms > 0 else 0.01)
+            client.blpop([self._signal], timeout=max(wait, 0.01))
+
+    def owned(self) -> bool:
+        """True if the key still holds our id (the renewal thread may have lost it)."""
+        return bool(self.get_owner_id() == self.id)
+
+    @staticmethod
+    def _lock_renewer(name: str, lockref: weakref.ref[Any], interval: float,
+                      stop: Event) -> None:
+        while not stop.wait(timeout=interval):
+            lock = lockref()
+            if lock is None:
+                return
+            try:
+                lock.extend(expire=lock._expire)
+            except redis_lock.NotAcquired:
+                log.warning("lock %s was lost (expired or taken over); renewal stopped", name)
+                return
+            except REDIS_ERRORS as exc:
+                log.warning("renewing lock %s failed: %s; retrying", name, exc)
+            del lock
+
+
+@contextmanager
+def host_fence(directory: Path, profile: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``directory/<profile>.lock`` for the block."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{profile}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if sys.platform == "win32":  # untested here: no Windows host in CI
+            import msvcrt
+
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:
+                    continue
+            try:
+                yield
+            finally:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,50 @@
+"""The pure planning function: instances + policy -> keep, stop, how many to start.
+
+Most of workerguard's correctness lives here, away from processes and Redis, so it
+is tested exhaustively with generated inputs (tests/test_plan.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .workers.model import Instance
+
+Keep = Literal["newest", "oldest"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    keep: tuple[Instance, ...]
+    stop: tuple[Instance, ...]
+    start: int
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.stop and self.start == 0
+
+
+def make_plan(instances: Sequence[Instance], *, min_workers: int, max_workers: int,
+              keep: Keep = "newest", may_start: bool = True) -> Plan:
+    """Decide which instances survive and how many to start.
+
+    Instances beyond ``max_workers`` are stopped, keeping the newest (or oldest) by
+    ``(create_time, pid)``; ``create_time`` ticks at 10 ms, so the pid breaks ties.
+    When ``may_start`` is true, instances are started up to ``min_workers``.
+    """
+    if max_workers < 0 or min_workers < 0:
+        raise ValueError("min_workers and max_workers must be >= 0")
+    if may_start and min_workers > max_workers:
+        raise ValueError("min_workers must be <= max_workers")
+    unique = {inst.pid: inst for inst in instances}
+    ordered = sorted(unique.values(), key=Instance.sort_key, reverse=(keep == "newest"))
+    kept = ordered[:max_workers]
+    stopped = ordered[max_workers:]
+    start = max(0, min_workers - len(kept)) if may_start else 0
+    return Plan(
+        keep=tuple(sorted(kept, key=Instance.sort_key)),
+        stop=tuple(sorted(stopped, key=Instance.sort_key)),
+        start=start,
+    )

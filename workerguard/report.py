@@ -1,0 +1,175 @@
+"""Result dicts (the task contract) and the human lines printed for them.
+
+Every result has at least ``profile``, ``host``, ``action``, ``running``, ``started``,
+``stopped``, ``dry_run``, plus ``ok`` and ``message`` (the line the CLI prints,
+worded like the script it replaces: ``rpa: already running (PIDs: 51848)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .config import Profile
+from .plan import Plan
+from .state import Backoff
+from .workers import Instance, SpawnFailure
+
+Result = dict[str, Any]
+FAILED_ACTIONS = frozenset({"start_failed", "error"})
+
+
+def _pids(pids: Sequence[int]) -> str:
+    return ", ".join(str(p) for p in pids)
+
+
+def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],
+               failures: Sequence[SpawnFailure], anything_running: bool) -> str:
+    if mode == "stop_all":
+        return "stopped_all" if plan.stop else "nothing_to_stop"
+    if failures:
+        return "start_failed"
+    if started:
+        return "started"
+    if plan.stop:
+        return "stopped_extras"
+    if mode == "enforce" and not anything_running:
+        return "nothing_to_stop"
+    return "already_running" if anything_running else "nothing_to_do"
+
+
+def _message(profile: str, action: str, r: Result) -> str:
+    running, stopped = _pids(r["running"]), _pids(r["stopped"])
+    kept = _pids(r.get("kept", []))
+    if action == "already_running":
+        return f"{profile}: already running (PIDs: {running})"
+    if action == "started":
+        return f"{profile}: started (PIDs: {_pids(r['started'])})"
+    if action == "stopped_extras":
+        return f"{profile}: keeping {kept or 'none'}, stopping {stopped}"
+    if action == "stopped_all":
+        return f"{profile}: stopped {stopped}; paused until the next ensure"
+    if action == "nothing_to_stop":
+        return f"{profile}: no instances to stop"
+    if action == "nothing_to_do":
+        return f"{profile}: nothing running, none required (min_workers = 0)"
+    if action == "start_failed":
+        return f"{profile}: start failed: {r['error']}"
+    if action == "backoff":
+        b = r["backoff"]
+        return (f"{profile}: in backoff after {b['failures']} failed starts; next attempt in "
+                f"{max(0.0, b['next_attempt'] - r['time']):.0f} s (ensure --force starts now)")
+    if action == "paused":
+        return f"{profile}: paused (stopped by {r['paused']['by']}); ensure clears it"
+    if action == "error":
+        return f"{profile}: {r['error']}"
+    return f"{profile}: {action}"
+
+
+def result(host: str, profile: str, action: str, *, running: Sequence[Instance],
+           started: Sequence[int] = (), stopped: Sequence[int] = (), kept: Sequence[int] = (),
+           failures: Sequence[SpawnFailure] = (), backoff: Backoff | None = None,
+           now: float | None = None, dry_run: bool = False, **extra: Any) -> Result:
+    r: Result = {
+        "profile": profile,
+        "host": host,
+        "action": action,
+        "running": [i.pid for i in running],
+        "started": list(started),
+        "stopped": list(stopped),
+        "kept": list(kept),
+        "dry_run": dry_run,
+        "time": now if now is not None else time.time(),
+        **extra,
+    }
+    if failures:
+        r["error"] = "; ".join(f.describe() for f in failures)
+    if backoff is not None and backoff.failures:
+        r["backoff"] = {"failures": backoff.failures, "next_attempt": backoff.next_attempt}
+    r["ok"] = action not in FAILED_ACTIONS
+    r["message"] = _message(profile, action, r)
+    return r
+
+
+def paused_result(host: str, profile: str, instances: Sequence[Instance],
+                  pause: Mapping[str, Any]) -> Result:
+    return result(host, profile, "paused", running=instances, paused=dict(pause))
+
+
+def error_result(host: str, profile: str, exc: Exception) -> Result:
+    return result(host, profile, "error", running=(), error=str(exc))
+
+
+def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
+                   backoff: Backoff | None) -> Result:
+    start = 0 if backoff else plan.start
+    if backoff:
+        action = "backoff"
+    elif mode == "stop_all":
+        action = "stopped_all" if plan.stop else "nothing_to_stop"
+    elif start:
+        action = "started"
+    elif plan.stop:
+        action = "stopped_extras"
+    elif plan.keep:
+        action = "already_running"
+    else:
+        action = "nothing_to_stop" if mode == "enforce" else "nothing_to_do"
+    r = result(host, profile, action, running=[*plan.keep, *plan.stop],
+               kept=[i.pid for i in plan.keep], dry_run=True, backoff=backoff,
+               would_stop=[i.pid for i in plan.stop], would_start=start)
+    if action in ("started", "stopped_extras", "stopped_all"):
+        parts = []
+        if plan.keep:
+            parts.append(f"keep {_pids(r['kept'])}")
+        if plan.stop:
+            parts.append(f"stop {_pids(r['would_stop'])}")
+        if start:
+            parts.append(f"start {start}")
+        r["message"] = f"{profile}: [dry-run] would {', '.join(parts)}"
+    else:
+        r["message"] = "[dry-run] " + r["message"]
+    return r
+
+
+def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
+                  found: Mapping[str, Sequence[Instance]],
+                  paused: Mapping[str, Mapping[str, Any] | None],
+                  backoffs: Mapping[str, Backoff], now: float) -> Result:
+    entries: dict[str, Any] = {}
+    lines = []
+    for p in profiles:
+        instances = found[p.name]
+        backoff = backoffs[p.name]
+        if paused[p.name]:
+            state = "paused"
+        elif backoff.active(now):
+            state = "backoff"
+        elif instances:
+            state = "running"
+        else:
+            state = "stopped"
+        entries[p.name] = {
+            "state": state,
+            "min_workers": p.min_workers,
+            "max_workers": p.max_workers,
+            "instances": [
+                {"pid": i.pid, "create_time": i.create_time,
+                 "uptime": round(max(0.0, now - i.create_time), 1),
+                 "tree": list(i.tree), "marked": i.marked, "cmdline": list(i.cmdline)}
+                for i in instances
+            ],
+            "paused": dict(paused[p.name]) if paused[p.name] else None,
+            "backoff": ({"failures": backoff.failures, "next_attempt": backoff.next_attempt}
+                        if backoff.failures else None),
+            "command": list(p.command),
+        }
+        pids = _pids([i.pid for i in instances]) or "-"
+        lines.append(f"{p.name}: {state} (PIDs: {pids})")
+    running = [i.pid for p in profiles for i in found[p.name]]
+    return {
+        "profile": profile, "host": host, "action": "status", "running": running,
+        "started": [], "stopped": [], "dry_run": False, "profiles": entries,
+        "time": now, "ok": True, "message": "\n".join(lines),
+    }
