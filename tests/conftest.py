@@ -63,7 +63,7 @@ class Workspace:
     def sleeper_profile(self, *extra_args: str, **overrides: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "command": [sys.executable, str(SLEEPER), "--tag", self.token, *extra_args],
-            "match": rf"sleeper\.py --tag {self.token}\b",
+            "match": rf"sleeper\.py --tag {self.token}(\s|$)",
             "start_seconds": 0.3,
             "stop_timeout": 3,
         }

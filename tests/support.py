@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -110,6 +110,12 @@ class ProcessTracker:
 
     host_ids: set[str] = field(default_factory=set)
     popens: list[subprocess.Popen[Any]] = field(default_factory=list)
+    adopted: list[psutil.Process] = field(default_factory=list)
+
+    def adopt(self, pid: int) -> None:
+        """End this process too (one a test caused to start, such as an embedded server)."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self.adopted.append(psutil.Process(pid))
 
     def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
         kwargs.setdefault("stdout", subprocess.DEVNULL)
@@ -132,7 +138,7 @@ class ProcessTracker:
         return found
 
     def end_all(self) -> None:
-        targets: list[psutil.Process] = []
+        targets: list[psutil.Process] = [p for p in self.adopted if p.is_running()]
         for popen in self.popens:
             if popen.poll() is None:
                 with contextlib.suppress(psutil.NoSuchProcess):
@@ -149,6 +155,9 @@ class ProcessTracker:
         for popen in self.popens:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(10)
+            for pipe in (popen.stdin, popen.stdout, popen.stderr):
+                if pipe is not None:
+                    pipe.close()
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,

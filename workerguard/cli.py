@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from .config import Config, load_config
-from .errors import (ConfigError, InvalidRequest, UnknownProfile, WorkerguardError)
+from .errors import ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
 from .redact import redact_text, redact_url
 
 EXIT_OK = 0

@@ -44,6 +44,8 @@ class Settings:
     request_expires: float = 300.0
     result_expires: float = 3600.0
     events_maxlen: int = 10_000
+    embedded_linger: float = 5.0
+    """Seconds the embedded redis-server outlives its last user (no effect with redis_url)."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -144,6 +146,7 @@ _SETTINGS_NUMBERS: dict[str, dict[str, Any]] = {
     "request_expires": {},
     "result_expires": {},
     "events_maxlen": {"integer": True},
+    "embedded_linger": {"positive": False, "minimum": 0},
 }
 
 

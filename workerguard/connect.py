@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .config import Settings
 from .embedded import embedded_redis
@@ -16,9 +18,13 @@ def redis_client(url: str) -> redis.Redis:
     """A client for the lock and state. Short timeouts: a dead Redis fails fast.
 
     The lock waits in BLPOP slices of at most 1 s, well below ``socket_timeout``.
+    Only connection errors are retried (twice, briefly): a command that timed out may
+    have run, and re-sending ``SET NX`` would make us wait on our own lock.
     """
+    retry = Retry(ExponentialBackoff(cap=0.25, base=0.05), 2,
+                  supported_errors=(redis.exceptions.ConnectionError,))
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=30)
+                                health_check_interval=30, retry=retry)
 
 
 def celery_url(url: str) -> str:
@@ -36,5 +42,5 @@ def redis_url(settings: Settings) -> Iterator[str]:
     if settings.redis_url:
         yield settings.redis_url
         return
-    with embedded_redis(settings.home) as url:
+    with embedded_redis(settings.home, settings.embedded_linger) as url:
         yield url

@@ -150,7 +150,7 @@ def serve(directory: Path, linger: float) -> int:
             "--unixsocketperm", "700", "--dir", str(directory), "--appendonly", "yes",
             "--save", "", "--daemonize", "no", "--logfile", str(directory / "redis-server.log")]
     server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
-                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509 (single-threaded)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     users = os.open(directory / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
     idle_since: float | None = None

@@ -25,6 +25,8 @@ from .plan import Plan, make_plan
 from .state import State
 from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances
 
+__all__ = ["Guard", "discover", "scan_processes"]  # the last two: patched by fault tests
+
 log = logging.getLogger("workerguard.guard")
 Mode = Literal["ensure", "sweep", "enforce", "stop_all"]
 Result = dict[str, Any]
@@ -86,9 +88,9 @@ class Guard:
         results = []
         for profile in profiles:
             instances = found[profile.name]
-            if paused[profile.name]:
-                results.append(report.paused_result(self.host, profile.name, instances,
-                                                    paused[profile.name]))
+            pause = paused[profile.name]
+            if pause:
+                results.append(report.paused_result(self.host, profile.name, instances, pause))
                 continue
             if self._ensure_plan(profile, instances).is_noop:
                 results.append(report.result(self.host, profile.name, "already_running",

@@ -142,7 +142,8 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
     for p in profiles:
         instances = found[p.name]
         backoff = backoffs[p.name]
-        if paused[p.name]:
+        pause = paused[p.name]
+        if pause:
             state = "paused"
         elif backoff.active(now):
             state = "backoff"
@@ -160,7 +161,7 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
                  "tree": list(i.tree), "marked": i.marked, "cmdline": list(i.cmdline)}
                 for i in instances
             ],
-            "paused": dict(paused[p.name]) if paused[p.name] else None,
+            "paused": dict(pause) if pause else None,
             "backoff": ({"failures": backoff.failures, "next_attempt": backoff.next_attempt}
                         if backoff.failures else None),
             "command": list(p.command),

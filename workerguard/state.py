@@ -104,8 +104,12 @@ class State:
 def read_events(client: redis.Redis, *, since: str = "-", count: int = 100,
                 ) -> list[tuple[str, dict[str, str]]]:
     """Events after the stream id ``since`` (``-`` for the beginning), oldest first."""
-    entries = client.xrange(EVENTS_KEY, min=since, max="+", count=count)
+    entries: Any = client.xrange(EVENTS_KEY, min=since, max="+", count=count)
     return [
-        (eid.decode(), {k.decode(): v.decode() for k, v in fields.items()})
+        (_text(eid), {_text(k): _text(v) for k, v in fields.items()})
         for eid, fields in entries
     ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

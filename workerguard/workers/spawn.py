@@ -100,7 +100,8 @@ def _popen(argv: list[str], cwd: str | None, env: dict[str, str], log: Path,
                     return subprocess.Popen(argv, **common)  # type: ignore[call-overload, no-any-return]
                 finally:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return subprocess.Popen(argv, preexec_fn=_reset_sigint, **common)  # type: ignore[call-overload, no-any-return]
+        # Off the main thread we cannot swap the handler: reset it in the child instead.
+        return subprocess.Popen(argv, preexec_fn=_reset_sigint, **common)  # type: ignore[call-overload, no-any-return]  # noqa: PLW1509
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:

@@ -1,0 +1,218 @@
+"""The guard against a real redis-server and real processes."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import Workspace
+from tests.support import free_port, poll_for
+from workerguard import guard as guard_module
+from workerguard.connect import redis_client as redis_client_for
+from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
+from workerguard.guard import Guard
+from workerguard.lock import ProfileLock
+from workerguard.state import read_events
+
+
+def running(guard: Guard, profile: str = "demo") -> list[int]:
+    return list(guard.status(profile)["running"])
+
+
+def test_ensure_starts_one_then_reports_it_running(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    first = guard.ensure("demo", requested_by="test")
+    assert first["action"] == "started" and first["ok"]
+    assert first["running"] == first["started"] and len(first["started"]) == 1
+    assert first["message"] == f"demo: started (PIDs: {first['started'][0]})"
+    second = guard.ensure("demo", requested_by="test")
+    assert second["action"] == "already_running"
+    assert second["running"] == first["started"]
+    assert second["message"] == f"demo: already running (PIDs: {first['started'][0]})"
+    [(_, event)] = read_events(redis_client)
+    assert event["action"] == "started" and event["requested_by"] == "test"
+    assert event["host"] == workspace.host_id and event["pids"] == str(first["started"][0])
+
+
+def test_enforce_keeps_the_newest_including_hand_started_ones(workspace: Workspace,
+                                                              redis_client):
+    workspace.add_profile(max_workers=2, min_workers=1)
+    guard = workspace.guard(redis_client)
+    started = guard.ensure("demo")["started"]
+    manual = [workspace.hand_started() for _ in range(2)]
+    poll_for(lambda: len(running(guard)) == 3, message="three instances")
+    result = guard.enforce("demo", max_workers=1)
+    assert result["action"] == "stopped_extras"
+    newest = manual[-1].pid
+    assert result["running"] == [newest]
+    assert sorted(result["stopped"]) == sorted([*started, manual[0].pid])
+    assert result["message"] == (f"demo: keeping {newest}, stopping "
+                                 + ", ".join(str(p) for p in result["stopped"]))
+    assert manual[0].wait(5) is not None and manual[-1].poll() is None
+
+
+def test_ensure_stops_extras_beyond_max_keeping_oldest_when_asked(workspace: Workspace,
+                                                                   redis_client):
+    workspace.add_profile(keep="oldest")
+    guard = workspace.guard(redis_client)
+    manual = [workspace.hand_started() for _ in range(3)]
+    poll_for(lambda: len(running(guard)) == 3)
+    result = guard.ensure("demo")
+    assert result["action"] == "stopped_extras"
+    assert result["running"] == [manual[0].pid]
+
+
+def test_stop_all_pauses_until_the_next_ensure(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    pid = guard.ensure("demo")["started"][0]
+    stopped = guard.stop_all("demo", requested_by="operator")
+    assert stopped["action"] == "stopped_all" and stopped["stopped"] == [pid]
+    assert stopped["running"] == []
+    for _ in range(3):
+        [swept] = guard.sweep()
+        assert swept["action"] == "paused" and swept["running"] == []
+    status = guard.status("demo")["profiles"]["demo"]
+    assert status["state"] == "paused" and status["paused"]["by"] == "operator"
+    assert guard.stop_all("demo")["action"] == "nothing_to_stop"
+    again = guard.ensure("demo")
+    assert again["action"] == "started"
+    assert guard.status("demo")["profiles"]["demo"]["state"] == "running"
+
+
+def test_sweep_restarts_a_killed_worker_and_cuts_extras_with_one_scan(workspace: Workspace,
+                                                                      redis_client, monkeypatch):
+    workspace.add_profile("a")
+    workspace.add_profile("b")
+    workspace.profiles["b"]["command"][-1] = workspace.token + "-b"
+    workspace.profiles["b"]["match"] = rf"sleeper\.py --tag {workspace.token}-b(\s|$)"
+    guard = workspace.guard(redis_client)
+    pid_a = guard.ensure("a")["started"][0]
+    guard.ensure("b")
+    psutil.Process(pid_a).kill()
+    poll_for(lambda: not psutil.pid_exists(pid_a), message="worker a to die")
+    scans: list[int] = []
+    real_scan = guard_module.scan_processes
+    def counting_scan():
+        scans.append(1)
+        return real_scan()
+
+    monkeypatch.setattr(guard_module, "scan_processes", counting_scan)
+    results = {r["profile"]: r for r in guard.sweep()}
+    assert results["a"]["action"] == "started"
+    assert results["b"]["action"] == "already_running"
+    assert len(scans) == 1
+
+
+def test_dry_run_changes_nothing(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    nothing = guard.ensure("demo", dry_run=True)
+    assert nothing["dry_run"] and nothing["would_start"] == 1 and nothing["started"] == []
+    assert nothing["message"] == "demo: [dry-run] would start 1"
+    assert running(guard) == []
+    manual = [workspace.hand_started() for _ in range(2)]
+    poll_for(lambda: len(running(guard)) == 2)
+    for result in (guard.enforce("demo", dry_run=True), guard.ensure("demo", dry_run=True),
+                   guard.stop_all("demo", dry_run=True)):
+        assert result["dry_run"] and result["stopped"] == []
+        assert "[dry-run]" in result["message"]
+    assert all(p.poll() is None for p in manual)
+    assert guard.status("demo")["profiles"]["demo"]["state"] == "running"  # not paused
+    assert read_events(redis_client) == []
+
+
+def test_a_lock_lost_before_acting_touches_nothing(workspace: Workspace, redis_client,
+                                                   monkeypatch):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    manual = [workspace.hand_started() for _ in range(2)]
+    poll_for(lambda: len(running(guard)) == 2)
+    real_discover = guard_module.discover
+
+    def discover_then_lose_the_lock(*args, **kwargs):
+        found = real_discover(*args, **kwargs)
+        redis_client.delete(f"workerguard:lock:{workspace.host_id}:demo")  # expired meanwhile
+        return found
+
+    monkeypatch.setattr(guard_module, "discover", discover_then_lose_the_lock)
+    with pytest.raises(LockLost, match="nothing was touched"):
+        guard.enforce("demo")
+    assert all(p.poll() is None for p in manual)
+
+
+def test_redis_unreachable_fails_clearly_and_kills_nothing(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    manual = [workspace.hand_started() for _ in range(2)]
+    dead = redis_client_for(f"redis://127.0.0.1:{free_port()}/0")
+    guard = Guard(dead, workspace.config())
+    for action in (lambda: guard.enforce("demo"), lambda: guard.ensure("demo"),
+                   lambda: guard.stop_all("demo"), guard.sweep):
+        with pytest.raises(RedisUnavailable, match="nothing was touched"):
+            action()
+    assert all(p.poll() is None for p in manual)
+
+
+def test_unknown_profile_is_refused_before_anything_happens(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    with pytest.raises(UnknownProfile, match="unknown profile 'nope'"):
+        guard.ensure("nope")
+    assert redis_client.keys("workerguard:*") == []
+
+
+def test_a_sigkilled_lock_holder_delays_the_next_caller_by_at_most_lock_expire(
+        workspace: Workspace, redis_client):
+    # The holder spawns a worker and waits out a long start window while holding the lock.
+    workspace.add_profile(start_seconds=30)
+    config_path = workspace.write_config()
+    holder = workspace.tracker.popen([sys.executable, "-m", "workerguard.cli", "ensure", "demo",
+                                      "--local", "--config", str(config_path)])
+    key = f"workerguard:lock:{workspace.host_id}:demo"
+    guard = workspace.guard(redis_client)
+    poll_for(lambda: redis_client.exists(key) and running(guard), timeout=20,
+             message="holder to take the lock and spawn")
+    holder.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    holder.wait(5)
+    waiter = ProfileLock(redis_client, workspace.host_id, "demo", expire=2)
+    assert waiter.acquire_within(10)
+    waited = time.monotonic() - killed_at
+    waiter.release()
+    assert waited <= 2 + 1.0, f"waited {waited:.2f} s for a lock with expire=2"
+    result = guard.ensure("demo")
+    assert result["action"] == "already_running"  # the orphaned spawn is counted: no duplicate
+    assert len(result["running"]) == 1
+
+
+def test_crash_loop_backs_off_exponentially_and_force_overrides(workspace: Workspace,
+                                                                redis_client):
+    workspace.add_profile("demo", "--exit-code", "3", start_retries=2, backoff_max=4)
+    now = [1000.0]
+    guard = Guard(redis_client, workspace.config(), clock=lambda: now[0])
+    first = guard.ensure("demo")
+    assert first["action"] == "start_failed" and not first["ok"]
+    assert "exited with code 3" in first["error"] and "failing with 3" in first["error"]
+    second = guard.ensure("demo")
+    assert second["action"] == "start_failed"
+    assert second["backoff"] == {"failures": 2, "next_attempt": 1001.0}
+    blocked = guard.ensure("demo")
+    assert blocked["action"] == "backoff" and blocked["started"] == []
+    assert "next attempt in 1 s" in blocked["message"]
+    assert guard.sweep()[0]["action"] == "backoff"
+    assert guard.status("demo")["profiles"]["demo"]["state"] == "backoff"
+    now[0] = 1001.5
+    assert guard.ensure("demo")["backoff"]["next_attempt"] == 1001.5 + 2
+    forced = guard.ensure("demo", force=True)
+    assert forced["action"] == "start_failed"
+    assert forced["backoff"]["next_attempt"] == 1001.5 + 4  # capped by backoff_max
+    # A working command resets the count.
+    workspace.profiles["demo"]["command"] = workspace.sleeper_profile()["command"]
+    fixed = Guard(redis_client, workspace.config(), clock=lambda: now[0])
+    assert fixed.ensure("demo", force=True)["action"] == "started"
+    assert fixed.status("demo")["profiles"]["demo"]["backoff"] is None

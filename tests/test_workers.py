@@ -1,0 +1,158 @@
+"""The process layer against real processes: discover, spawn, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import Workspace
+from tests.support import SLEEPER, poll_for
+from workerguard.config import Profile
+from workerguard.workers import discover, spawn_instances, stop_instances
+from workerguard.workers.model import Instance
+from workerguard.workers.spawn import child_environment
+
+
+def sleeper_profile(ws: Workspace, *extra: str, **overrides: Any) -> Profile:
+    ws.add_profile("demo", *extra, **overrides)
+    return ws.config().profile("demo")
+
+
+def children_of(pid: int) -> list[int]:
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+def test_a_worker_with_children_is_one_instance_and_stop_ends_the_tree(workspace: Workspace):
+    profile = sleeper_profile(workspace, "--children", "2")
+    spawned, failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    assert not failures and len(spawned) == 1
+    root = spawned[0].pid
+    poll_for(lambda: len(children_of(root)) == 2, message="children")
+    kids = children_of(root)
+    [instance] = discover([profile], workspace.host_id)["demo"]
+    assert instance.pid == root
+    assert set(instance.tree) == {root, *kids}
+    outcome = stop_instances([instance], stop_timeout=3)
+    assert outcome.stopped == [root]
+    for pid in [root, *kids]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_decoys_with_similar_names_are_never_instances(workspace: Workspace):
+    profile = sleeper_profile(workspace)
+    decoys = [
+        workspace.tracker.sleeper("--tag", workspace.token + "x"),  # same script, other tag
+        workspace.tracker.popen([sys.executable, "-c", f"import time; time.sleep(600)  # {SLEEPER}"]),
+    ]
+    # a process with the full mark of another host is not ours either
+    foreign_env = {**os.environ, "WORKERGUARD_PROFILE": "demo", "WORKERGUARD_HOST_ID": "elsewhere"}
+    decoys.append(workspace.tracker.popen([sys.executable, str(SLEEPER), "--tag", "other"],
+                                          env=foreign_env))
+    poll_for(lambda: all(psutil.Process(d.pid).cmdline()[-1:] != [] for d in decoys))
+    assert discover([profile], workspace.host_id)["demo"] == []
+    assert all(d.poll() is None for d in decoys)
+
+
+def test_hand_started_worker_is_found_by_match(workspace: Workspace):
+    profile = sleeper_profile(workspace)
+    manual = workspace.hand_started()
+    found = poll_for(lambda: discover([profile], workspace.host_id)["demo"], message="match")
+    assert [i.pid for i in found] == [manual.pid]
+    assert not found[0].marked
+
+
+def test_spawned_worker_is_detached_marked_and_gets_a_clean_environment(workspace: Workspace,
+                                                                        monkeypatch):
+    monkeypatch.setenv("CELERY_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("_MP_FORK_LOGLEVEL_", "10")
+    profile = sleeper_profile(workspace, env={"RPA_MODE": "prod"})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a Celery pool child
+    try:
+        [spawned], failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert failures == []
+    proc = psutil.Process(spawned.pid)
+    env = proc.environ()
+    assert env["WORKERGUARD_PROFILE"] == "demo"
+    assert env["WORKERGUARD_HOST_ID"] == workspace.host_id
+    assert env["WORKERGUARD_INSTANCE"] == spawned.instance_id
+    assert env["RPA_MODE"] == "prod"
+    assert not {"CELERY_LOG_LEVEL", "_MP_FORK_LOGLEVEL_", "PYTHONPATH"} & set(env)
+    assert os.getsid(spawned.pid) == spawned.pid  # its own session
+    log = workspace.home / "demo.log"
+    poll_for(lambda: "SIGINT=<built-in function default_int_handler>" in log.read_text(),
+             message="sleeper to report a default SIGINT handler")
+    os.kill(spawned.pid, signal.SIGINT)  # SIGINT works again: the worker exits
+    poll_for(lambda: not psutil.pid_exists(spawned.pid), message="worker to exit on SIGINT")
+
+
+def test_a_worker_that_dies_at_start_is_reported_with_code_and_log(workspace: Workspace):
+    profile = sleeper_profile(workspace, "--exit-code", "3")
+    spawned, failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    assert spawned == []
+    [failure] = failures
+    assert failure.returncode == 3
+    assert "failing with 3" in failure.log_tail
+    assert "exited with code 3" in failure.describe()
+    assert failure.pid is not None and not psutil.pid_exists(failure.pid)  # reaped
+
+
+def test_a_command_that_does_not_exist_is_a_failure_not_a_crash(workspace: Workspace):
+    profile = sleeper_profile(workspace, command=["/nonexistent/worker"])
+    spawned, failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    assert spawned == [] and "could not start" in failures[0].describe()
+
+
+def test_an_exiting_spawned_worker_never_stays_a_zombie(workspace: Workspace):
+    profile = sleeper_profile(workspace)
+    [spawned], _ = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    os.kill(spawned.pid, signal.SIGTERM)
+    poll_for(lambda: not psutil.pid_exists(spawned.pid), message="reaper thread to reap it")
+
+
+def test_a_worker_that_ignores_sigterm_is_killed_after_stop_timeout(workspace: Workspace):
+    profile = sleeper_profile(workspace, "--ignore-term", "--children", "1", stop_timeout=0.5)
+    [spawned], _ = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    poll_for(lambda: children_of(spawned.pid), message="child")
+    [instance] = discover([profile], workspace.host_id)["demo"]
+    outcome = stop_instances([instance], stop_timeout=0.5)
+    assert outcome.stopped == [spawned.pid]
+    assert set(outcome.killed) == set(instance.tree)
+    assert outcome.survivors == []
+
+
+def test_a_reused_pid_is_never_signalled(workspace: Workspace):
+    bystander = workspace.tracker.sleeper("--tag", "bystander")
+    real = psutil.Process(bystander.pid)
+    stale = Instance(profile="demo", pid=bystander.pid, create_time=real.create_time() - 50)
+    outcome = stop_instances([stale], stop_timeout=0.5)
+    assert outcome.stopped == [bystander.pid]  # the instance we knew is gone ...
+    assert bystander.poll() is None  # ... and the process now holding its PID is untouched
+
+
+def test_an_already_gone_process_counts_as_stopped(tmp_path: Path):
+    gone = Instance(profile="demo", pid=2**22 + 12345, create_time=1.0)
+    assert stop_instances([gone]).stopped == [gone.pid]
+
+
+def test_child_environment_is_explicit():
+    profile = Profile(name="rpa", command=("x",), env={"A": "1"})
+    env = child_environment(profile, "h1", "i1", parent_env={"PATH": "/bin", "PYTHONPATH": "/x",
+                                                             "CELERY_X": "1"})
+    assert env == {"PATH": "/bin", "A": "1", "WORKERGUARD_PROFILE": "rpa",
+                   "WORKERGUARD_HOST_ID": "h1", "WORKERGUARD_INSTANCE": "i1"}
+
+
+@pytest.mark.parametrize("count", [3])
+def test_spawning_several_instances_at_once_starts_them_all(workspace: Workspace, count: int):
+    profile = sleeper_profile(workspace, min_workers=count, max_workers=count)
+    spawned, failures = spawn_instances(profile, count, workspace.host_id, workspace.home)
+    assert len(spawned) == count and not failures
+    assert len(discover([profile], workspace.host_id)["demo"]) == count
