@@ -125,3 +125,81 @@ def workspace(redis_server: RedisServer, redis_client: redis.Redis,
     home = short_tmpdir()
     yield Workspace(redis_url=redis_server.url, home=home, tracker=tracker)
     shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclass
+class CeleryHarness:
+    """A real guard worker (and optionally beat) as subprocesses, plus a client app."""
+
+    workspace: Workspace
+    app: Any = None
+    worker: Any = None
+    beats: list[Any] = field(default_factory=list)
+
+    def client_app(self) -> Any:
+        if self.app is None:
+            from workerguard.tasks.app import make_app
+
+            self.app = make_app(self.workspace.config(), self.workspace.redis_url)
+        return self.app
+
+    @property
+    def node(self) -> str:
+        return f"workerguard@{self.workspace.host_id}"
+
+    @property
+    def queue(self) -> str:
+        return f"workerguard.{self.workspace.host_id}"
+
+    def start_worker(self, *extra: str) -> Any:
+        from tests.support import cli_env, poll_for
+
+        config = str(self.workspace.write_config())
+        log = (self.workspace.home / "guard-worker.log").open("ab")
+        self.worker = self.workspace.tracker.popen(
+            [sys.executable, "-m", "workerguard.cli", "worker", "--config", config,
+             "--loglevel", "INFO", *extra], stdout=log, stderr=log, env=cli_env())
+        log.close()
+        app = self.client_app()
+        poll_for(lambda: self._answers_ping(app), timeout=60, interval=0.2,
+                 message=f"guard worker {self.node} to answer ping")
+        return self.worker
+
+    def _answers_ping(self, app: Any) -> bool:
+        assert self.worker.poll() is None, self.log_tail()
+        return bool(app.control.ping(destination=[self.node], timeout=0.5))
+
+    def start_beat(self) -> Any:
+        from tests.support import cli_env
+
+        config = str(self.workspace.write_config())
+        log = (self.workspace.home / f"beat{len(self.beats)}.log").open("ab")
+        home = self.workspace.home / f"beat{len(self.beats)}"
+        env = cli_env(WORKERGUARD_HOME=str(home))  # each beat its own schedule file
+        beat = self.workspace.tracker.popen(
+            [sys.executable, "-m", "workerguard.cli", "beat", "--config", config],
+            stdout=log, stderr=log, env=env)
+        log.close()
+        self.beats.append(beat)
+        return beat
+
+    def log_tail(self) -> str:
+        path = self.workspace.home / "guard-worker.log"
+        return path.read_text()[-3000:] if path.exists() else ""
+
+    def call(self, task: str, *args: Any, timeout: float = 60, **kwargs: Any) -> Any:
+        request = self.client_app().send_task(task, args=list(args), kwargs=kwargs,
+                                              queue=self.queue, expires=120)
+        request.get(timeout=timeout, propagate=False)
+        return request
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.close()
+
+
+@pytest.fixture
+def harness(workspace: Workspace) -> Iterator[CeleryHarness]:
+    harness = CeleryHarness(workspace)
+    yield harness
+    harness.close()

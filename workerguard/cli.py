@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from .config import Config, load_config
-from .errors import ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
+from .errors import ActionFailed, ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
 from .redact import redact_text, redact_url
 
 EXIT_OK = 0
@@ -51,6 +51,9 @@ def _errors() -> Iterator[None]:
     except (ConfigError, UnknownProfile, InvalidRequest) as exc:
         click.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
+    except ActionFailed as exc:  # the guard's own line, as --local prints it
+        click.echo(redact_text(str(exc)))
+        sys.exit(EXIT_FAILED)
     except WorkerguardError as exc:
         click.echo(f"error: {redact_text(str(exc))}", err=True)
         sys.exit(EXIT_FAILED)
@@ -198,6 +201,42 @@ def check(config_file: str | None) -> None:
         click.echo(f"  {p.name}: {' '.join(p.command)}  workers {p.min_workers}..{p.max_workers}"
                    f"  keep={p.keep}{match}")
     click.echo("ok")
+
+
+@main.command()
+@config_option
+@click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default="threads",
+              show_default=True, help="Celery pool; threads suits a guard's waiting and works on Windows.")
+@click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(config_file: str | None, pool: str, concurrency: int, loglevel: str) -> None:
+    """Run the guard: a Celery worker on this host's queues and the sweep broadcast."""
+    from .services import run_worker
+
+    run_worker(_load(config_file), pool, concurrency, loglevel)
+
+
+@main.command()
+@config_option
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def beat(config_file: str | None, loglevel: str) -> None:
+    """Run Celery beat with the sweep schedule (every sweep_interval seconds). Run one."""
+    from .services import run_beat
+
+    run_beat(_load(config_file), loglevel)
+
+
+@main.command()
+@config_option
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def up(config_file: str | None, loglevel: str) -> None:
+    """Embedded Redis (without redis_url) + guard worker + beat, in the foreground.
+
+    Ctrl-C stops the three; the workers they manage keep running.
+    """
+    from .services import run_up
+
+    sys.exit(run_up(_load(config_file), loglevel))
 
 
 if __name__ == "__main__":

@@ -94,13 +94,18 @@ class Guard:
                 continue
             if self._ensure_plan(profile, instances).is_noop:
                 results.append(report.result(self.host, profile.name, "already_running",
-                                             running=instances))
+                                             running=instances, kept=[i.pid for i in instances]))
                 continue
             try:
                 results.append(self._converge(profile, "sweep", requested_by=requested_by))
             except (LockTimeout, LockLost, RedisUnavailable) as exc:
                 results.append(report.error_result(self.host, profile.name, exc))
         return results
+
+    def claim_sweep(self) -> bool:
+        """Deduplicate sweeps per host (see ``State.claim_sweep``)."""
+        with self._redis():
+            return self.state.claim_sweep(self.settings.sweep_interval)
 
     # the converge ----------------------------------------------------------------------
     def _ensure_plan(self, profile: Profile, instances: list[Instance]) -> Plan:

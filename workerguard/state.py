@@ -82,6 +82,16 @@ class State:
     def reset_backoff(self, profile: str) -> None:
         self.client.delete(backoff_key(self.host, profile))
 
+    # sweeps --------------------------------------------------------------------------
+    def claim_sweep(self, interval: float) -> bool:
+        """True for the first sweep of this host in the current half-interval.
+
+        Two beats running by mistake send each sweep twice, milliseconds apart; the
+        second finds the key and is skipped.
+        """
+        key = f"workerguard:sweep:{self.host}"
+        return bool(self.client.set(key, "1", nx=True, px=max(1, int(interval * 500))))
+
     # action log ----------------------------------------------------------------------
     def record(self, profile: str, action: str, pids: Iterable[int], requested_by: str,
                detail: str = "") -> None:

@@ -1,0 +1,188 @@
+"""Across the queue: a real guard worker (and beat) as subprocesses, real processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import CeleryHarness, Workspace
+from tests.support import HERE, cli_env, poll_for, run_cli
+
+pytestmark = pytest.mark.celery
+
+
+def instances(harness: CeleryHarness) -> list[int]:
+    request = harness.call("workerguard.status", "demo")
+    assert request.state == "SUCCESS", request.result
+    return list(request.result["running"])
+
+
+def test_two_hundred_requests_from_ten_plain_celery_clients_leave_exactly_one_instance(
+        workspace: Workspace, harness: CeleryHarness):
+    workspace.add_profile(start_seconds=0.5)
+    harness.start_worker()
+    clients = [
+        workspace.tracker.popen(
+            [sys.executable, str(HERE / "celery_client.py"), workspace.redis_url, harness.queue,
+             "20", "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        for _ in range(10)
+    ]
+    answers = []
+    for client in clients:
+        out, err = client.communicate(timeout=240)
+        assert client.returncode == 0, err
+        answers += json.loads(out)
+    assert len(answers) == 200
+    assert all(a["state"] == "SUCCESS" for a in answers), [a for a in answers if a["state"] != "SUCCESS"][:3]
+    actions = [a["result"]["action"] for a in answers]
+    assert actions.count("started") == 1
+    assert actions.count("already_running") == 199
+    [pid] = next(a["result"]["started"] for a in answers if a["result"]["action"] == "started")
+    assert instances(harness) == [pid]
+
+
+def test_stop_survives_sweeps_until_an_explicit_ensure(workspace: Workspace,
+                                                       harness: CeleryHarness):
+    workspace.add_profile()
+    workspace.guard_settings["sweep_interval"] = 0.5
+    harness.start_worker()
+    started = harness.call("workerguard.ensure", "demo")
+    assert started.result["action"] == "started"
+    stopped = harness.call("workerguard.stop_all", "demo")
+    assert stopped.result["action"] == "stopped_all"
+    harness.start_beat()
+
+    def sweeps_done() -> int:
+        return sum("workerguard.sweep[" in line and "succeeded" in line
+                   for line in harness.log_tail().splitlines())
+
+    poll_for(lambda: sweeps_done() >= 3, timeout=30, interval=0.2, message="three sweeps")
+    assert instances(harness) == []
+    again = harness.call("workerguard.ensure", "demo")
+    assert again.result["action"] == "started"
+
+
+def test_a_killed_worker_is_restarted_by_the_next_sweep(workspace: Workspace,
+                                                         harness: CeleryHarness):
+    interval, start_seconds = 1.0, 0.3
+    workspace.add_profile(start_seconds=start_seconds)
+    workspace.guard_settings["sweep_interval"] = interval
+    harness.start_worker()
+    harness.start_beat()
+    [first] = poll_for(lambda: instances(harness), timeout=30, message="the first sweep to start it")
+    psutil.Process(first).kill()
+    killed_at = time.monotonic()
+    replacement = poll_for(lambda: [p for p in instances(harness) if p != first], timeout=30,
+                           interval=0.05, message="a sweep to restart the worker")
+    took = time.monotonic() - killed_at
+    assert len(replacement) == 1
+    assert took <= interval + start_seconds + 2.0, f"restart took {took:.2f} s"
+
+
+BAD_REQUESTS: list[tuple[str, list[Any], dict[str, Any], str]] = [
+    ("workerguard.ensure", ["nope"], {}, "unknown profile 'nope'"),
+    ("workerguard.ensure", [42], {}, "profile must be a string"),
+    ("workerguard.ensure", ["../demo"], {}, "profile must match"),
+    ("workerguard.ensure", ["demo"], {"dry_run": "yes"}, "dry_run must be true or false"),
+    ("workerguard.ensure", ["demo"], {"command": ["rm", "-rf", "/"]},
+     "unexpected keyword argument 'command'"),
+    ("workerguard.enforce", ["demo"], {"max_workers": 0}, "max_workers must be between 1"),
+    ("workerguard.enforce", ["demo"], {"max_workers": 10**30}, "max_workers must be between 1"),
+    ("workerguard.enforce", ["demo"], {"max_workers": "1"}, "max_workers must be an integer"),
+    ("workerguard.enforce", ["demo"], {"max_workers": True}, "max_workers must be an integer"),
+    ("workerguard.stop_all", [], {}, "missing 1 required positional argument"),
+    ("workerguard.stop_all", ["demo", False, None, "extra"], {}, "positional argument"),
+]
+
+
+def test_bad_requests_fail_with_a_clear_message_and_touch_nothing(workspace: Workspace,
+                                                                   harness: CeleryHarness):
+    workspace.add_profile(max_workers=1)
+    manual = [workspace.hand_started() for _ in range(2)]  # two: any enforce would stop one
+    harness.start_worker()
+    for task, args, kwargs, expected in BAD_REQUESTS:
+        request = harness.call(task, *args, **kwargs)
+        assert request.state == "FAILURE", (task, args, kwargs, request.result)
+        assert expected in str(request.result), (expected, str(request.result))
+    assert all(p.poll() is None for p in manual)
+    assert harness.worker.poll() is None
+    assert sorted(instances(harness)) == sorted(p.pid for p in manual)
+
+
+def test_a_pickle_message_is_refused_and_the_guard_keeps_serving(workspace: Workspace,
+                                                                  harness: CeleryHarness):
+    workspace.add_profile()
+    manual = [workspace.hand_started() for _ in range(2)]
+    harness.start_worker()
+    app = harness.client_app()
+    app.conf.accept_content = ["json", "pickle"]
+    request = app.send_task("workerguard.stop_all", args=["demo"], queue=harness.queue,
+                            serializer="pickle")
+    poll_for(lambda: "ContentDisallowed" in harness.log_tail() or
+             "disallowed" in harness.log_tail().lower(), timeout=20, message="a logged refusal")
+    assert request.state == "PENDING"  # never ran
+    assert all(p.poll() is None for p in manual)
+    assert sorted(instances(harness)) == sorted(p.pid for p in manual)
+
+
+def test_a_guard_sigkilled_while_holding_the_lock_leaves_no_duplicate(workspace: Workspace,
+                                                                       harness: CeleryHarness,
+                                                                       redis_client):
+    workspace.add_profile(start_seconds=5)
+    harness.start_worker()
+    app = harness.client_app()
+    app.send_task("workerguard.ensure", args=["demo"], queue=harness.queue)
+    key = f"workerguard:lock:{workspace.host_id}:demo"
+    guard = workspace.guard(redis_client)
+    poll_for(lambda: redis_client.exists(key) and guard.status("demo")["running"], timeout=30,
+             message="the guard to hold the lock with a worker spawned")
+    [spawned] = guard.status("demo")["running"]
+    harness.worker.send_signal(signal.SIGKILL)
+    harness.worker.wait(10)
+    assert psutil.pid_exists(spawned)  # the worker outlives its guard
+    harness.start_worker()
+    again = harness.call("workerguard.ensure", "demo")
+    assert again.result["action"] == "already_running"
+    assert again.result["running"] == [spawned]
+
+
+def test_the_cli_without_local_goes_through_the_queue(workspace: Workspace,
+                                                       harness: CeleryHarness):
+    workspace.add_profile()
+    harness.start_worker()
+    config = str(workspace.config_path)
+    started = run_cli("ensure", "demo", "--config", config, env=cli_env())
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.startswith("demo: started (PIDs: ")
+    again = run_cli("ensure", "demo", "--config", config, env=cli_env())
+    assert again.stdout.startswith("demo: already running (PIDs: ")
+    status = json.loads(run_cli("status", "--json", "--config", config, env=cli_env()).stdout)
+    assert status["profiles"]["demo"]["state"] == "running"
+    unknown = run_cli("ensure", "nope", "--config", config, env=cli_env())
+    assert unknown.returncode == 2 and "unknown profile 'nope'" in unknown.stderr
+
+
+def test_the_cli_says_when_no_guard_answers(workspace: Workspace):
+    workspace.add_profile()
+    config = str(workspace.write_config())
+    done = run_cli("ensure", "demo", "--config", config, "--timeout", "1", env=cli_env())
+    assert done.returncode == 1
+    assert f"no guard answered on workerguard.{workspace.host_id} within 1 s" in done.stderr
+
+
+def test_a_failed_start_is_a_failed_task_with_the_guard_s_message(workspace: Workspace,
+                                                                   harness: CeleryHarness):
+    workspace.add_profile("demo", "--exit-code", "5")
+    harness.start_worker()
+    request = harness.call("workerguard.ensure", "demo")
+    assert request.state == "FAILURE"
+    assert "demo: start failed" in str(request.result) and "exited with code 5" in str(request.result)
+    done = run_cli("ensure", "demo", "--config", str(workspace.config_path), env=cli_env())
+    assert done.returncode == 1 and "exited with code 5" in done.stdout

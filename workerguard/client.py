@@ -1,0 +1,130 @@
+"""Send requests to a guard and wait for the answer (used by the CLI and other services).
+
+Another service needs nothing of this module: plain Celery works too, see the README
+(``send_task("workerguard.ensure", args=["rpa"], queue="workerguard.rpa-01")``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from .config import Config, load_config
+from .connect import redis_url
+from .errors import ActionFailed, InvalidRequest, UnknownProfile, WorkerguardError
+from .tasks.app import host_queue, make_app
+
+ANSWER_TIMEOUT = 10.0
+"""How long a request waits for a guard to pick it up; it expires after that."""
+
+Result = dict[str, Any]
+
+
+class NoGuardAnswered(WorkerguardError):
+    """No guard consumed the request's queue in time; the request expired unanswered."""
+
+
+def default_timeout(config: Config) -> float:
+    return config.settings.lock_timeout + 60.0
+
+
+def send(app: Celery, config: Config, task: str, args: list[Any], kwargs: dict[str, Any],
+         host: str | None = None, expires: float | None = None) -> Any:
+    queue = host_queue(host or config.settings.host_id)
+    return app.send_task(task, args=args, kwargs=kwargs, queue=queue,
+                         expires=expires or config.settings.request_expires)
+
+
+def wait(async_result: Any, queue: str, timeout: float,
+         answer_timeout: float = ANSWER_TIMEOUT) -> Result:
+    """Wait for a guard to pick the request up, then for its result."""
+    started = time.monotonic()
+    try:
+        value = async_result.get(timeout=min(answer_timeout, timeout), propagate=False)
+    except CeleryTimeout:
+        if async_result.state == "PENDING":
+            raise NoGuardAnswered(
+                f"no guard answered on {queue} within {min(answer_timeout, timeout):g} s "
+                "(is `workerguard worker` running for that host?)") from None
+        remaining = max(0.1, timeout - (time.monotonic() - started))
+        try:
+            value = async_result.get(timeout=remaining, propagate=False)
+        except CeleryTimeout:
+            raise WorkerguardError(
+                f"the guard on {queue} took the request ({async_result.id}) but did not "
+                f"finish within {timeout:g} s") from None
+    if async_result.state == "FAILURE":
+        raise _as_error(value)
+    if not isinstance(value, dict):
+        raise WorkerguardError(f"unexpected answer from the guard: {value!r}")
+    return value
+
+
+def _as_error(exc: Any) -> WorkerguardError:
+    if isinstance(exc, WorkerguardError):
+        return exc
+    name = type(exc).__name__
+    text = str(exc)
+    if name in ("UnknownProfile",):
+        return UnknownProfile(text)
+    if name in ("InvalidRequest", "TypeError"):
+        return InvalidRequest(text)
+    if name == "ActionFailed":
+        return ActionFailed(text)
+    return WorkerguardError(f"{name}: {text}")
+
+
+def call_and_wait(config: Config, task: str, args: list[Any], kwargs: dict[str, Any],
+                  host: str | None = None, timeout: float | None = None) -> Result:
+    """Send one request to a host's queue and return its result dict."""
+    timeout = timeout or default_timeout(config)
+    queue = host_queue(host or config.settings.host_id)
+    with redis_url(config.settings) as url:
+        app = make_app(config, url)
+        try:
+            # Expire with our patience: a request nobody took in time never runs later.
+            request = send(app, config, task, args, kwargs, host,
+                           expires=min(ANSWER_TIMEOUT, timeout))
+            return wait(request, queue, timeout)
+        finally:
+            app.close()
+
+
+def _call(task: str, args: list[Any], kwargs: dict[str, Any], host: str | None, wait_: bool,
+          timeout: float | None, config: Config | None) -> Any:
+    config = config or load_config()
+    if wait_:
+        return call_and_wait(config, task, args, kwargs, host=host, timeout=timeout)
+    if not config.settings.redis_url:
+        raise WorkerguardError("wait=False needs a redis_url: the embedded server is per command")
+    app = make_app(config, config.settings.redis_url)
+    return send(app, config, task, args, kwargs, host)
+
+
+def ensure(profile: str, host: str | None = None, wait: bool = True, timeout: float | None = None,
+           dry_run: bool = False, config: Config | None = None) -> Any:
+    """Ask the guard of ``host`` to converge ``profile``; the result dict, or the AsyncResult."""
+    return _call("workerguard.ensure", [profile], {"dry_run": dry_run}, host, wait, timeout, config)
+
+
+def enforce(profile: str, max_workers: int | None = None, host: str | None = None,
+            wait: bool = True, timeout: float | None = None, dry_run: bool = False,
+            config: Config | None = None) -> Any:
+    return _call("workerguard.enforce", [profile], {"max_workers": max_workers, "dry_run": dry_run},
+                 host, wait, timeout, config)
+
+
+def stop_all(profile: str, host: str | None = None, wait: bool = True,
+             timeout: float | None = None, dry_run: bool = False,
+             config: Config | None = None) -> Any:
+    return _call("workerguard.stop_all", [profile], {"dry_run": dry_run}, host, wait, timeout,
+                 config)
+
+
+def status(profile: str | None = None, host: str | None = None, wait: bool = True,
+           timeout: float | None = None, config: Config | None = None) -> Any:
+    return _call("workerguard.status", [profile] if profile else [], {}, host, wait, timeout,
+                 config)

@@ -1,0 +1,81 @@
+"""The long-running commands: ``workerguard worker``, ``beat`` and ``up``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .config import Config
+from .connect import redis_url
+from .tasks.app import host_queue, make_app
+
+
+def node_name(config: Config) -> str:
+    return f"workerguard@{config.settings.host_id}"
+
+
+def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> None:
+    with redis_url(config.settings) as url:
+        app = make_app(config, url)
+        app.worker_main([
+            "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
+            "--hostname", node_name(config), "--task-events",
+            "--queues", f"workerguard,{host_queue(config.settings.host_id)},workerguard.broadcast",
+        ])
+
+
+def run_beat(config: Config, loglevel: str) -> None:
+    with redis_url(config.settings) as url:
+        app = make_app(config, url)
+        config.settings.home.mkdir(parents=True, exist_ok=True)
+        app.Beat(schedule=str(config.settings.home / "beat-schedule"), loglevel=loglevel,
+                 max_interval=min(5.0, config.settings.sweep_interval)).run()
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def run_up(config: Config, loglevel: str) -> int:
+    """Run embedded Redis, the guard worker and beat until Ctrl-C or SIGTERM."""
+    stopping = False
+
+    def request_stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    with redis_url(config.settings) as url:
+        env = {**os.environ, "WORKERGUARD_REDIS_URL": url}
+        base = [sys.executable, "-m", "workerguard.cli"]
+        common = ["--config", config.source, "--loglevel", loglevel]
+        children = [
+            subprocess.Popen([*base, "worker", *common], env=env,
+                             preexec_fn=_die_with_parent),  # noqa: PLW1509 (no threads yet)
+            subprocess.Popen([*base, "beat", *common], env=env,
+                             preexec_fn=_die_with_parent),  # noqa: PLW1509
+        ]
+        print(f"workerguard up: worker pid {children[0].pid}, beat pid {children[1].pid}, "
+              f"redis {'embedded' if not config.settings.redis_url else 'configured'}; "
+              "Ctrl-C stops them (managed workers keep running)", flush=True)
+        while not stopping and all(c.poll() is None for c in children):
+            time.sleep(0.2)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(max(0.1, deadline - time.monotonic()))
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    return 0 if stopping else 1

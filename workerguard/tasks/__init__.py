@@ -1,0 +1,26 @@
+"""Celery front: ``celery -A workerguard.tasks worker`` finds ``app`` here.
+
+The app is built on first access from the config (``WORKERGUARD_CONFIG`` or
+./workerguard.toml), so importing this package never fails on a bad config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .app import BROADCAST, DEFAULT_QUEUE, host_queue, make_app
+
+__all__ = ["BROADCAST", "DEFAULT_QUEUE", "app", "host_queue", "make_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("app", "celery"):
+        from ..config import load_config
+        from ..embedded import socket_path, url_for
+
+        config = load_config()
+        url = config.settings.redis_url or url_for(socket_path(config.settings.home))
+        built = make_app(config, url)
+        globals()["app"] = globals()["celery"] = built
+        return built
+    raise AttributeError(name)

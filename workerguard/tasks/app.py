@@ -1,0 +1,90 @@
+"""The Celery app: configuration, queues, routing and the beat schedule.
+
+Queues (contract): every guard consumes ``workerguard`` (the shared default) and
+``workerguard.<host_id>``; sweeps go to the fanout exchange ``workerguard.broadcast``,
+so each guard receives every sweep and sweeps only its own host.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.common import Broadcast
+from kombu.entity import Exchange, Queue
+
+from ..config import Config
+from ..connect import celery_url
+
+DEFAULT_QUEUE = "workerguard"
+BROADCAST = "workerguard.broadcast"
+SWEEP_TASK = "workerguard.sweep"
+
+
+def host_queue(host_id: str) -> str:
+    return f"{DEFAULT_QUEUE}.{host_id}"
+
+
+def direct_queue(name: str) -> Queue:
+    """Declared exactly as plain Celery declares a missing queue named in ``send_task``,
+    so a sender that knows only the queue name and the guard agree on the binding."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+def sweep_queue() -> Broadcast:
+    return Broadcast(BROADCAST, routing_key=BROADCAST)
+
+
+def make_app(config: Config, redis_url: str) -> Celery:
+    """Build the guard's Celery app for ``config``, talking to ``redis_url``."""
+    settings = config.settings
+    url = celery_url(redis_url)
+    app = Celery("workerguard", broker=url, backend=url, set_as_current=False)
+    app.conf.update(
+        # JSON only: a pickle message is refused before it reaches a task.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        event_serializer="json",
+        # What Flower needs to show each request with its arguments and result.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_track_started=True,
+        result_extended=True,
+        result_expires=int(settings.result_expires),
+        # Routing.
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=[
+            direct_queue(DEFAULT_QUEUE),
+            direct_queue(host_queue(settings.host_id)),
+            sweep_queue(),
+        ],
+        task_default_exchange=DEFAULT_QUEUE,
+        task_default_routing_key=DEFAULT_QUEUE,
+        # Celery's broadcast recipe, plus declaring the fanout exchange on publish:
+        # kombu's Redis transport treats an undeclared exchange as direct and would
+        # LPUSH the sweep to a list nobody reads instead of PUBLISHing it.
+        task_routes={SWEEP_TASK: {"queue": BROADCAST, "exchange": BROADCAST,
+                                  "routing_key": BROADCAST,
+                                  "declare": [Exchange(BROADCAST, type="fanout")]}},
+        task_create_missing_queues=True,
+        # A guard holds a task for a long time (lock waits, start windows): no hoarding.
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 3600},
+        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "workerguard-sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweep_interval,
+                # A sweep that waited longer than one interval is replaced by the next.
+                "options": {"expires": settings.sweep_interval},
+            }
+        },
+    )
+    app.conf.workerguard_config = config
+    app.conf.workerguard_redis_url = redis_url
+    from .handlers import register
+
+    register(app)
+    return app

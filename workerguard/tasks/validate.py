@@ -1,0 +1,53 @@
+"""Strict checks of task arguments: nothing is coerced, every refusal names the problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import MAX_WORKERS_LIMIT, PROFILE_NAME, Config
+from ..errors import InvalidRequest
+
+MAX_REQUESTER = 200
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def profile_name(config: Config, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"profile must be a string, got {type(value).__name__} {_shown(value)}")
+    if not PROFILE_NAME.fullmatch(value):
+        raise InvalidRequest(f"profile must match {PROFILE_NAME.pattern}, got {_shown(value)}")
+    config.profile(value)  # raises UnknownProfile naming the configured ones
+    return value
+
+
+def optional_profile(config: Config, value: Any) -> str | None:
+    return None if value is None else profile_name(config, value)
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be true or false, got {type(value).__name__} {_shown(value)}")
+    return value
+
+
+def max_workers(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(
+            f"max_workers must be an integer or null, got {type(value).__name__} {_shown(value)}")
+    if not 1 <= value <= MAX_WORKERS_LIMIT:
+        raise InvalidRequest(f"max_workers must be between 1 and {MAX_WORKERS_LIMIT}, got {_shown(value)}")
+    return value
+
+
+def requester(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_REQUESTER or "\x00" in value:
+        raise InvalidRequest(f"requested_by must be a string of at most {MAX_REQUESTER} characters")
+    return value
