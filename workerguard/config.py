@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -56,6 +57,12 @@ class Settings:
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
+
+    @property
+    def fence_dir(self) -> Path:
+        """Host-wide, not under ``home``: every guard of this host must share the fences,
+        whatever its ``WORKERGUARD_HOME``."""
+        return Path(tempfile.gettempdir()) / "workerguard-fences"
 
 
 @dataclass(frozen=True)

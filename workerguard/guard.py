@@ -1,7 +1,9 @@
 """The one place that combines the lock, the process layer and the plan.
 
 Each action runs discover -> plan -> act -> verify under one Redis lock per
-(host, profile); acting (stop/spawn) also holds a host-local fence. The guard takes a
+(host, profile) and, inside it, a host-local fence (``flock``): if the Redis lock is
+lost (expiry during a long stall, a failover), a second guard on this host still
+waits for the first to finish instead of acting on a stale view. The guard takes a
 Redis client and a config; it knows nothing of Celery, so the CLI's ``--local`` mode,
 the Celery tasks and the tests all call exactly this code.
 """
@@ -25,7 +27,8 @@ from .plan import Plan, make_plan
 from .state import State
 from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances
 
-__all__ = ["Guard", "discover", "scan_processes"]  # the last two: patched by fault tests
+__all__ = ["Guard", "discover", "scan_processes", "spawn_instances", "stop_instances"]
+# (all but Guard re-exported for the fault tests, which wrap them with failpoints)
 
 log = logging.getLogger("workerguard.guard")
 Mode = Literal["ensure", "sweep", "enforce", "stop_all"]
@@ -124,7 +127,7 @@ class Guard:
                   force: bool = False, max_workers: int | None = None,
                   requested_by: str = "unknown") -> Result:
         name = profile.name
-        with self._locked(profile) as lock:
+        with self._locked(profile) as lock, host_fence(self.settings.fence_dir, f"{self.host}.{name}"):
             instances = discover([profile], self.host)[name]
             with self._redis():
                 pause = self.state.paused([name])[name]
@@ -176,17 +179,16 @@ class Guard:
         failures: list[Any] = []
         if plan.is_noop:
             return stopped, started, failures
-        with host_fence(self.settings.home / "locks", profile.name):
+        self._confirm_owned(lock)
+        if plan.stop:
+            outcome = stop_instances(plan.stop, profile.stop_signal, profile.stop_timeout)
+            stopped = outcome.stopped
+            if outcome.survivors:
+                log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
+        if plan.start:
             self._confirm_owned(lock)
-            if plan.stop:
-                outcome = stop_instances(plan.stop, profile.stop_signal, profile.stop_timeout)
-                stopped = outcome.stopped
-                if outcome.survivors:
-                    log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
-            if plan.start:
-                self._confirm_owned(lock)
-                started, failures = spawn_instances(profile, plan.start, self.host,
-                                                    self.settings.log_dir)
+            started, failures = spawn_instances(profile, plan.start, self.host,
+                                                self.settings.log_dir)
         return stopped, started, failures
 
     # helpers ---------------------------------------------------------------------------

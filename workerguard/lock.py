@@ -86,10 +86,10 @@ class ProfileLock(redis_lock.Lock):  # type: ignore[misc]
 
 
 @contextmanager
-def host_fence(directory: Path, profile: str) -> Iterator[None]:
-    """Hold an exclusive OS lock on ``directory/<profile>.lock`` for the block."""
+def host_fence(directory: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive OS lock on ``directory/<name>.lock`` for the block."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{profile}.lock"
+    path = directory / f"{name}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if sys.platform == "win32":  # untested here: no Windows host in CI

@@ -1,0 +1,152 @@
+"""Faults: a guard killed at each stage, a lost lock, Redis restarted empty or down for 20 s."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from tests.conftest import CeleryHarness, Workspace
+from tests.support import HERE, RedisServer, cli_env, poll_for, run_cli, short_tmpdir, start_redis
+from workerguard.workers import discover
+
+FAILPOINT = HERE / "failpoint_guard.py"
+
+
+def local_instances(workspace: Workspace) -> list[int]:
+    """Instances as the process table shows them (no Redis involved)."""
+    config = workspace.config()
+    return [i.pid for i in discover(config.profiles.values(), workspace.host_id)["demo"]]
+
+
+def run_to_stage(workspace: Workspace, stage: str, *extra: str) -> subprocess.Popen[str]:
+    proc = workspace.tracker.popen(
+        [sys.executable, str(FAILPOINT), str(workspace.write_config()), stage, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == f"STAGE {stage}", (line, proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
+@pytest.mark.parametrize(("stage", "hand_started", "survivor"), [
+    ("lock_held", 2, "newest hand-started"),
+    ("after_stop", 3, "newest hand-started"),
+    ("after_spawn", 0, "the orphaned spawn"),
+])
+def test_a_guard_sigkilled_at_any_stage_leaves_no_duplicate_and_the_next_sweep_converges(
+        workspace: Workspace, redis_client, stage: str, hand_started: int, survivor: str):
+    workspace.add_profile(start_seconds=0.3)
+    manual = [workspace.hand_started() for _ in range(hand_started)]
+    poll_for(lambda: len(local_instances(workspace)) == hand_started)
+    victim = run_to_stage(workspace, stage)
+    before_kill = local_instances(workspace)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(5)
+    [result] = workspace.guard(redis_client).sweep()
+    assert result["ok"], result
+    final = local_instances(workspace)
+    assert len(final) == 1, (stage, final)
+    if manual:
+        assert final == [manual[-1].pid]
+    else:
+        assert final == before_kill  # the orphaned spawn is adopted, not duplicated
+
+
+def test_two_guards_on_one_host_never_act_at_once_even_when_the_redis_lock_is_lost(
+        workspace: Workspace, redis_client):
+    """The first guard loses its Redis lock just before spawning; the second takes the
+    Redis lock at once but must wait on the host fence, then sees the first's worker."""
+    workspace.add_profile(start_seconds=0.3)
+    go = workspace.home / "go"
+    first = run_to_stage(workspace, "lose_lock_at_spawn", str(go))
+    key = f"workerguard:lock:{workspace.host_id}:demo"
+    second = workspace.tracker.popen(
+        [sys.executable, "-m", "workerguard.cli", "ensure", "demo", "--local", "--json",
+         "--config", str(workspace.config_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    poll_for(lambda: redis_client.exists(key), timeout=20,
+             message="the second guard to take the Redis lock the first one lost")
+    assert local_instances(workspace) == []  # the second is blocked on the fence, not spawning
+    go.touch()
+    out, err = first.communicate(timeout=30)
+    assert "RESULT started" in out, err
+    second_out, second_err = second.communicate(timeout=30)
+    assert second.returncode == 0, second_err
+    assert '"action": "already_running"' in second_out
+    assert len(local_instances(workspace)) == 1
+
+
+@pytest.fixture
+def own_redis(workspace: Workspace) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may kill and restart."""
+    directory = short_tmpdir("wg-own-")
+    server = start_redis(directory)
+    workspace.redis_url = server.url
+    yield server
+    server.stop()
+
+
+def restart(server: RedisServer) -> RedisServer:
+    return start_redis(server.directory, port=server.port)
+
+
+def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconnects(
+        workspace: Workspace, harness: CeleryHarness, own_redis: RedisServer):
+    workspace.add_profile(start_seconds=3)
+    harness.start_worker()
+    harness.client_app().send_task("workerguard.ensure", args=["demo"], queue=harness.queue)
+    [spawned] = poll_for(lambda: local_instances(workspace), timeout=20,
+                         message="the guard to spawn (and sit in the start window)")
+    own_redis.process.send_signal(signal.SIGKILL)  # mid start window, lock held
+    own_redis.process.wait(5)
+    revived = restart(own_redis)
+    try:
+        def answered() -> object:
+            request = harness.call("workerguard.ensure", "demo", timeout=10)
+            return request.state == "SUCCESS" and request.result
+
+        result = poll_for(answered, timeout=60, interval=0.5, message="the guard to reconnect")
+        assert result["action"] == "already_running" and result["running"] == [spawned]
+        assert local_instances(workspace) == [spawned]
+        assert harness.worker.poll() is None
+    finally:
+        revived.stop()
+
+
+def test_redis_down_for_twenty_seconds_fails_clearly_kills_nothing_and_recovers(
+        workspace: Workspace, harness: CeleryHarness, own_redis: RedisServer):
+    workspace.add_profile(max_workers=1)
+    harness.start_worker()
+    [worker] = harness.call("workerguard.ensure", "demo").result["running"]
+    extra = workspace.hand_started()  # one too many: an enforce would stop one if it ran
+    own_redis.process.send_signal(signal.SIGKILL)
+    own_redis.process.wait(5)
+    down_since = time.monotonic()
+    failures = 0
+    config = str(workspace.config_path)
+    while time.monotonic() - down_since < 20:  # the outage itself lasts 20 s
+        done = run_cli("enforce", "demo", "--local", "--config", config, env=cli_env(), timeout=30)
+        assert done.returncode == 1 and "redis unreachable" in done.stderr, done.stderr
+        failures += 1
+    remote = run_cli("status", "--config", config, "--timeout", "2", env=cli_env(), timeout=60)
+    assert remote.returncode == 1
+    assert psutil.pid_exists(worker) and extra.poll() is None  # nothing killed meanwhile
+    assert harness.worker.poll() is None  # the guard itself survived the outage
+    revived = restart(own_redis)
+    try:
+        def answered() -> object:
+            request = harness.call("workerguard.status", "demo", timeout=10)
+            return request.state == "SUCCESS" and request.result
+
+        status = poll_for(answered, timeout=90, interval=0.5, message="the guard to reconnect")
+        assert sorted(status["running"]) == sorted([worker, extra.pid])
+        assert failures >= 3
+    finally:
+        revived.stop()
+
