@@ -69,9 +69,9 @@ def main() -> None:
             block()
         return result
 
-    guard_module.discover = discover  # type: ignore[attr-defined]
-    guard_module.stop_instances = stop_instances  # type: ignore[attr-defined]
-    guard_module.spawn_instances = spawn_instances  # type: ignore[attr-defined]
+    guard_module.discover = discover
+    guard_module.stop_instances = stop_instances
+    guard_module.spawn_instances = spawn_instances
     result = guard_module.Guard(client, config).ensure("demo", requested_by=f"failpoint {os.getpid()}")
     print(f"RESULT {result['action']} {result['running']}", flush=True)
 

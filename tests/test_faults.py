@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -107,7 +108,7 @@ def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconne
     own_redis.process.wait(5)
     revived = restart(own_redis)
     try:
-        def answered() -> object:
+        def answered() -> Any:
             request = harness.call("workerguard.ensure", "demo", timeout=10)
             return request.state == "SUCCESS" and request.result
 
@@ -140,7 +141,7 @@ def test_redis_down_for_twenty_seconds_fails_clearly_kills_nothing_and_recovers(
     assert harness.worker.poll() is None  # the guard itself survived the outage
     revived = restart(own_redis)
     try:
-        def answered() -> object:
+        def answered() -> Any:
             request = harness.call("workerguard.status", "demo", timeout=10)
             return request.state == "SUCCESS" and request.result
 
