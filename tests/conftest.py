@@ -183,9 +183,9 @@ class CeleryHarness:
         self.beats.append(beat)
         return beat
 
-    def log_tail(self) -> str:
+    def log_tail(self, size: int = 3000) -> str:
         path = self.workspace.home / "guard-worker.log"
-        return path.read_text()[-3000:] if path.exists() else ""
+        return path.read_text()[-size:] if path.exists() else ""
 
     def call(self, task: str, *args: Any, timeout: float = 60, **kwargs: Any) -> Any:
         request = self.client_app().send_task(task, args=list(args), kwargs=kwargs,

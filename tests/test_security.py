@@ -1,0 +1,97 @@
+"""Redis AUTH and TLS for broker, backend and lock; secrets never shown."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import trustme
+
+from tests.conftest import CeleryHarness, Workspace
+from tests.support import HERE, RedisServer, cli_env, free_port, run_cli, short_tmpdir, start_redis
+
+PASSWORD = "s3cret-Pa55-word"
+
+
+@pytest.fixture
+def secure_redis(workspace: Workspace) -> Iterator[RedisServer]:
+    directory = short_tmpdir("wg-auth-")
+    server = start_redis(directory, password=PASSWORD)
+    workspace.redis_url = server.url
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_url(workspace: Workspace, secure_redis: RedisServer, tmp_path: Path) -> str:
+    """rediss:// through a TLS terminator in front of the password-protected server."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    ca_pem, cert_pem, key_pem = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    cert.cert_chain_pems[0].write_to_path(str(cert_pem))
+    cert.private_key_pem.write_to_path(str(key_pem))
+    port = free_port()
+    proxy = workspace.tracker.popen(
+        [sys.executable, str(HERE / "tls_proxy.py"), str(cert_pem), str(key_pem), str(port),
+         str(secure_redis.port)], stdout=subprocess.PIPE, text=True)
+    assert proxy.stdout is not None and proxy.stdout.readline().strip() == "ready"
+    url = (f"rediss://:{PASSWORD}@localhost:{port}/0"
+           f"?ssl_cert_reqs=required&ssl_ca_certs={ca_pem}")
+    workspace.redis_url = url
+    return url
+
+
+def assert_no_secret(*texts: str) -> None:
+    for text in texts:
+        assert PASSWORD not in text
+
+
+def test_auth_protects_lock_state_broker_and_backend_and_the_password_never_shows(
+        workspace: Workspace, harness: CeleryHarness, secure_redis: RedisServer):
+    workspace.add_profile()
+    config = str(workspace.write_config())
+    check = run_cli("check", "--config", config, env=cli_env())
+    assert check.returncode == 0 and ":***@127.0.0.1" in check.stdout
+    local = run_cli("ensure", "demo", "--local", "--json", "--config", config, env=cli_env())
+    assert local.returncode == 0, local.stderr
+    [pid] = json.loads(local.stdout)["started"]
+    harness.start_worker()
+    remote = run_cli("ensure", "demo", "--config", config, env=cli_env())
+    assert remote.returncode == 0 and f"already running (PIDs: {pid})" in remote.stdout
+    assert_no_secret(check.stdout, check.stderr, local.stdout, local.stderr, remote.stdout,
+                     remote.stderr, harness.log_tail(1_000_000))
+    assert_no_secret(*psutil.Process(pid).environ().values())  # the worker never sees it
+
+
+def test_a_wrong_password_is_a_clear_failure_that_touches_nothing(workspace: Workspace,
+                                                                  secure_redis: RedisServer):
+    workspace.add_profile()
+    manual = [workspace.hand_started() for _ in range(2)]
+    workspace.redis_url = secure_redis.url.replace(PASSWORD, "wrong-" + PASSWORD)
+    done = run_cli("enforce", "demo", "--local", "--config", str(workspace.write_config()),
+                   env=cli_env())
+    assert done.returncode == 1
+    assert "redis unreachable (AuthenticationError)" in done.stderr
+    assert_no_secret(done.stdout, done.stderr)
+    assert all(p.poll() is None for p in manual)
+
+
+def test_tls_carries_lock_state_broker_and_backend(workspace: Workspace, harness: CeleryHarness,
+                                                   tls_url: str):
+    workspace.add_profile()
+    config = str(workspace.write_config())
+    local = run_cli("ensure", "demo", "--local", "--json", "--config", config, env=cli_env())
+    assert local.returncode == 0, local.stderr
+    [pid] = json.loads(local.stdout)["started"]
+    harness.start_worker()
+    remote = run_cli("status", "--json", "--config", config, env=cli_env())
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(remote.stdout)["running"] == [pid]
+    assert_no_secret(local.stdout, local.stderr, remote.stdout, remote.stderr,
+                     harness.log_tail(1_000_000))
