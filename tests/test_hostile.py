@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
-from kombu import Connection
+from kombu.connection import Connection
 from kombu.entity import Exchange
 
 from tests.conftest import CeleryHarness, Workspace
