@@ -186,3 +186,24 @@ def test_a_failed_start_is_a_failed_task_with_the_guard_s_message(workspace: Wor
     assert "demo: start failed" in str(request.result) and "exited with code 5" in str(request.result)
     done = run_cli("ensure", "demo", "--config", str(workspace.config_path), env=cli_env())
     assert done.returncode == 1 and "exited with code 5" in done.stdout
+
+
+def test_two_beats_by_mistake_do_not_double_the_sweeps(workspace: Workspace,
+                                                       harness: CeleryHarness):
+    workspace.add_profile()
+    workspace.guard_settings["sweep_interval"] = 1.0
+    harness.start_worker()
+    harness.start_beat()
+    harness.start_beat()
+
+    def count(word: str) -> int:
+        return sum("workerguard.sweep" in line and word in line
+                   for line in harness.log_tail(1_000_000).splitlines())
+
+    poll_for(lambda: count("skipped") >= 3, timeout=30, interval=0.2,
+             message="duplicate sweeps to be skipped")
+    received = count("received")
+    skipped = count("skipped")
+    # Every sweep that ran had a twin that was skipped (allowing one in flight).
+    assert received - skipped <= skipped + 2, (received, skipped)
+    assert instances(harness) != []

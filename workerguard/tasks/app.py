@@ -72,7 +72,6 @@ def make_app(config: Config, redis_url: str) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": 3600},
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
-        worker_hijack_root_logger=False,
         beat_schedule={
             "workerguard-sweep": {
                 "task": SWEEP_TASK,

@@ -95,7 +95,7 @@ def register(app: Celery) -> None:
     def sweep(self: Task) -> list[dict[str, Any]]:
         guard = guard_for(app)
         if not guard.claim_sweep():
-            log.info("sweep %s skipped: another sweep ran on %s this interval",
+            log.info("workerguard.sweep[%s] skipped: another sweep ran on %s this interval",
                      self.request.id, guard.host)
             return []
         return guard.sweep(requested_by=_who(self, "beat"))
