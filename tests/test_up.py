@@ -1,0 +1,60 @@
+"""`workerguard up`: embedded Redis + guard worker + beat; Ctrl-C leaves managed workers running."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import to_toml
+from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir
+from workerguard.config import load_config
+from workerguard.workers import discover
+
+pytestmark = pytest.mark.celery
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = short_tmpdir("wgu-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_keeps_the_demo_alive_and_ctrl_c_stops_only_itself(home: Path,
+                                                              tracker: ProcessTracker):
+    host = f"up{home.name[-6:]}"
+    tracker.host_ids.add(host)
+    config = home / "wg.toml"
+    config.write_text(to_toml(
+        {"host_id": host, "home": str(home), "sweep_interval": 1, "embedded_linger": 0.5},
+        {"demo": {"command": [sys.executable, str(SLEEPER), "--tag", host],
+                  "start_seconds": 0.3}}))
+    up = tracker.popen([sys.executable, "-m", "workerguard.cli", "up", "--config", str(config)],
+                       env=cli_env())
+    profiles = load_config(config).profiles.values()
+
+    def managed() -> list[int]:
+        return [i.pid for i in discover(profiles, host)["demo"]]
+
+    [worker] = poll_for(managed, timeout=60, interval=0.2, message="the first sweep to start demo")
+    status = run_cli("status", "--config", str(config), env=cli_env())
+    assert status.stdout == f"demo: running (PIDs: {worker})\n", status.stderr
+    children = [c for c in psutil.Process(up.pid).children(recursive=True) if c.pid != worker]
+    for child in children:
+        tracker.adopt(child.pid)
+    server = next(p for p in psutil.process_iter(["cmdline"])
+                  if str(home / "redis" / "redis.sock") in " ".join(p.info["cmdline"] or []))
+    tracker.adopt(server.pid)
+    up.send_signal(signal.SIGINT)
+    assert up.wait(60) == 0
+    for child in children:
+        poll_for(lambda child=child: not child.is_running() or  # type: ignore[misc]
+                 child.status() == psutil.STATUS_ZOMBIE, timeout=30, message=f"{child.pid} to exit")
+    poll_for(lambda: not server.is_running(), timeout=30, message="the embedded server to stop")
+    assert managed() == [worker]  # the managed worker keeps running
