@@ -207,3 +207,22 @@ def test_two_beats_by_mistake_do_not_double_the_sweeps(workspace: Workspace,
     # Every sweep that ran had a twin that was skipped (allowing one in flight).
     assert received - skipped <= skipped + 2, (received, skipped)
     assert instances(harness) != []
+
+
+def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
+        workspace: Workspace, harness: CeleryHarness, redis_client):
+    from workerguard.lock import ProfileLock
+
+    workspace.add_profile()
+    workspace.guard_settings["lock_timeout"] = 0.5
+    harness.start_worker()
+    holder = ProfileLock(redis_client, workspace.host_id, "demo", expire=30)
+    assert holder.acquire_within(1)
+    try:
+        request = harness.call("workerguard.ensure", "demo", timeout=120)
+    finally:
+        holder.release()
+    assert request.state == "FAILURE"
+    assert "still held by another caller" in str(request.result)
+    assert harness.log_tail(1_000_000).count("Retry in") == 3  # 1, 2, 4 s
+    assert instances(harness) == []

@@ -70,6 +70,7 @@ def test_ensure_stops_extras_beyond_max_keeping_oldest_when_asked(workspace: Wor
 def test_stop_all_pauses_until_the_next_ensure(workspace: Workspace, redis_client):
     workspace.add_profile()
     guard = workspace.guard(redis_client)
+    decoy = workspace.tracker.sleeper("--tag", workspace.token + "x")  # similar, not ours
     pid = guard.ensure("demo")["started"][0]
     stopped = guard.stop_all("demo", requested_by="operator")
     assert stopped["action"] == "stopped_all" and stopped["stopped"] == [pid]
@@ -83,6 +84,7 @@ def test_stop_all_pauses_until_the_next_ensure(workspace: Workspace, redis_clien
     again = guard.ensure("demo")
     assert again["action"] == "started"
     assert guard.status("demo")["profiles"]["demo"]["state"] == "running"
+    assert decoy.poll() is None
 
 
 def test_sweep_restarts_a_killed_worker_and_cuts_extras_with_one_scan(workspace: Workspace,
