@@ -213,7 +213,9 @@ def worker(config_file: str | None, pool: str, concurrency: int, loglevel: str) 
     """Run the guard: a Celery worker on this host's queues and the sweep broadcast."""
     from .services import run_worker
 
-    run_worker(_load(config_file), pool, concurrency, loglevel)
+    config = _load(config_file)
+    with _errors():
+        run_worker(config, pool, concurrency, loglevel)
 
 
 @main.command()

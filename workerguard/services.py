@@ -11,6 +11,8 @@ import time
 
 from .config import Config
 from .connect import redis_url
+from .errors import ConfigError, WorkerguardError
+from .observe import Observer
 from .tasks.app import host_queue, make_app
 
 
@@ -19,13 +21,32 @@ def node_name(config: Config) -> str:
 
 
 def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> None:
+    """Run the guard worker; with ``metrics_port`` set, also serve Prometheus metrics."""
+    observer = start_metrics(config, pool) if config.settings.metrics_port else None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
+        app.conf.workerguard_observer = observer
         app.worker_main([
             "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             "--hostname", node_name(config), "--task-events",
             "--queues", f"workerguard,{host_queue(config.settings.host_id)},workerguard.broadcast",
         ])
+
+
+def start_metrics(config: Config, pool: str) -> Observer:
+    """Serve metrics from this (the main) process; refuse prefork, whose children count alone."""
+    if pool == "prefork":
+        raise ConfigError(
+            "metrics_port is set, but --pool prefork runs tasks in child processes whose "
+            "counters this process cannot serve; use --pool threads (the default) or solo, "
+            "or unset WORKERGUARD_METRICS_PORT")
+    from .metrics import serve
+
+    try:
+        return serve(config)
+    except OSError as exc:
+        raise WorkerguardError(f"cannot serve metrics on {config.settings.metrics_addr}:"
+                               f"{config.settings.metrics_port}: {exc.strerror or exc}") from None
 
 
 def run_beat(config: Config, loglevel: str) -> None:
