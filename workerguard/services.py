@@ -57,6 +57,24 @@ def run_beat(config: Config, loglevel: str) -> None:
                  max_interval=min(5.0, config.settings.sweep_interval)).run()
 
 
+def run_flower(config: Config, address: str, port: int, flower_args: list[str]) -> int:
+    """Flower on this deployment's broker, from the config (so the embedded Redis and a
+    password in WORKERGUARD_REDIS_URL work, and the URL never appears on a command line).
+
+    Authentication: ``--basic-auth=user:pass`` or ``FLOWER_BASIC_AUTH`` (or any other
+    Flower option, e.g. ``--auth``/OAuth). ``/metrics`` and ``/healthcheck`` stay open
+    whatever the auth: bind to loopback or put a reverse proxy in front.
+    """
+    try:
+        import flower  # noqa: F401  (only to give a clear message when it is missing)
+    except ImportError:
+        raise ConfigError("workerguard flower needs Flower: pip install 'workerguard[ops]'") from None
+    with redis_url(config.settings) as url:
+        app = make_app(config, url)
+        code = app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])
+        return int(code or 0)
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform == "linux":
         import ctypes
