@@ -25,7 +25,6 @@ Result = dict[str, Any]
 LABELS = ("host", "profile")
 LOCK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-FAILED = frozenset({"start_failed", "error"})
 
 
 class GuardMetrics:
@@ -104,8 +103,9 @@ class GuardMetrics:
 
     # helpers -----------------------------------------------------------------------------
     def _refresh(self, labels: tuple[str, str], result: Result) -> None:
-        if result["action"] != "error":  # an error result knows nothing of the instances
-            self.instances.labels(*labels).set(len(result.get("running", ())))
+        if result["action"] == "error":  # it knows nothing of instances, pause or backoff
+            return
+        self.instances.labels(*labels).set(len(result.get("running", ())))
         if result["action"] == "paused":
             self.paused.labels(*labels).set(1)
         backoff = result.get("backoff") or {}
