@@ -60,10 +60,14 @@ def test_a_guard_worker_serves_metrics_of_its_actions_and_sweeps(workspace: Work
     assert value(after_stop, "workerguard_paused", **mine) == 1
     assert harness.call("workerguard.ensure", "demo").result["action"] == "started"
     harness.client_app().send_task("workerguard.sweep")  # routed to the broadcast exchange
-    samples = poll_for(
-        lambda: (s := scrape(port)) and value(s, "workerguard_sweep_duration_seconds_count",
-                                              host=workspace.host_id) >= 1 and s,
-        timeout=20, interval=0.1, message="a sweep in the metrics")
+
+    def swept() -> Samples | None:
+        found = scrape(port)
+        count = value(found, "workerguard_sweep_duration_seconds_count", host=workspace.host_id)
+        return found if count >= 1 else None
+
+    samples = poll_for(swept, timeout=20, interval=0.1, message="a sweep in the metrics")
+    assert samples is not None
 
     assert value(samples, "workerguard_instances", **mine) == 1
     assert value(samples, "workerguard_paused", **mine) == 0
