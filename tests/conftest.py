@@ -151,14 +151,15 @@ class CeleryHarness:
     def queue(self) -> str:
         return f"workerguard.{self.workspace.host_id}"
 
-    def start_worker(self, *extra: str) -> Any:
+    def start_worker(self, *extra: str, **env: str) -> Any:
+        """Start the guard worker (``env``: extra variables, e.g. WORKERGUARD_METRICS_PORT)."""
         from tests.support import cli_env, poll_for
 
         config = str(self.workspace.write_config())
         log = (self.workspace.home / "guard-worker.log").open("ab")
         self.worker = self.workspace.tracker.popen(
             [sys.executable, "-m", "workerguard.cli", "worker", "--config", config,
-             "--loglevel", "INFO", *extra], stdout=log, stderr=log, env=cli_env())
+             "--loglevel", "INFO", *extra], stdout=log, stderr=log, env=cli_env(**env))
         log.close()
         app = self.client_app()
         poll_for(lambda: self._answers_ping(app), timeout=60, interval=0.2,

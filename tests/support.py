@@ -170,3 +170,42 @@ def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERGUARD_")}
     env.update(extra)
     return env
+
+
+class LineReader:
+    """Lines of a subprocess's text stdout, read by a thread, so a test can wait for the
+    next line with a deadline instead of blocking forever on ``readline``."""
+
+    def __init__(self, stream: Any) -> None:
+        import queue
+        import threading
+
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._stream = stream
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        for line in iter(self._stream.readline, ""):
+            self.lines.put(line.rstrip("\n"))
+
+    def next(self, timeout: float = 20.0, message: str = "a line") -> str:
+        import queue
+
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}") from None
+
+    def until(self, predicate: Callable[[str], bool], timeout: float = 20.0,
+              message: str = "a matching line") -> list[str]:
+        """Lines up to and including the first one for which ``predicate`` is true."""
+        deadline = time.monotonic() + timeout
+        seen: list[str] = []
+        while True:
+            seen.append(self.next(max(0.01, deadline - time.monotonic()), message))
+            if predicate(seen[-1]):
+                return seen
+
+    def join(self, timeout: float = 10.0) -> None:
+        self._thread.join(timeout)

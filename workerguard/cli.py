@@ -13,7 +13,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -44,13 +44,20 @@ def _load(config_file: str | None) -> Config:
         sys.exit(EXIT_USAGE)
 
 
+USAGE_ERRORS = (ConfigError, UnknownProfile, InvalidRequest)
+
+
+def _usage_error(exc: Exception) -> NoReturn:
+    click.echo(f"error: {redact_text(str(exc))}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
 @contextmanager
 def _errors() -> Iterator[None]:
     try:
         yield
-    except (ConfigError, UnknownProfile, InvalidRequest) as exc:
-        click.echo(f"error: {redact_text(str(exc))}", err=True)
-        sys.exit(EXIT_USAGE)
+    except USAGE_ERRORS as exc:
+        _usage_error(exc)
     except ActionFailed as exc:  # the guard's own line, as --local prints it
         click.echo(redact_text(str(exc)))
         sys.exit(EXIT_FAILED)
@@ -176,11 +183,161 @@ def stop(profile: str, config_file: str | None, local: bool, dry_run: bool, as_j
 @json_option
 @host_option
 @timeout_option
+@click.option("--table/--plain", "table", default=None,
+              help="A table (default on a terminal) or the plain lines (default otherwise).")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              metavar="SECONDS", help="Refresh interval of --watch.")
 def status(profile: str | None, config_file: str | None, local: bool, as_json: bool,
-           host: str | None, timeout: float | None) -> None:
-    """Show the instances of PROFILE (or of every profile) on this host."""
-    _dispatch(config_file, local, as_json, "workerguard.status",
-              lambda g: g.status(profile), [profile] if profile else [], {}, host, timeout)
+           host: str | None, timeout: float | None, table: bool | None, watch: bool,
+           interval: float) -> None:
+    """Show the instances of PROFILE (or of every profile) on this host.
+
+    On a terminal: a table of profile, host, state, pids, uptime and command. Piped,
+    or with --plain: one line per profile (`demo: running (PIDs: 4242)`).
+    """
+    config = _load(config_file)
+    show = _status_printer(as_json, table)
+
+    def fetch() -> Result:
+        if local:
+            return run_local(config, lambda g: g.status(profile))
+        from .client import call_and_wait
+
+        return call_and_wait(config, "workerguard.status", [profile] if profile else [], {},
+                             host=host, timeout=timeout)
+
+    if not watch:
+        with _errors():
+            result = fetch()
+        show(result, None)
+        sys.exit(EXIT_OK)
+    import time
+
+    try:
+        while True:
+            header = _watch_header(host or config.settings.host_id, interval)
+            try:
+                result = fetch()
+            except USAGE_ERRORS as exc:
+                _usage_error(exc)
+            except WorkerguardError as exc:  # keep watching through a Redis outage
+                click.echo(f"{header}\nerror: {redact_text(str(exc))}")
+            else:
+                show(result, header)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_OK)
+
+
+def _watch_header(host: str, interval: float) -> str:
+    from datetime import datetime
+
+    return (f"workerguard status --watch  host {host}  {datetime.now():%H:%M:%S}  "
+            f"every {interval:g} s (Ctrl-C stops)")
+
+
+def _status_printer(as_json: bool, table: bool | None) -> Callable[[Result, str | None], None]:
+    """How ``status`` prints: JSON, the rich table, or the plain lines."""
+    if as_json:
+        def print_json(result: Result, header: str | None) -> None:
+            if header:  # --watch: one compact document per refresh (JSON lines)
+                click.echo(json.dumps(result, sort_keys=True))
+            else:
+                click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return print_json
+    wants_table = table if table is not None else sys.stdout.isatty()
+    if wants_table:
+        try:
+            from rich.console import Console
+
+            from .table import render
+        except ImportError:
+            if table:
+                click.echo("error: --table needs rich: pip install 'workerguard[ops]'", err=True)
+                sys.exit(EXIT_USAGE)
+        else:
+            console = Console(highlight=False)
+
+            def print_table(result: Result, header: str | None) -> None:
+                if header and console.is_terminal:
+                    console.clear()
+                render(console, result, header)
+            return print_table
+
+    def print_plain(result: Result, header: str | None) -> None:
+        if header:
+            click.echo(header)
+        click.echo(result["message"])
+    return print_plain
+
+
+@main.command()
+@click.argument("profile", required=False)
+@config_option
+@click.option("--host", metavar="HOST_ID", help="Only this host's events (default: every host).")
+@click.option("--since", metavar="WHEN",
+              help="From this time on: a duration ago (30s, 10m, 2h, 1d), a stream id or an ISO time.")
+@click.option("--count", "-n", type=click.IntRange(1, 1_000_000), default=50, show_default=True,
+              help="Without --since: how many of the latest events to show.")
+@click.option("--follow", "-f", is_flag=True, help="Then print new events as they happen, until Ctrl-C.")
+@json_option
+def events(profile: str | None, config_file: str | None, host: str | None, since: str | None,
+           count: int, follow: bool, as_json: bool) -> None:
+    """Show the action log: every start, stop and failed start, of every host.
+
+    One line per event (time, host, profile, action, pids, requested by); --json
+    prints one JSON object per line.
+    """
+    from . import events as log
+    from .connect import redis_client, redis_url
+    from .errors import RedisUnavailable
+    from .lock import REDIS_ERRORS
+
+    config = _load(config_file)
+    try:
+        start = log.parse_since(since) if since else None
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    wanted = log.EventFilter(profile=profile, host=host)
+    show = log.as_json if as_json else log.line
+    with _errors(), redis_url(config.settings) as url:
+        client = redis_client(url)
+        try:
+            cursor = log.last_id(client)
+            shown = (log.since(client, start, wanted, until=cursor) if start
+                     else log.latest(client, count, wanted, until=cursor))
+            for event in shown:
+                click.echo(show(event))
+            if follow:
+                for event in log.follow(client, cursor, wanted):
+                    click.echo(show(event))
+        except KeyboardInterrupt:
+            pass
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"redis unreachable ({type(exc).__name__})") from None
+        finally:
+            client.close()
+    sys.exit(EXIT_OK)
+
+
+@main.command()
+@config_option
+@host_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              metavar="SECONDS")
+def ping(config_file: str | None, host: str | None, timeout: float) -> None:
+    """Exit 0 if the guard worker of this host (or --host) answers a Celery ping, else 1.
+
+    For healthchecks (docker compose, systemd, monitoring).
+    """
+    from .client import ping as ping_guard
+
+    config = _load(config_file)
+    with _errors():
+        node = ping_guard(config, host=host, timeout=timeout)
+    click.echo(f"{node}: pong")
 
 
 @main.command()
@@ -213,7 +370,9 @@ def worker(config_file: str | None, pool: str, concurrency: int, loglevel: str) 
     """Run the guard: a Celery worker on this host's queues and the sweep broadcast."""
     from .services import run_worker
 
-    run_worker(_load(config_file), pool, concurrency, loglevel)
+    config = _load(config_file)
+    with _errors():
+        run_worker(config, pool, concurrency, loglevel)
 
 
 @main.command()
@@ -224,6 +383,25 @@ def beat(config_file: str | None, loglevel: str) -> None:
     from .services import run_beat
 
     run_beat(_load(config_file), loglevel)
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@config_option
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 only behind auth or a proxy).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(config_file: str | None, address: str, port: int, flower_args: tuple[str, ...]) -> None:
+    """Flower (the Celery web monitor) for this deployment's broker.
+
+    Further arguments go to Flower, e.g. --basic-auth=USER:PASS (or set
+    FLOWER_BASIC_AUTH, which keeps the password off the command line).
+    """
+    from .services import run_flower
+
+    config = _load(config_file)
+    with _errors():
+        sys.exit(run_flower(config, address, port, list(flower_args)))
 
 
 @main.command()

@@ -128,3 +128,17 @@ def status(profile: str | None = None, host: str | None = None, wait: bool = Tru
            timeout: float | None = None, config: Config | None = None) -> Any:
     return _call("workerguard.status", [profile] if profile else [], {}, host, wait, timeout,
                  config)
+
+
+def ping(config: Config, host: str | None = None, timeout: float = 5.0) -> str:
+    """The node name of the host's guard worker if it answers a Celery ping within ``timeout``."""
+    node = f"workerguard@{host or config.settings.host_id}"
+    with redis_url(config.settings) as url:
+        app = make_app(config, url)
+        try:
+            replies = app.control.ping(destination=[node], timeout=timeout)
+        finally:
+            app.close()
+    if not any(node in reply for reply in replies or []):
+        raise WorkerguardError(f"{node} did not answer a ping within {timeout:g} s")
+    return node

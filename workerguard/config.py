@@ -47,6 +47,10 @@ class Settings:
     events_maxlen: int = 10_000
     embedded_linger: float = 5.0
     """Seconds the embedded redis-server outlives its last user (no effect with redis_url)."""
+    metrics_port: int | None = None
+    """Port of the guard worker's Prometheus endpoint; None (the default) serves none."""
+    metrics_addr: str = "0.0.0.0"  # noqa: S104 (an exporter is scraped from other hosts)
+    """Address the metrics endpoint binds to; 127.0.0.1 keeps it local."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -154,7 +158,9 @@ _SETTINGS_NUMBERS: dict[str, dict[str, Any]] = {
     "result_expires": {},
     "events_maxlen": {"integer": True},
     "embedded_linger": {"positive": False, "minimum": 0},
+    "metrics_port": {"integer": True},
 }
+MAX_PORT = 65535
 
 
 def parse_settings(raw: Mapping[str, Any], where: str) -> Settings:
@@ -172,11 +178,15 @@ def parse_settings(raw: Mapping[str, Any], where: str) -> Settings:
                 raise check.fail(key, f"must start with redis://, rediss:// or unix://, got "
                                       f"{redact_url(url)!r}")
             values[key] = url
+        elif key == "metrics_addr":
+            values[key] = check.string(key, value)
         elif key == "host_id":
             host = check.string(key, value)
             if not HOST_ID.fullmatch(host):
                 raise check.fail(key, f"must match {HOST_ID.pattern}, got {host!r}")
             values[key] = host
+    if values.get("metrics_port", 0) > MAX_PORT:
+        raise check.fail("metrics_port", f"must be a port (1..{MAX_PORT}), got {values['metrics_port']}")
     return Settings(**values)
 
 

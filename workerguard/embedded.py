@@ -101,31 +101,53 @@ def embedded_redis(home: Path, linger: float = DEFAULT_LINGER) -> Iterator[str]:
     sock = socket_path(home)
     with _flock(directory / "users.lock", fcntl.LOCK_SH):
         with _flock(directory / "start.lock", fcntl.LOCK_EX):
-            if not ping(sock):
-                _start_supervisor(directory, sock, linger)
+            _ensure_server(directory, sock, linger)
         yield url_for(sock)
 
 
-def _start_supervisor(directory: Path, sock: Path, linger: float) -> None:
-    log = (directory / "supervisor.log").open("ab")
-    with log:
-        proc = subprocess.Popen(
+def _supervisor_alive(directory: Path) -> bool:
+    """A supervisor holds ``supervisor.lock`` for its whole life; the kernel drops it at exit."""
+    import fcntl
+
+    fd = os.open(directory / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _ensure_server(directory: Path, sock: Path, linger: float) -> None:
+    """Wait until the server answers, starting a supervisor only when none is alive.
+
+    A slow PING on a loaded host must never start a second server on the same socket,
+    so liveness is read from the supervisor's lock, not from PING alone.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ping(sock):
+        if not _supervisor_alive(directory):
+            _start_supervisor(directory, linger)
+        if time.monotonic() > deadline:
+            raise EmbeddedRedisError(
+                f"embedded redis-server did not answer on {sock}; see "
+                f"{directory}/supervisor.log and {directory}/redis-server.log")
+        time.sleep(0.01)
+
+
+def _start_supervisor(directory: Path, linger: float) -> None:
+    with (directory / "supervisor.log").open("ab") as log:
+        subprocess.Popen(
             [sys.executable, "-m", "workerguard.embedded", str(directory),
              "--linger", str(linger)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if ping(sock):
-            return
-        if proc.poll() is not None:
-            break
-        time.sleep(0.01)
-    raise EmbeddedRedisError(
-        f"embedded redis-server did not answer on {sock}; see {directory}/supervisor.log "
-        f"and {directory}/redis-server.log"
-    )
+    # The supervisor takes its lock within milliseconds; give it that before re-checking.
+    deadline = time.monotonic() + 2
+    while not _supervisor_alive(directory) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def _die_with_parent() -> None:  # runs in redis-server between fork and exec
@@ -144,6 +166,11 @@ def serve(directory: Path, linger: float) -> int:
     import fcntl
 
     sock = directory / "redis.sock"
+    alive = os.open(directory / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until this process exits
+    except BlockingIOError:
+        return 0  # another supervisor is alive: it serves the socket
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     argv = [redis_server_binary(), "--port", "0", "--unixsocket", str(sock),

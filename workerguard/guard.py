@@ -23,6 +23,7 @@ from . import report
 from .config import Config, Profile
 from .errors import LockLost, LockTimeout, RedisUnavailable
 from .lock import REDIS_ERRORS, ProfileLock, host_fence
+from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
 from .state import State
 from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances
@@ -36,13 +37,15 @@ Result = dict[str, Any]
 
 
 class Guard:
-    def __init__(self, client: redis.Redis, config: Config, *, clock: Any = time.time) -> None:
+    def __init__(self, client: redis.Redis, config: Config, *, clock: Any = time.time,
+                 observer: Observer | None = None) -> None:
         self.client = client
         self.config = config
         self.settings = config.settings
         self.host = config.settings.host_id
         self.state = State(client, self.host, config.settings.events_maxlen)
         self.clock = clock
+        self.observer = observer or NULL_OBSERVER
 
     def __repr__(self) -> str:
         return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
@@ -51,20 +54,23 @@ class Guard:
     def ensure(self, profile: str, *, dry_run: bool = False, force: bool = False,
                requested_by: str = "unknown") -> Result:
         """Converge to min..max instances: start missing, stop extras; clears a pause."""
-        return self._converge(self.config.profile(profile), "ensure", dry_run=dry_run,
-                              force=force, requested_by=requested_by)
+        return self._observed("ensure", self._converge(
+            self.config.profile(profile), "ensure", dry_run=dry_run, force=force,
+            requested_by=requested_by))
 
     def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
                 requested_by: str = "unknown") -> Result:
         """Stop instances beyond ``max_workers`` (the profile's when None); never starts."""
-        return self._converge(self.config.profile(profile), "enforce", dry_run=dry_run,
-                              max_workers=max_workers, requested_by=requested_by)
+        return self._observed("enforce", self._converge(
+            self.config.profile(profile), "enforce", dry_run=dry_run, max_workers=max_workers,
+            requested_by=requested_by))
 
     def stop_all(self, profile: str, *, dry_run: bool = False,
                  requested_by: str = "unknown") -> Result:
         """Stop every instance and pause the profile so sweeps leave it stopped."""
-        return self._converge(self.config.profile(profile), "stop_all", dry_run=dry_run,
-                              requested_by=requested_by)
+        return self._observed("stop_all", self._converge(
+            self.config.profile(profile), "stop_all", dry_run=dry_run,
+            requested_by=requested_by))
 
     def status(self, profile: str | None = None) -> Result:
         """Instances per profile on this host, with pause and backoff state. Takes no lock."""
@@ -84,6 +90,7 @@ class Guard:
         A profile already within bounds is answered from the scan without taking its
         lock; only profiles that need action converge under their lock.
         """
+        began = time.monotonic()
         profiles = list(self.config.profiles.values())
         found = discover(profiles, self.host, scan_processes())
         with self._redis():
@@ -103,6 +110,7 @@ class Guard:
                 results.append(self._converge(profile, "sweep", requested_by=requested_by))
             except (LockTimeout, LockLost, RedisUnavailable) as exc:
                 results.append(report.error_result(self.host, profile.name, exc))
+        self.observer.swept(results, time.monotonic() - began)
         return results
 
     def claim_sweep(self) -> bool:
@@ -201,8 +209,11 @@ class Guard:
     @contextmanager
     def _locked(self, profile: Profile) -> Iterator[ProfileLock]:
         lock = ProfileLock(self.client, self.host, profile.name, self.settings.lock_expire)
+        began = time.monotonic()
         with self._redis():
-            if not lock.acquire_within(self.settings.lock_timeout):
+            acquired = lock.acquire_within(self.settings.lock_timeout)
+            self.observer.lock_waited(profile.name, time.monotonic() - began)
+            if not acquired:
                 raise LockTimeout(
                     f"{profile.name}: lock {lock.key} still held by another caller after "
                     f"{self.settings.lock_timeout:g} s"
@@ -225,6 +236,10 @@ class Guard:
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"redis unreachable ({type(exc).__name__}); "
                                    "nothing was touched") from None
+
+    def _observed(self, mode: Mode, result: Result) -> Result:
+        self.observer.acted(mode, result)
+        return result
 
     def _record(self, profile: str, action: str, pids: list[int], requested_by: str,
                 detail: str) -> None:

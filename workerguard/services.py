@@ -11,6 +11,8 @@ import time
 
 from .config import Config
 from .connect import redis_url
+from .errors import ConfigError, WorkerguardError
+from .observe import Observer
 from .tasks.app import host_queue, make_app
 
 
@@ -19,13 +21,32 @@ def node_name(config: Config) -> str:
 
 
 def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> None:
+    """Run the guard worker; with ``metrics_port`` set, also serve Prometheus metrics."""
+    observer = start_metrics(config, pool) if config.settings.metrics_port else None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
+        app.conf.workerguard_observer = observer
         app.worker_main([
             "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             "--hostname", node_name(config), "--task-events",
             "--queues", f"workerguard,{host_queue(config.settings.host_id)},workerguard.broadcast",
         ])
+
+
+def start_metrics(config: Config, pool: str) -> Observer:
+    """Serve metrics from this (the main) process; refuse prefork, whose children count alone."""
+    if pool == "prefork":
+        raise ConfigError(
+            "metrics_port is set, but --pool prefork runs tasks in child processes whose "
+            "counters this process cannot serve; use --pool threads (the default) or solo, "
+            "or unset WORKERGUARD_METRICS_PORT")
+    from .metrics import serve
+
+    try:
+        return serve(config)
+    except OSError as exc:
+        raise WorkerguardError(f"cannot serve metrics on {config.settings.metrics_addr}:"
+                               f"{config.settings.metrics_port}: {exc.strerror or exc}") from None
 
 
 def run_beat(config: Config, loglevel: str) -> None:
@@ -34,6 +55,24 @@ def run_beat(config: Config, loglevel: str) -> None:
         config.settings.home.mkdir(parents=True, exist_ok=True)
         app.Beat(schedule=str(config.settings.home / "beat-schedule"), loglevel=loglevel,
                  max_interval=min(5.0, config.settings.sweep_interval)).run()
+
+
+def run_flower(config: Config, address: str, port: int, flower_args: list[str]) -> int:
+    """Flower on this deployment's broker, from the config (so the embedded Redis and a
+    password in WORKERGUARD_REDIS_URL work, and the URL never appears on a command line).
+
+    Authentication: ``--basic-auth=user:pass`` or ``FLOWER_BASIC_AUTH`` (or any other
+    Flower option, e.g. ``--auth``/OAuth). ``/metrics`` and ``/healthcheck`` stay open
+    whatever the auth: bind to loopback or put a reverse proxy in front.
+    """
+    try:
+        import flower  # noqa: F401  (only to give a clear message when it is missing)
+    except ImportError:
+        raise ConfigError("workerguard flower needs Flower: pip install 'workerguard[ops]'") from None
+    with redis_url(config.settings) as url:
+        app = make_app(config, url)
+        code = app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])
+        return int(code or 0)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

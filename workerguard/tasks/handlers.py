@@ -34,7 +34,8 @@ def guard_for(app: Celery) -> Guard:
     with _guards_lock:
         if key not in _guards:
             config: Config = app.conf.workerguard_config
-            _guards[key] = Guard(redis_client(app.conf.workerguard_redis_url), config)
+            _guards[key] = Guard(redis_client(app.conf.workerguard_redis_url), config,
+                                 observer=app.conf.get("workerguard_observer"))
         return _guards[key]
 
 

@@ -1,0 +1,99 @@
+"""The action log: `workerguard events` reads what real actions recorded in Redis."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import Workspace
+from tests.support import LineReader, cli_env, run_cli
+from workerguard.events import parse_since
+from workerguard.state import State
+
+
+def events(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("events", *args, "--config", str(workspace.config_path), env=cli_env())
+
+
+def test_events_lists_real_actions_oldest_first_with_filters(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    started = guard.ensure("demo", requested_by="test-ensure")
+    manual = workspace.hand_started()
+    enforced = guard.enforce("demo", max_workers=1, requested_by="test-enforce")
+    stopped = guard.stop_all("demo", requested_by="test-stop")
+    State(redis_client, "elsewhere").record("demo", "started", [4242], "another guard")
+
+    done = events(workspace, "--json")
+    assert done.returncode == 0, done.stderr
+    listed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(e["host"], e["action"], e["pids"], e["requested_by"]) for e in listed] == [
+        (workspace.host_id, "started", started["started"], "test-ensure"),
+        (workspace.host_id, "stopped_extras", enforced["stopped"], "test-enforce"),
+        (workspace.host_id, "stopped_all", [manual.pid], "test-stop"),
+        ("elsewhere", "started", [4242], "another guard"),
+    ]
+    assert enforced["stopped"] == started["started"] and stopped["stopped"] == [manual.pid]
+    assert all(e["profile"] == "demo" and e["time"] > 0 and e["id"] for e in listed)
+
+    mine = events(workspace, "demo", "--host", workspace.host_id, "--json")
+    assert [json.loads(line)["action"] for line in mine.stdout.splitlines()] == [
+        "started", "stopped_extras", "stopped_all"]
+    assert events(workspace, "other-profile").stdout == ""
+    assert len(events(workspace, "--since", "10m").stdout.splitlines()) == 4
+    assert events(workspace, "--since", "1d", "--host", "nowhere").stdout == ""
+    last_id = listed[-1]["id"]
+    assert [json.loads(x)["id"] for x in events(workspace, "--since", last_id, "--json")
+            .stdout.splitlines()] == [last_id]
+
+    [latest] = events(workspace, "-n", "1", "--host", workspace.host_id).stdout.splitlines()
+    assert f"  {workspace.host_id}  demo  stopped_all  pids {manual.pid}  by test-stop" in latest
+
+    bad = events(workspace, "--since", "yesterday-ish")
+    assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_events_follow_prints_new_actions_until_interrupted(workspace: Workspace, redis_client,
+                                                             tracker):
+    workspace.add_profile()
+    config = str(workspace.write_config())
+    follower = tracker.popen(
+        [sys.executable, "-m", "workerguard.cli", "events", "--follow", "--json",
+         "--host", workspace.host_id, "--config", config],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    lines = LineReader(follower.stdout)
+    guard = workspace.guard(redis_client)
+    # Whether the follower is already blocked in XREAD or still listing the latest events,
+    # the event is printed exactly once.
+    started = guard.ensure("demo", requested_by="follow-test")
+    first = json.loads(lines.next(message="the started event"))
+    assert (first["action"], first["pids"]) == ("started", started["started"])
+    State(redis_client, "elsewhere").record("demo", "started", [1], "filtered out by --host")
+    guard.stop_all("demo", requested_by="follow-test")
+    second = json.loads(lines.next(message="the stopped_all event"))
+    assert (second["action"], second["host"]) == ("stopped_all", workspace.host_id)
+
+    follower.send_signal(signal.SIGINT)  # Ctrl-C
+    assert follower.wait(10) == 0
+    lines.join()
+    assert lines.lines.empty()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("10m", f"{(1_000_000 - 600) * 1000}-0"),
+    ("2h", f"{(1_000_000 - 7200) * 1000}-0"),
+    ("30s", f"{(1_000_000 - 30) * 1000}-0"),
+    ("1700000000000-5", "1700000000000-5"),
+    ("1700000000000", "1700000000000"),
+])
+def test_parse_since(text: str, expected: str):
+    assert parse_since(text, now=1_000_000) == expected
+
+
+def test_parse_since_refuses_nonsense():
+    with pytest.raises(ValueError, match="--since"):
+        parse_since("soon")

@@ -1,0 +1,61 @@
+"""`workerguard status` as a table (--table, a terminal) and --watch; piped output stays plain."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from tests.conftest import Workspace
+from tests.support import LineReader, cli_env, run_cli
+from workerguard.table import duration
+
+
+def test_table_shows_profile_host_state_pids_uptime_command(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    workspace.add_profile("idle", match=r"never-matches-anything-\d{40}")
+    [pid] = workspace.guard(redis_client).ensure("demo")["started"]
+    config = str(workspace.config_path)
+    done = run_cli("status", "--local", "--table", "--config", config,
+                   env=cli_env(COLUMNS="220"))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].strip() == f"workerguard status: {workspace.host_id}"
+    [header] = [line for line in lines if "profile" in line]
+    assert [cell.strip() for cell in header.strip("┃ ").split("┃")] == [
+        "profile", "host", "state", "pids", "uptime", "command"]
+    [demo] = [line for line in lines if line.startswith("│ demo ")]
+    cells = [cell.strip() for cell in demo.strip("│ ").split("│")]
+    assert cells[:4] == ["demo", workspace.host_id, "running", str(pid)]
+    assert cells[4].endswith("s") and cells[5].endswith(f"sleeper.py --tag {workspace.token}")
+    [idle] = [line for line in lines if line.startswith("│ idle ")]
+    assert [cell.strip() for cell in idle.strip("│ ").split("│")][2:5] == ["stopped", "-", "-"]
+
+    piped = run_cli("status", "--local", "--config", config, env=cli_env())
+    assert piped.stdout == f"demo: running (PIDs: {pid})\nidle: stopped (PIDs: -)\n"
+    plain = run_cli("status", "--local", "--plain", "--config", config, env=cli_env())
+    assert plain.stdout == piped.stdout
+
+
+def test_watch_refreshes_until_interrupted(workspace: Workspace, tracker):
+    workspace.add_profile()
+    config = str(workspace.write_config())
+    watcher = tracker.popen(
+        [sys.executable, "-m", "workerguard.cli", "status", "--local", "--watch", "--table",
+         "--interval", "0.3", "--config", config],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(COLUMNS="200"))
+    lines = LineReader(watcher.stdout)
+    refreshes = []
+    for _ in range(2):
+        block = lines.until(lambda line: line.startswith("└"), message="a refreshed table")
+        refreshes.append(block)
+    for block in refreshes:
+        assert any(line.startswith("workerguard status --watch") for line in block)
+        assert any(line.startswith("│ demo ") and "stopped" in line for line in block)
+    watcher.send_signal(signal.SIGINT)  # Ctrl-C
+    assert watcher.wait(10) == 0
+
+
+def test_duration():
+    assert [duration(s) for s in (0, 42, 303, 7500, 273600)] == [
+        "0s", "42s", "5m03s", "2h05m", "3d04h"]

@@ -1,0 +1,126 @@
+"""Prometheus metrics of a guard worker (``metrics_port`` / ``WORKERGUARD_METRICS_PORT``).
+
+The guard reports through the small observer hook of ``observe``; this module turns
+those calls into metrics in a registry of its own and serves them over HTTP from the
+guard worker's main process. That is right for the ``threads`` and ``solo`` pools
+(one process). With ``prefork`` the tasks run in pool children whose counters the
+main process never sees, so ``services.run_worker`` refuses metrics with prefork
+rather than serve numbers that are silently wrong.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from .config import Config
+
+Result = dict[str, Any]
+LABELS = ("host", "profile")
+LOCK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GuardMetrics:
+    """Implements ``observe.Observer``: one registry per guard worker."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.host = config.settings.host_id
+        r = self.registry
+        self.instances = Gauge("workerguard_instances", "Instances running after the last "
+                               "result or sweep.", LABELS, registry=r)
+        self.min_workers = Gauge("workerguard_min_workers", "Configured min_workers.", LABELS,
+                                 registry=r)
+        self.max_workers = Gauge("workerguard_max_workers", "Configured max_workers.", LABELS,
+                                 registry=r)
+        self.paused = Gauge("workerguard_paused", "1 while the profile is paused by stop_all.",
+                            LABELS, registry=r)
+        self.backoff = Gauge("workerguard_backoff", "1 while starts are delayed by crash-loop "
+                             "backoff.", LABELS, registry=r)
+        self.starts = Counter("workerguard_starts", "Instances started.", LABELS, registry=r)
+        self.stops = Counter("workerguard_stops", "Instances stopped.", LABELS, registry=r)
+        self.failed_starts = Counter("workerguard_start_failures", "Converges in which a "
+                                     "started instance died within start_seconds.", LABELS,
+                                     registry=r)
+        self.errors = Counter("workerguard_errors", "Converges that failed without acting "
+                              "(lock timeout, Redis unreachable) during sweeps.", LABELS,
+                              registry=r)
+        self.pauses = Counter("workerguard_pauses", "stop_all requests (each pauses the "
+                              "profile).", LABELS, registry=r)
+        self.lock_wait = Histogram("workerguard_lock_wait_seconds", "Time a request waited "
+                                   "for its profile's lock.", LABELS, buckets=LOCK_BUCKETS,
+                                   registry=r)
+        self.sweep_duration = Histogram("workerguard_sweep_duration_seconds", "Duration of a "
+                                        "sweep of this host.", ("host",), buckets=SWEEP_BUCKETS,
+                                        registry=r)
+        self.last_sweep = Gauge("workerguard_last_sweep_timestamp_seconds", "Unix time the "
+                                "last sweep of this host finished.", ("host",), registry=r)
+        self.sweep_interval = Gauge("workerguard_sweep_interval_seconds", "Configured "
+                                    "sweep_interval.", ("host",), registry=r)
+        self.sweep_interval.labels(self.host).set(config.settings.sweep_interval)
+        for profile in config.profiles.values():
+            labels = (self.host, profile.name)
+            self.min_workers.labels(*labels).set(profile.min_workers)
+            self.max_workers.labels(*labels).set(profile.max_workers)
+            for family in (self.starts, self.stops, self.failed_starts, self.errors, self.pauses):
+                family.labels(*labels)  # present at 0 from the start: rate() needs a base
+        self._lock = threading.Lock()
+
+    # observe.Observer --------------------------------------------------------------------
+    def lock_waited(self, profile: str, seconds: float) -> None:
+        self.lock_wait.labels(self.host, profile).observe(seconds)
+
+    def acted(self, mode: str, result: Result) -> None:
+        if result.get("dry_run"):
+            return
+        labels = (result.get("host", self.host), result["profile"])
+        with self._lock:
+            self._refresh(labels, result)
+            self.starts.labels(*labels).inc(len(result.get("started", ())))
+            self.stops.labels(*labels).inc(len(result.get("stopped", ())))
+            if result["action"] == "start_failed":
+                self.failed_starts.labels(*labels).inc()
+            elif result["action"] == "error":
+                self.errors.labels(*labels).inc()
+            if mode == "stop_all":
+                self.pauses.labels(*labels).inc()
+                self.paused.labels(*labels).set(1)
+            elif mode == "ensure":
+                self.paused.labels(*labels).set(0)
+
+    def swept(self, results: Sequence[Result], seconds: float) -> None:
+        self.sweep_duration.labels(self.host).observe(seconds)
+        self.last_sweep.labels(self.host).set(time.time())
+        for result in results:
+            self.acted("sweep", result)
+
+    # helpers -----------------------------------------------------------------------------
+    def _refresh(self, labels: tuple[str, str], result: Result) -> None:
+        if result["action"] == "error":  # it knows nothing of instances, pause or backoff
+            return
+        self.instances.labels(*labels).set(len(result.get("running", ())))
+        if result["action"] == "paused":
+            self.paused.labels(*labels).set(1)
+        backoff = result.get("backoff") or {}
+        in_backoff = result["action"] == "backoff" or (
+            backoff.get("next_attempt", 0) > result.get("time", time.time()))
+        self.backoff.labels(*labels).set(1 if in_backoff else 0)
+
+
+def serve(config: Config) -> GuardMetrics:
+    """Register the metrics and serve them on ``metrics_addr:metrics_port`` (a daemon thread)."""
+    port = config.settings.metrics_port
+    if port is None:
+        raise ValueError("metrics_port is not set")
+    metrics = GuardMetrics(config)
+    ProcessCollector(registry=metrics.registry)
+    PlatformCollector(registry=metrics.registry)
+    start_http_server(port, addr=config.settings.metrics_addr, registry=metrics.registry)
+    return metrics

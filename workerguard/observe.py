@@ -1,0 +1,37 @@
+"""The guard's observer hook: what metrics (or anything else) learn from the guard.
+
+``guard`` calls these methods and knows nothing of Prometheus; ``metrics`` implements
+them. The default observer does nothing, so the hot path pays one method call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+Result = dict[str, Any]
+
+
+class Observer(Protocol):
+    def lock_waited(self, profile: str, seconds: float) -> None:
+        """A converge waited ``seconds`` for the profile's lock (also when it timed out)."""
+
+    def acted(self, mode: str, result: Result) -> None:
+        """An ``ensure`` / ``enforce`` / ``stop_all`` request finished with ``result``."""
+
+    def swept(self, results: Sequence[Result], seconds: float) -> None:
+        """A sweep of this host finished: one result per profile, in ``seconds``."""
+
+
+class NullObserver:
+    def lock_waited(self, profile: str, seconds: float) -> None:
+        pass
+
+    def acted(self, mode: str, result: Result) -> None:
+        pass
+
+    def swept(self, results: Sequence[Result], seconds: float) -> None:
+        pass
+
+
+NULL_OBSERVER: Observer = NullObserver()

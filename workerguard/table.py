@@ -1,0 +1,53 @@
+"""``workerguard status`` as a rich table (needs the ``ops`` extra: rich).
+
+The plain lines (``demo: running (PIDs: 4242)``) stay the output when stdout is not a
+terminal: scripts and tests read them. The table is for people.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+Result = dict[str, Any]
+STATE_STYLE = {"running": "green", "paused": "yellow", "backoff": "red", "stopped": "dim"}
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``5m03s``, ``2h05m``, ``3d04h``."""
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def status_table(result: Result) -> Table:
+    table = Table(title=f"workerguard status: {result['host']}", title_justify="left",
+                  expand=False)
+    for column in ("profile", "host", "state", "pids", "uptime", "command"):
+        table.add_column(column, overflow="fold", no_wrap=column != "command")
+    for name, entry in sorted(result.get("profiles", {}).items()):
+        instances = entry.get("instances", [])
+        state = entry["state"]
+        table.add_row(
+            name,
+            result["host"],
+            f"[{STATE_STYLE.get(state, '')}]{state}[/]" if STATE_STYLE.get(state) else state,
+            ", ".join(str(i["pid"]) for i in instances) or "-",
+            ", ".join(duration(i["uptime"]) for i in instances) or "-",
+            " ".join(entry.get("command", [])),
+        )
+    return table
+
+
+def render(console: Console, result: Result, header: str | None = None) -> None:
+    if header:
+        console.print(header, highlight=False)
+    console.print(status_table(result))
+
