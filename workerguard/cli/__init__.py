@@ -1,0 +1,26 @@
+"""The ``workerguard`` command.
+
+Exit codes (scripts depend on them): ``EXIT_OK`` 0, ``EXIT_FAILED`` 1 (the action ran
+and failed, or no guard answered), ``EXIT_USAGE`` 2 (bad usage or bad config).
+"""
+
+from __future__ import annotations
+
+import click
+
+from . import actions, operations, services
+from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="workerguard")
+def main() -> None:
+    """Keep exactly the right number of a named worker process alive on each host."""
+
+
+for command in (actions.ensure, actions.enforce, actions.stop, actions.status,
+                operations.events, operations.ping, operations.check,
+                services.worker, services.beat, services.flower, services.up):
+    main.add_command(command)

@@ -1,0 +1,140 @@
+"""What every command shares: exit codes, config loading, error mapping, options."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+
+from ..config import Config, load_config
+from ..errors import ActionFailed, ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
+from ..redact import redact_text
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+USAGE_ERRORS = (ConfigError, UnknownProfile, InvalidRequest)
+
+Result = dict[str, Any]
+
+
+def requester() -> str:
+    """Who asked, for the action log: ``cli:USER@HOST pid N``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid()) if hasattr(os, "getuid") else "?"
+    return f"cli:{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def usage_error(exc: Exception | str) -> NoReturn:
+    click.echo(f"error: {redact_text(str(exc))}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def load(config_file: str | None) -> Config:
+    try:
+        return load_config(config_file)
+    except ConfigError as exc:
+        usage_error(exc)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Map workerguard's errors to messages and exit codes."""
+    try:
+        yield
+    except USAGE_ERRORS as exc:
+        usage_error(exc)
+    except ActionFailed as exc:  # the guard's own line, as --local prints it
+        click.echo(redact_text(str(exc)))
+        sys.exit(EXIT_FAILED)
+    except WorkerguardError as exc:
+        click.echo(f"error: {redact_text(str(exc))}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def emit(result: Result, as_json: bool) -> NoReturn:
+    """Print a result and exit 0, or 1 when the action failed."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        click.echo(result["message"])
+    sys.exit(EXIT_OK if result.get("ok", True) else EXIT_FAILED)
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where and how an action runs: in this process (``--local``) or through a guard."""
+
+    config_file: str | None
+    local: bool
+    as_json: bool
+    host: str | None
+    timeout: float | None
+
+    def call(self, config: Config, method: str, args: list[Any], kwargs: dict[str, Any]) -> Result:
+        """``Guard.<method>(*args, **kwargs)`` here, or task ``workerguard.<method>`` remotely."""
+        if self.local:
+            return run_local(config, lambda guard: getattr(guard, method)(*args, **kwargs))
+        from ..client import call_and_wait
+
+        return call_and_wait(config, f"workerguard.{method}", args, kwargs, host=self.host,
+                             timeout=self.timeout)
+
+    def run(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> NoReturn:
+        config = load(self.config_file)
+        with errors():
+            result = self.call(config, method, args, kwargs)
+        emit(result, self.as_json)
+
+
+def run_local(config: Config, call: Callable[[Any], Result]) -> Result:
+    """Run one guard action in this process, under the same lock the tasks use."""
+    from ..connect import redis_client, redis_url
+    from ..guard import Guard
+
+    with redis_url(config.settings) as url:
+        client = redis_client(url)
+        try:
+            return call(Guard(client, config))
+        finally:
+            client.close()
+
+
+config_option = click.option(
+    "--config", "config_file", metavar="FILE", envvar="WORKERGUARD_CONFIG",
+    help="Profiles file (default: $WORKERGUARD_CONFIG, else ./workerguard.toml).")
+dry_run_option = click.option("--dry-run", is_flag=True,
+                              help="Report what would happen; change nothing.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result dict as JSON.")
+host_option = click.option("--host", metavar="HOST_ID",
+                           help="Send to this host's queue (default: this host's host_id).")
+loglevel_option = click.option("--loglevel", "-l", default="INFO", show_default=True)
+
+
+def action_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of every action command, gathered into one ``where`` argument."""
+
+    @config_option
+    @click.option("--local", is_flag=True,
+                  help="Act in this process under the lock, without the queue.")
+    @json_option
+    @host_option
+    @click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                  help="How long to wait for a guard's answer.")
+    @functools.wraps(command)
+    def wrapper(*args: Any, config_file: str | None, local: bool, as_json: bool,
+                host: str | None, timeout: float | None, **kwargs: Any) -> Any:
+        return command(*args, where=Where(config_file, local, as_json, host, timeout), **kwargs)
+
+    return wrapper

@@ -1,0 +1,98 @@
+"""Commands to watch and check a deployment: events, ping, check."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..redact import redact_url
+from .common import EXIT_OK, EXIT_USAGE, config_option, errors, host_option, json_option, load
+
+
+@click.command()
+@click.argument("profile", required=False)
+@config_option
+@click.option("--host", metavar="HOST_ID", help="Only this host's events (default: every host).")
+@click.option("--since", metavar="WHEN",
+              help="From this time on: a duration ago (30s, 10m, 2h, 1d), a stream id or an ISO time.")
+@click.option("--count", "-n", type=click.IntRange(1, 1_000_000), default=50, show_default=True,
+              help="Without --since: how many of the latest events to show.")
+@click.option("--follow", "-f", is_flag=True, help="Then print new events as they happen, until Ctrl-C.")
+@json_option
+def events(profile: str | None, config_file: str | None, host: str | None, since: str | None,
+           count: int, follow: bool, as_json: bool) -> None:
+    """Show the action log: every start, stop and failed start, of every host.
+
+    One line per event (time, host, profile, action, pids, requested by); --json
+    prints one JSON object per line.
+    """
+    from .. import events as log
+    from ..connect import redis_client, redis_url
+    from ..errors import RedisUnavailable
+    from ..lock import REDIS_ERRORS
+
+    config = load(config_file)
+    try:
+        start = log.parse_since(since) if since else None
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    wanted = log.EventFilter(profile=profile, host=host)
+    show = log.as_json if as_json else log.line
+    with errors(), redis_url(config.settings) as url:
+        client = redis_client(url)
+        try:
+            cursor = log.last_id(client)
+            shown = (log.since(client, start, wanted, until=cursor) if start
+                     else log.latest(client, count, wanted, until=cursor))
+            for event in shown:
+                click.echo(show(event))
+            if follow:
+                for event in log.follow(client, cursor, wanted):
+                    click.echo(show(event))
+        except KeyboardInterrupt:
+            pass
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"redis unreachable ({type(exc).__name__})") from None
+        finally:
+            client.close()
+    sys.exit(EXIT_OK)
+
+
+@click.command()
+@config_option
+@host_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              metavar="SECONDS")
+def ping(config_file: str | None, host: str | None, timeout: float) -> None:
+    """Exit 0 if the guard worker of this host (or --host) answers a Celery ping, else 1.
+
+    For healthchecks (docker compose, systemd, monitoring).
+    """
+    from ..client import ping as ping_guard
+
+    config = load(config_file)
+    with errors():
+        node = ping_guard(config, host=host, timeout=timeout)
+    click.echo(f"{node}: pong")
+
+
+@click.command()
+@config_option
+def check(config_file: str | None) -> None:
+    """Validate the config and print the profiles; exit 2 on any error."""
+    config = load(config_file)
+    s = config.settings
+    click.echo(f"config: {config.source}")
+    click.echo(f"redis: {redact_url(s.redis_url) if s.redis_url else f'embedded ({s.home}/redis)'}")
+    click.echo(f"host_id: {s.host_id}  sweep_interval: {s.sweep_interval:g} s  "
+               f"lock_expire: {s.lock_expire} s")
+    if not config.profiles:
+        click.echo("no profiles configured", err=True)
+        sys.exit(EXIT_USAGE)
+    for p in config.profiles.values():
+        match = f"  match={p.match!r}" if p.match else ""
+        click.echo(f"  {p.name}: {' '.join(p.command)}  workers {p.min_workers}..{p.max_workers}"
+                   f"  keep={p.keep}{match}")
+    click.echo("ok")
