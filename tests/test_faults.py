@@ -97,6 +97,16 @@ def restart(server: RedisServer) -> RedisServer:
     return start_redis(server.directory, port=server.port)
 
 
+def first_answer(harness: CeleryHarness, task: str, *args: Any) -> Any:
+    """Send ``task`` until the guard, reconnecting to Redis, answers it; return the result."""
+
+    def answered() -> Any:
+        request = harness.call(task, *args, timeout=10)
+        return request.state == "SUCCESS" and request.result
+
+    return poll_for(answered, timeout=90, interval=0.5, message="the guard to reconnect")
+
+
 def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconnects(
         workspace: Workspace, harness: CeleryHarness, own_redis: RedisServer):
     workspace.add_profile(start_seconds=3)
@@ -108,11 +118,7 @@ def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconne
     own_redis.process.wait(5)
     revived = restart(own_redis)
     try:
-        def answered() -> Any:
-            request = harness.call("workerguard.ensure", "demo", timeout=10)
-            return request.state == "SUCCESS" and request.result
-
-        result = poll_for(answered, timeout=60, interval=0.5, message="the guard to reconnect")
+        result = first_answer(harness, "workerguard.ensure", "demo")
         assert result["action"] == "already_running" and result["running"] == [spawned]
         assert local_instances(workspace) == [spawned]
         assert harness.worker.poll() is None
@@ -141,11 +147,7 @@ def test_redis_down_for_twenty_seconds_fails_clearly_kills_nothing_and_recovers(
     assert harness.worker.poll() is None  # the guard itself survived the outage
     revived = restart(own_redis)
     try:
-        def answered() -> Any:
-            request = harness.call("workerguard.status", "demo", timeout=10)
-            return request.state == "SUCCESS" and request.result
-
-        status = poll_for(answered, timeout=90, interval=0.5, message="the guard to reconnect")
+        status = first_answer(harness, "workerguard.status", "demo")
         assert sorted(status["running"]) == sorted([worker, extra.pid])
         assert failures >= 3
     finally:
