@@ -4,6 +4,15 @@ Each action runs discover -> plan -> act -> verify under one Redis lock per
 (host, profile); acting (stop/spawn) also holds a host-local fence. The guard takes a
 Redis client and a config; it knows nothing of Celery, so the CLI's ``--local`` mode,
 the Celery tasks and the tests all call exactly this code.
+
+The fast path: every full scan under the lock is remembered in Redis as the profile's
+known instances (pid + create_time). An ensure first verifies those (one ``/proc`` read
+each) and, if every one is still the same live process and the profile is within
+bounds, answers ``already_running`` without scanning the process table. Anything else
+(an instance gone or its PID reused, too few or too many, a pause, no or stale record)
+falls back to the full scan. Instances started outside workerguard (found only by
+``match``) are not known until a full scan sees them: every sweep scans, and refreshes
+the record; the record also expires after two sweep intervals.
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ import redis_lock
 from . import report
 from .config import Config, Profile
 from .errors import LockLost, LockTimeout, RedisUnavailable
+from .flight import Coalescer
 from .lock import REDIS_ERRORS, ProfileLock, host_fence
 from .plan import Plan, make_plan
-from .state import State
-from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances
+from .state import State, decode_known
+from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances, verify_known
 
 __all__ = ["Guard", "discover", "scan_processes"]  # the last two: patched by fault tests
 
@@ -38,8 +48,10 @@ class Guard:
         self.config = config
         self.settings = config.settings
         self.host = config.settings.host_id
-        self.state = State(client, self.host, config.settings.events_maxlen)
+        self.state = State(client, self.host, config.settings.events_maxlen,
+                           known_ttl=max(2 * config.settings.sweep_interval, 10.0))
         self.clock = clock
+        self._flights: Coalescer[Result] = Coalescer()
 
     def __repr__(self) -> str:
         return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
@@ -47,9 +59,18 @@ class Guard:
     # public actions --------------------------------------------------------------------
     def ensure(self, profile: str, *, dry_run: bool = False, force: bool = False,
                requested_by: str = "unknown") -> Result:
-        """Converge to min..max instances: start missing, stop extras; clears a pause."""
-        return self._converge(self.config.profile(profile), "ensure", dry_run=dry_run,
-                              force=force, requested_by=requested_by)
+        """Converge to min..max instances: start missing, stop extras; clears a pause.
+
+        Identical ensures that arrive in this process while one is waiting to start
+        share its result (``flight.Coalescer``); the event log names the first requester.
+        """
+        spec = self.config.profile(profile)
+
+        def converge() -> Result:
+            return self._converge(spec, "ensure", dry_run=dry_run, force=force,
+                                  requested_by=requested_by)
+
+        return self._flights.run(("ensure", profile, dry_run, force), converge)
 
     def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
                 requested_by: str = "unknown") -> Result:
@@ -82,10 +103,11 @@ class Guard:
         lock; only profiles that need action converge under their lock.
         """
         profiles = list(self.config.profiles.values())
+        with self._redis():  # read before the scan: a converge that writes later wins
+            paused, known = self.state.paused_and_known([p.name for p in profiles])
         found = discover(profiles, self.host, scan_processes())
-        with self._redis():
-            paused = self.state.paused([p.name for p in profiles])
         results = []
+        refresh = []
         for profile in profiles:
             instances = found[profile.name]
             pause = paused[profile.name]
@@ -95,11 +117,16 @@ class Guard:
             if self._ensure_plan(profile, instances).is_noop:
                 results.append(report.result(self.host, profile.name, "already_running",
                                              running=instances, kept=[i.pid for i in instances]))
+                refresh.append((profile, known[profile.name], instances))
                 continue
             try:
                 results.append(self._converge(profile, "sweep", requested_by=requested_by))
             except (LockTimeout, LockLost, RedisUnavailable) as exc:
                 results.append(report.error_result(self.host, profile.name, exc))
+        try:  # what this scan saw becomes the known instances (unless a converge wrote since)
+            self.state.refresh_known(refresh)
+        except REDIS_ERRORS as exc:
+            log.warning("could not refresh known instances: %s", exc)
         return results
 
     def claim_sweep(self) -> bool:
@@ -125,10 +152,15 @@ class Guard:
                   requested_by: str = "unknown") -> Result:
         name = profile.name
         with self._locked(profile) as lock:
-            instances = discover([profile], self.host)[name]
             with self._redis():
-                pause = self.state.paused([name])[name]
-                backoff = self.state.backoffs([name])[name]
+                snapshot = self.state.snapshot(name)
+            pause, backoff = snapshot.paused, snapshot.backoff
+            if mode == "ensure" and not dry_run and not pause:
+                fast = self._known_within_bounds(profile, snapshot.known)
+                if fast is not None:
+                    return fast
+            lock.start_renewal()  # from here on the hold may take a while
+            instances = discover([profile], self.host)[name]
             if mode == "sweep" and pause:
                 return report.paused_result(self.host, name, instances, pause)
             plan = self._plan(profile, mode, instances, max_workers)
@@ -147,7 +179,9 @@ class Guard:
             if blocked_by_backoff:
                 plan = Plan(keep=plan.keep, stop=plan.stop, start=0)
             stopped, started, failures = self._act(lock, profile, plan)
-            after = discover([profile], self.host)[name]
+            # Nothing done: the scan above, under this lock, is still the truth.
+            after = instances if plan.is_noop else discover([profile], self.host)[name]
+            self._remember(lock, profile, after)
 
         action = report.action_for(mode, plan, stopped, started, failures, bool(after))
         new_backoff = None
@@ -189,6 +223,26 @@ class Guard:
                                                     self.settings.log_dir)
         return stopped, started, failures
 
+    def _known_within_bounds(self, profile: Profile, raw: bytes | None) -> Result | None:
+        """The fast path: ``already_running`` from the verified known instances, or None."""
+        known = decode_known(profile, raw)
+        if not known:
+            return None
+        verified = verify_known(known)
+        if verified is None:
+            return None
+        plan = self._ensure_plan(profile, verified)
+        if not plan.is_noop:
+            return None
+        return report.result(self.host, profile.name, "already_running", running=plan.keep,
+                             kept=[i.pid for i in plan.keep], now=self.clock())
+
+    def _remember(self, lock: ProfileLock, profile: Profile, instances: list[Instance]) -> None:
+        try:
+            self.state.remember(profile, instances, lock.key, lock.lock_id)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not remember instances: %s", profile.name, exc)
+
     # helpers ---------------------------------------------------------------------------
     def _confirm_owned(self, lock: ProfileLock) -> None:
         """Never act on a lock that expired under us (the renewal thread dies silently)."""
@@ -200,7 +254,7 @@ class Guard:
     def _locked(self, profile: Profile) -> Iterator[ProfileLock]:
         lock = ProfileLock(self.client, self.host, profile.name, self.settings.lock_expire)
         with self._redis():
-            if not lock.acquire_within(self.settings.lock_timeout):
+            if not lock.acquire_within(self.settings.lock_timeout, renew=False):
                 raise LockTimeout(
                     f"{profile.name}: lock {lock.key} still held by another caller after "
                     f"{self.settings.lock_timeout:g} s"

@@ -1,4 +1,5 @@
-"""What workerguard remembers in Redis: pause flags, crash-loop backoff, the action log.
+"""What workerguard remembers in Redis: pause flags, crash-loop backoff, the known
+instances of each profile, the action log.
 
 Every key lives under ``workerguard:``. The action log is one capped stream
 (``XADD MAXLEN ~``) shared by all hosts; each entry names its host.
@@ -6,6 +7,7 @@ Every key lives under ``workerguard:``. The action log is one capped stream
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -13,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from .config import Profile
+from .workers.model import Instance
 
 EVENTS_KEY = "workerguard:events"
 
@@ -25,6 +30,66 @@ def backoff_key(host: str, profile: str) -> str:
     return f"workerguard:backoff:{host}:{profile}"
 
 
+def known_key(host: str, profile: str) -> str:
+    return f"workerguard:known:{host}:{profile}"
+
+
+# Write the known instances only while we still own the profile's lock.
+_SET_IF_OWNER = """
+if redis.call('get', KEYS[2]) == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+# Write the known instances only if nobody changed them since we read them ('' = absent).
+_SET_IF_UNCHANGED = """
+local current = redis.call('get', KEYS[1])
+if (current or '') == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+
+
+def fingerprint(profile: Profile) -> str:
+    """What decides which processes discovery finds: known instances of another
+    command or ``match`` are never trusted."""
+    raw = json.dumps([list(profile.command), profile.match])
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def encode_known(profile: Profile, instances: Sequence[Instance]) -> str:
+    return json.dumps({"fp": fingerprint(profile),
+                       "instances": [[i.pid, i.create_time, i.instance_id] for i in instances]},
+                      separators=(",", ":"))
+
+
+def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | None:
+    """The remembered instances (not yet verified), or None if absent or for another command."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        if data["fp"] != fingerprint(profile):
+            return None
+        return [Instance(profile=profile.name, pid=int(pid), create_time=float(created),
+                         instance_id=instance_id, tree=(int(pid),))
+                for pid, created, instance_id in data["instances"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a converge reads from Redis, in one round trip."""
+
+    paused: dict[str, Any] | None
+    backoff: Backoff
+    known: bytes | None
+
+
 @dataclass(frozen=True)
 class Backoff:
     failures: int = 0
@@ -35,10 +100,61 @@ class Backoff:
 
 
 class State:
-    def __init__(self, client: redis.Redis, host: str, events_maxlen: int = 10_000) -> None:
+    def __init__(self, client: redis.Redis, host: str, events_maxlen: int = 10_000,
+                 known_ttl: float = 60.0) -> None:
         self.client = client
         self.host = host
         self.events_maxlen = events_maxlen
+        self.known_ttl_ms = max(1, int(known_ttl * 1000))
+        self._set_if_owner = client.register_script(_SET_IF_OWNER)
+        self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
+
+    # one round trip for a converge ---------------------------------------------------
+    def snapshot(self, profile: str) -> Snapshot:
+        """Pause flag, backoff and known instances of one profile, pipelined."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(pause_key(self.host, profile))
+        pipe.hgetall(backoff_key(self.host, profile))
+        pipe.get(known_key(self.host, profile))
+        paused, backoff, known = pipe.execute()
+        return Snapshot(json.loads(paused) if paused else None,
+                        Backoff(int(backoff.get(b"failures", 0)),
+                                float(backoff.get(b"next_attempt", 0))),
+                        known)
+
+    # known instances -----------------------------------------------------------------
+    def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
+                 lock_id: str) -> bool:
+        """Store what a full scan under the lock found, if we still own the lock."""
+        return bool(self._set_if_owner(
+            keys=[known_key(self.host, profile.name), lock_key],
+            args=[lock_id, encode_known(profile, instances), self.known_ttl_ms]))
+
+    def paused_and_known(self, profiles: Sequence[str],
+                         ) -> tuple[dict[str, dict[str, Any] | None], dict[str, bytes | None]]:
+        """Pause info and raw known instances per profile, in one round trip."""
+        if not profiles:
+            return {}, {}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([pause_key(self.host, p) for p in profiles])
+        pipe.mget([known_key(self.host, p) for p in profiles])
+        paused, known = pipe.execute()
+        return ({p: (json.loads(v) if v else None) for p, v in zip(profiles, paused, strict=True)},
+                dict(zip(profiles, known, strict=True)))
+
+    def refresh_known(self, updates: Sequence[tuple[Profile, bytes | None, Sequence[Instance]]],
+                      ) -> None:
+        """After a lock-free scan: store each profile's instances unless a converge wrote
+        its own since we read ``previous`` (compare-and-set), in one round trip."""
+        if not updates:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for profile, previous, instances in updates:
+            self._set_if_unchanged(
+                keys=[known_key(self.host, profile.name)],
+                args=[previous or b"", encode_known(profile, instances), self.known_ttl_ms],
+                client=pipe)
+        pipe.execute()
 
     # pause ---------------------------------------------------------------------------
     def pause(self, profile: str, requested_by: str) -> None:
