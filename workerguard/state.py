@@ -7,6 +7,7 @@ Every key lives under ``workerguard:``. The action log is one capped stream
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -56,7 +57,12 @@ return 0
 def fingerprint(profile: Profile) -> str:
     """What decides which processes discovery finds: known instances of another
     command or ``match`` are never trusted."""
-    raw = json.dumps([list(profile.command), profile.match])
+    return _fingerprint(tuple(profile.command), profile.match)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(command: tuple[str, ...], match: str | None) -> str:
+    raw = json.dumps([list(command), match])
     return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
@@ -143,18 +149,22 @@ class State:
                 dict(zip(profiles, known, strict=True)))
 
     def refresh_known(self, updates: Sequence[tuple[Profile, bytes | None, Sequence[Instance]]],
-                      ) -> None:
-        """After a lock-free scan: store each profile's instances unless a converge wrote
-        its own since we read ``previous`` (compare-and-set), in one round trip."""
-        if not updates:
-            return
-        pipe = self.client.pipeline(transaction=False)
+                      ) -> int:
+        """After a lock-free scan: store each profile's instances where they differ from
+        what we read before the scan (``previous``), unless a converge wrote its own since
+        (compare-and-set), in one round trip. Returns how many differed."""
+        changed = []
         for profile, previous, instances in updates:
-            self._set_if_unchanged(
-                keys=[known_key(self.host, profile.name)],
-                args=[previous or b"", encode_known(profile, instances), self.known_ttl_ms],
-                client=pipe)
-        pipe.execute()
+            encoded = encode_known(profile, instances)
+            if previous is None or previous.decode() != encoded:
+                changed.append((known_key(self.host, profile.name), previous or b"", encoded))
+        if changed:
+            pipe = self.client.pipeline(transaction=False)
+            for key, previous, encoded in changed:
+                self._set_if_unchanged(keys=[key], args=[previous, encoded, self.known_ttl_ms],
+                                       client=pipe)
+            pipe.execute()
+        return len(changed)
 
     # pause ---------------------------------------------------------------------------
     def pause(self, profile: str, requested_by: str) -> None:

@@ -89,16 +89,34 @@ def _looks_like(command: tuple[str, ...], joined: str) -> bool:
     return all(os.path.basename(arg) in joined for arg in command)
 
 
-def _read_mark(info: ProcessInfo) -> tuple[str, str, str] | None:
+Mark = tuple[str, str, str]
+_marks: dict[tuple[int, float, tuple[str, ...]], Mark | None] = {}
+_marks_lock = threading.Lock()
+
+
+def _read_mark(info: ProcessInfo) -> Mark | None:
+    """The process's WORKERGUARD_* mark, remembered per (pid, create_time, cmdline).
+
+    A process's environment is fixed at exec; an exec changes the command line, and
+    PID reuse the create_time, so either makes the remembered mark miss.
+    """
+    key = (info.pid, info.create_time, info.cmdline)
+    with _marks_lock:
+        if key in _marks:
+            return _marks[key]
     try:
         environ = info.process.environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
         # ZombieProcess is a NoSuchProcess; a process we may not read is not ours.
-        return None
+        return None  # not remembered: asked again next scan
     profile = environ.get(MARK_PROFILE)
-    if profile is None:
-        return None
-    return profile, environ.get(MARK_HOST, ""), environ.get(MARK_INSTANCE, "")
+    mark = None if profile is None else (profile, environ.get(MARK_HOST, ""),
+                                         environ.get(MARK_INSTANCE, ""))
+    with _marks_lock:
+        if len(_marks) >= 20_000:
+            _marks.clear()
+        _marks[key] = mark
+    return mark
 
 
 class _Classifier:
