@@ -17,6 +17,7 @@ from tests.support import poll_for
 from workerguard import guard as guard_module
 from workerguard.flight import Coalescer
 from workerguard.guard import Guard
+from workerguard.lock import ProfileLock
 from workerguard.state import encode_known, known_key
 from workerguard.workers.discover import alive
 from workerguard.workers.model import Instance
@@ -226,3 +227,21 @@ def test_followers_get_the_leaders_error():
     assert len(errors) == 3 and all(str(e) == "boom" for e in errors)
     with pytest.raises(RuntimeError):
         coalescer.run("k", failing)
+
+
+def test_the_fast_path_never_answers_while_another_caller_holds_the_lock(
+        workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    [pid] = guard.ensure("demo")["started"]
+    holder = ProfileLock(redis_client, workspace.host_id, "demo", expire=10)
+    assert holder.acquire_within(5)  # a converge in progress elsewhere
+    results: list[dict[str, object]] = []
+    waiter = threading.Thread(target=lambda: results.append(guard.ensure("demo")))
+    waiter.start()
+    poll_for(lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
+             message="the ensure to wait for the lock")
+    assert waiter.is_alive() and results == []
+    holder.release()
+    waiter.join(10)
+    assert results[0]["action"] == "already_running" and results[0]["running"] == [pid]

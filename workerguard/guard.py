@@ -6,9 +6,14 @@ Redis client and a config; it knows nothing of Celery, so the CLI's ``--local`` 
 the Celery tasks and the tests all call exactly this code.
 
 The fast path: every full scan under the lock is remembered in Redis as the profile's
-known instances (pid + create_time). An ensure first verifies those (one ``/proc`` read
-each) and, if every one is still the same live process and the profile is within
-bounds, answers ``already_running`` without scanning the process table. Anything else
+known instances (pid + create_time). An ensure first reads them, with the pause flag,
+in one atomic script that answers only while nobody holds the profile's lock (the same
+as taking the lock, reading and releasing it; one round trip instead of three), then
+verifies them (one ``/proc`` read each) and, if every one is still the same live process
+and the profile is within bounds, answers ``already_running`` without scanning the
+process table. A busy lock means a converge is running: the ensure waits for the lock
+and tries the known instances again under it (the converge has just rewritten them).
+Anything else
 (an instance gone or its PID reused, too few or too many, a pause, no or stale record)
 falls back to the full scan. Instances started outside workerguard (found only by
 ``match``) are not known until a full scan sees them: every sweep scans, and refreshes
@@ -30,7 +35,7 @@ from . import report
 from .config import Config, Profile
 from .errors import LockLost, LockTimeout, RedisUnavailable
 from .flight import Coalescer
-from .lock import REDIS_ERRORS, ProfileLock, host_fence
+from .lock import REDIS_ERRORS, ProfileLock, host_fence, lock_key
 from .plan import Plan, make_plan
 from .state import State, decode_known
 from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances, verify_known
@@ -151,6 +156,13 @@ class Guard:
                   force: bool = False, max_workers: int | None = None,
                   requested_by: str = "unknown") -> Result:
         name = profile.name
+        if mode == "ensure" and not dry_run:
+            with self._redis():
+                unlocked = self.state.snapshot_if_unlocked(name, lock_key(self.host, name))
+            if unlocked is not None and not unlocked[0]:
+                fast = self._known_within_bounds(profile, unlocked[1])
+                if fast is not None:
+                    return fast
         with self._locked(profile) as lock:
             with self._redis():
                 snapshot = self.state.snapshot(name)

@@ -35,6 +35,14 @@ def known_key(host: str, profile: str) -> str:
     return f"workerguard:known:{host}:{profile}"
 
 
+# Read pause flag and known instances only if nobody holds the profile's lock: atomic, so
+# it is the same as taking the lock, reading and releasing it, in one round trip.
+_READ_IF_UNLOCKED = """
+if redis.call('exists', KEYS[1]) == 1 then
+    return {1, false, false}
+end
+return {0, redis.call('get', KEYS[2]), redis.call('get', KEYS[3])}
+"""
 # Write the known instances only while we still own the profile's lock.
 _SET_IF_OWNER = """
 if redis.call('get', KEYS[2]) == ARGV[1] then
@@ -112,6 +120,7 @@ class State:
         self.host = host
         self.events_maxlen = events_maxlen
         self.known_ttl_ms = max(1, int(known_ttl * 1000))
+        self._read_if_unlocked = client.register_script(_READ_IF_UNLOCKED)
         self._set_if_owner = client.register_script(_SET_IF_OWNER)
         self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
 
@@ -127,6 +136,16 @@ class State:
                         Backoff(int(backoff.get(b"failures", 0)),
                                 float(backoff.get(b"next_attempt", 0))),
                         known)
+
+    def snapshot_if_unlocked(self, profile: str, lock_key: str,
+                             ) -> tuple[dict[str, Any] | None, bytes | None] | None:
+        """(pause info, raw known instances) read atomically while nobody holds the
+        profile's lock, or None if somebody does. One round trip."""
+        busy, paused, known = self._read_if_unlocked(
+            keys=[lock_key, pause_key(self.host, profile), known_key(self.host, profile)])
+        if busy:
+            return None
+        return (json.loads(paused) if paused else None), known
 
     # known instances -----------------------------------------------------------------
     def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
