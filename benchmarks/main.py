@@ -15,7 +15,7 @@ from benchmarks.harness import bench
 from benchmarks.rows import Row, log
 from workerguard.embedded import redis_server_binary
 
-ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep")
+ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown")
 
 
 def machine() -> str:
@@ -43,19 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     chosen = set(args.only or ROWS)
     started = time.monotonic()
     results: list[Row] = []
+    costs: list[tuple[str, str]] = []
     with bench(quick) as b:
-        if chosen & {"handoff"}:
+        port_crash = rows.PortCrash(b, 1 if quick else 3) if "crash" in chosen else None
+        if "handoff" in chosen:
             log("lock handoff")
             results.append(rows.lock_handoff(b, 20 if quick else 200))
-        if chosen & {"crash"}:
-            log("crashed holder")
-            results.append(rows.crashed_holder(b, 1 if quick else 5, 1 if quick else 2))
         if chosen & {"dups", "roundtrip", "drain"}:
             profiles = {"dupc": b.profile(3), "rt": b.profile(4)}
             app = b.start_worker(b.write_config("worker", profiles))
             if "dups" in chosen:
                 log("duplicate starts")
-                results.append(rows.duplicate_starts(b, 20 if quick else 1000, 20 if quick else 200, app))
+                results.append(rows.duplicate_starts(b, 20 if quick else 1000, 10 if quick else 200,
+                                                     app))
             if chosen & {"roundtrip", "drain"}:
                 assert b.call("workerguard.ensure", "rt")["action"] == "started"
             if "roundtrip" in chosen:
@@ -67,9 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         if "sweep" in chosen:
             log("sweep cost")
             results.extend(rows.sweep_cost(b, 5 if quick else 30))
+        if "breakdown" in chosen:
+            log("cost breakdown")
+            costs = rows.breakdown(b, 200 if quick else 2000)
+        if port_crash is not None:
+            log("crashed holder")
+            results.insert(min(1, len(results)),
+                           rows.crashed_holder(b, 2 if quick else 10, port_crash))
     print(f"\n{'Quick run' if quick else 'Full run'}: {machine()}; "
           f"`python benchmarks/run.py{' --quick' if quick else ''}` took "
           f"{time.monotonic() - started:.0f} s\n")
     print(table(results))
+    if costs:
+        print("\nWhere an ensure's time goes (in-process, worker running, "
+              f"{200 if quick else 2000} calls each):\n")
+        print("| step | time |\n|---|---|")
+        print("\n".join(f"| {step} | {value} |" for step, value in costs))
     sys.stdout.flush()
     return 0
