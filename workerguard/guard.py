@@ -13,11 +13,10 @@ verifies them (one ``/proc`` read each) and, if every one is still the same live
 and the profile is within bounds, answers ``already_running`` without scanning the
 process table. A busy lock means a converge is running: the ensure waits for the lock
 and tries the known instances again under it (the converge has just rewritten them).
-Anything else
-(an instance gone or its PID reused, too few or too many, a pause, no or stale record)
-falls back to the full scan. Instances started outside workerguard (found only by
-``match``) are not known until a full scan sees them: every sweep scans, and refreshes
-the record; the record also expires after two sweep intervals.
+Anything else (an instance gone or its PID reused, too few or too many, a pause, no or
+stale record) falls back to the full scan. Instances started outside workerguard (found
+only by ``match``) are not known until a full scan sees them: every sweep scans, and
+refreshes the record; the record also expires after two sweep intervals.
 """
 
 from __future__ import annotations

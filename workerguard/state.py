@@ -123,6 +123,9 @@ class State:
         self._read_if_unlocked = client.register_script(_READ_IF_UNLOCKED)
         self._set_if_owner = client.register_script(_SET_IF_OWNER)
         self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
+        self._seen: dict[str, tuple[bytes | None, tuple[tuple[int, float], ...]]] = {}
+        """Per profile: the record read and the instances scanned by the last refresh
+        that found them equal, so an unchanged profile costs no encoding."""
 
     # one round trip for a converge ---------------------------------------------------
     def snapshot(self, profile: str) -> Snapshot:
@@ -174,9 +177,14 @@ class State:
         (compare-and-set), in one round trip. Returns how many differed."""
         changed = []
         for profile, previous, instances in updates:
+            seen = (previous, tuple((i.pid, i.create_time) for i in instances))
+            if previous is not None and self._seen.get(profile.name) == seen:
+                continue  # the same record and the same scan result as last time
             encoded = encode_known(profile, instances)
             if previous is None or previous.decode() != encoded:
                 changed.append((known_key(self.host, profile.name), previous or b"", encoded))
+            else:
+                self._seen[profile.name] = seen
         if changed:
             pipe = self.client.pipeline(transaction=False)
             for key, previous, encoded in changed:
