@@ -418,8 +418,8 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
          measure(lambda: guard.state.snapshot_if_unlocked("bd", key))),
         ("  of which: verifying the known instance (pid + create_time, /proc)",
          measure(lambda: verify_known(known))),
-        ("  of which: building the result dict", measure(lambda: guard._known_within_bounds(
-            profile, snapshot[1]))),
+        ("  of which: decode + verify + plan + result dict (all but the round trip)",
+         measure(lambda: guard._known_within_bounds(profile, snapshot[1]))),
         ("before: one full scan + discovery of one profile (ensure did 2)",
          measure(lambda: discover([profile], b.host_id))),
         ("before: lock acquire + release with no waiter (2 round trips)", measure(lock_cycle)),
