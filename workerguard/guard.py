@@ -6,6 +6,19 @@ lost (expiry during a long stall, a failover), a second guard on this host still
 waits for the first to finish instead of acting on a stale view. The guard takes a
 Redis client and a config; it knows nothing of Celery, so the CLI's ``--local`` mode,
 the Celery tasks and the tests all call exactly this code.
+
+The fast path: every full scan under the lock is remembered in Redis as the profile's
+known instances (pid + create_time). An ensure first reads them, with the pause flag,
+in one atomic script that answers only while nobody holds the profile's lock (the same
+as taking the lock, reading and releasing it; one round trip instead of three), then
+verifies them (one ``/proc`` read each) and, if every one is still the same live process
+and the profile is within bounds, answers ``already_running`` without scanning the
+process table. A busy lock means a converge is running: the ensure waits for the lock
+and tries the known instances again under it (the converge has just rewritten them).
+Anything else (an instance gone or its PID reused, too few or too many, a pause, no or
+stale record) falls back to the full scan. Instances started outside workerguard (found
+only by ``match``) are not known until a full scan sees them: every sweep scans, and
+refreshes the record; the record also expires after two sweep intervals.
 """
 
 from __future__ import annotations
@@ -22,11 +35,12 @@ import redis_lock
 from . import report
 from .config import Config, Profile
 from .errors import LockLost, LockTimeout, RedisUnavailable
-from .lock import REDIS_ERRORS, ProfileLock, host_fence
+from .flight import Coalescer
+from .lock import REDIS_ERRORS, ProfileLock, host_fence, lock_key
 from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
-from .state import State
-from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances
+from .state import State, decode_known
+from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances, verify_known
 
 __all__ = ["Guard", "discover", "scan_processes", "spawn_instances", "stop_instances"]
 # (all but Guard re-exported for the fault tests, which wrap them with failpoints)
@@ -43,9 +57,11 @@ class Guard:
         self.config = config
         self.settings = config.settings
         self.host = config.settings.host_id
-        self.state = State(client, self.host, config.settings.events_maxlen)
+        self.state = State(client, self.host, config.settings.events_maxlen,
+                           known_ttl=max(2 * config.settings.sweep_interval, 10.0))
         self.clock = clock
         self.observer = observer or NULL_OBSERVER
+        self._flights: Coalescer[Result] = Coalescer()
 
     def __repr__(self) -> str:
         return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
@@ -53,10 +69,19 @@ class Guard:
     # public actions --------------------------------------------------------------------
     def ensure(self, profile: str, *, dry_run: bool = False, force: bool = False,
                requested_by: str = "unknown") -> Result:
-        """Converge to min..max instances: start missing, stop extras; clears a pause."""
-        return self._observed("ensure", self._converge(
-            self.config.profile(profile), "ensure", dry_run=dry_run, force=force,
-            requested_by=requested_by))
+        """Converge to min..max instances: start missing, stop extras; clears a pause.
+
+        Identical ensures that arrive in this process while one is waiting to start
+        share its result (``flight.Coalescer``); the event log names the first requester
+        and the observer sees the converge once.
+        """
+        spec = self.config.profile(profile)
+
+        def converge() -> Result:
+            return self._observed("ensure", self._converge(
+                spec, "ensure", dry_run=dry_run, force=force, requested_by=requested_by))
+
+        return self._flights.run(("ensure", profile, dry_run, force), converge)
 
     def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
                 requested_by: str = "unknown") -> Result:
@@ -92,10 +117,11 @@ class Guard:
         """
         began = time.monotonic()
         profiles = list(self.config.profiles.values())
+        with self._redis():  # read before the scan: a converge that writes later wins
+            paused, known = self.state.paused_and_known([p.name for p in profiles])
         found = discover(profiles, self.host, scan_processes())
-        with self._redis():
-            paused = self.state.paused([p.name for p in profiles])
         results = []
+        refresh = []
         for profile in profiles:
             instances = found[profile.name]
             pause = paused[profile.name]
@@ -105,11 +131,16 @@ class Guard:
             if self._ensure_plan(profile, instances).is_noop:
                 results.append(report.result(self.host, profile.name, "already_running",
                                              running=instances, kept=[i.pid for i in instances]))
+                refresh.append((profile, known[profile.name], instances))
                 continue
             try:
                 results.append(self._converge(profile, "sweep", requested_by=requested_by))
             except (LockTimeout, LockLost, RedisUnavailable) as exc:
                 results.append(report.error_result(self.host, profile.name, exc))
+        try:  # what this scan saw becomes the known instances (unless a converge wrote since)
+            self.state.refresh_known(refresh)
+        except REDIS_ERRORS as exc:
+            log.warning("could not refresh known instances: %s", exc)
         self.observer.swept(results, time.monotonic() - began)
         return results
 
@@ -135,30 +166,45 @@ class Guard:
                   force: bool = False, max_workers: int | None = None,
                   requested_by: str = "unknown") -> Result:
         name = profile.name
-        with self._locked(profile) as lock, host_fence(self.settings.fence_dir, f"{self.host}.{name}"):
-            instances = discover([profile], self.host)[name]
+        if mode == "ensure" and not dry_run:
             with self._redis():
-                pause = self.state.paused([name])[name]
-                backoff = self.state.backoffs([name])[name]
-            if mode == "sweep" and pause:
-                return report.paused_result(self.host, name, instances, pause)
-            plan = self._plan(profile, mode, instances, max_workers)
-            now = self.clock()
-            blocked_by_backoff = (plan.start and not force and backoff.active(now)
-                                  and mode in ("ensure", "sweep"))
-            if dry_run:
-                return report.dry_run_result(self.host, name, mode, plan,
-                                             backoff if blocked_by_backoff else None)
-            if mode == "ensure" and pause:
-                with self._redis():
-                    self.state.unpause(name)
-            if mode == "stop_all":
-                with self._redis():
-                    self.state.pause(name, requested_by)
-            if blocked_by_backoff:
-                plan = Plan(keep=plan.keep, stop=plan.stop, start=0)
-            stopped, started, failures = self._act(lock, profile, plan)
-            after = discover([profile], self.host)[name]
+                unlocked = self.state.snapshot_if_unlocked(name, lock_key(self.host, name))
+            if unlocked is not None and not unlocked[0]:
+                fast = self._known_within_bounds(profile, unlocked[1])
+                if fast is not None:
+                    return fast
+        with self._locked(profile) as lock:
+            with self._redis():
+                snapshot = self.state.snapshot(name)
+            pause, backoff = snapshot.paused, snapshot.backoff
+            if mode == "ensure" and not dry_run and not pause:
+                fast = self._known_within_bounds(profile, snapshot.known)
+                if fast is not None:
+                    return fast
+            lock.start_renewal()  # from here on the hold may take a while
+            with host_fence(self.settings.fence_dir, f"{self.host}.{name}"):
+                instances = discover([profile], self.host)[name]
+                if mode == "sweep" and pause:
+                    return report.paused_result(self.host, name, instances, pause)
+                plan = self._plan(profile, mode, instances, max_workers)
+                now = self.clock()
+                blocked_by_backoff = (plan.start and not force and backoff.active(now)
+                                      and mode in ("ensure", "sweep"))
+                if dry_run:
+                    return report.dry_run_result(self.host, name, mode, plan,
+                                                 backoff if blocked_by_backoff else None)
+                if mode == "ensure" and pause:
+                    with self._redis():
+                        self.state.unpause(name)
+                if mode == "stop_all":
+                    with self._redis():
+                        self.state.pause(name, requested_by)
+                if blocked_by_backoff:
+                    plan = Plan(keep=plan.keep, stop=plan.stop, start=0)
+                stopped, started, failures = self._act(lock, profile, plan)
+                # Nothing done: the scan above, under this lock, is still the truth.
+                after = instances if plan.is_noop else discover([profile], self.host)[name]
+                self._remember(lock, profile, after)
 
         action = report.action_for(mode, plan, stopped, started, failures, bool(after))
         new_backoff = None
@@ -199,6 +245,26 @@ class Guard:
                                                 self.settings.log_dir)
         return stopped, started, failures
 
+    def _known_within_bounds(self, profile: Profile, raw: bytes | None) -> Result | None:
+        """The fast path: ``already_running`` from the verified known instances, or None."""
+        known = decode_known(profile, raw)
+        if not known:
+            return None
+        verified = verify_known(known)
+        if verified is None:
+            return None
+        plan = self._ensure_plan(profile, verified)
+        if not plan.is_noop:
+            return None
+        return report.result(self.host, profile.name, "already_running", running=plan.keep,
+                             kept=[i.pid for i in plan.keep], now=self.clock())
+
+    def _remember(self, lock: ProfileLock, profile: Profile, instances: list[Instance]) -> None:
+        try:
+            self.state.remember(profile, instances, lock.key, lock.lock_id)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not remember instances: %s", profile.name, exc)
+
     # helpers ---------------------------------------------------------------------------
     def _confirm_owned(self, lock: ProfileLock) -> None:
         """Never act on a lock that expired under us (the renewal thread dies silently)."""
@@ -211,7 +277,7 @@ class Guard:
         lock = ProfileLock(self.client, self.host, profile.name, self.settings.lock_expire)
         began = time.monotonic()
         with self._redis():
-            acquired = lock.acquire_within(self.settings.lock_timeout)
+            acquired = lock.acquire_within(self.settings.lock_timeout, renew=False)
             self.observer.lock_waited(profile.name, time.monotonic() - began)
             if not acquired:
                 raise LockTimeout(

@@ -8,7 +8,10 @@ with three changes:
   TTL, so a crashed holder delays the next caller by at most ``expire`` + ~0.1 s
   (the stock wait can miss the expiry: redis-py 8's socket timeout, PITFALLS.md);
 * the renewal thread logs and stops when the lock was lost instead of dying with an
-  unhandled exception, and ``owned()`` lets the holder check before it acts.
+  unhandled exception, and ``owned()`` lets the holder check before it acts;
+* the renewal thread can start later (``acquire_within(renew=False)``, then
+  ``start_renewal()``): a hold that only reads (the fast path of an ensure, well under
+  a millisecond) does not pay for starting and joining a thread.
 
 ``host_fence`` is a host-local OS lock (``flock``) held only while acting. A Redis
 lock with a TTL is an efficiency lock: after a long pause or a failover two holders
@@ -37,24 +40,37 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _SLICE = 1.0
 
 
+def lock_key(host: str, profile: str) -> str:
+    return f"workerguard:lock:{host}:{profile}"
+
+
 class ProfileLock(redis_lock.Lock):  # type: ignore[misc]
     def __init__(self, client: redis.Redis, host: str, profile: str, expire: int) -> None:
         super().__init__(client, f"{host}:{profile}", expire=expire, auto_renewal=True,
                          strict=False)
-        self._name = f"workerguard:lock:{host}:{profile}"
+        self._name = lock_key(host, profile)
         self._signal = f"workerguard:lock-signal:{host}:{profile}"
 
     @property
     def key(self) -> str:
         return str(self._name)
 
-    def acquire_within(self, timeout: float) -> bool:
-        """Take the lock, waiting at most ``timeout`` seconds; True if taken."""
+    @property
+    def lock_id(self) -> str:
+        return str(self._id)
+
+    def acquire_within(self, timeout: float, *, renew: bool = True) -> bool:
+        """Take the lock, waiting at most ``timeout`` seconds; True if taken.
+
+        With ``renew=False`` the key is not renewed until ``start_renewal()``: call it
+        before anything that may take a sizeable part of ``expire``.
+        """
         deadline = time.monotonic() + timeout
         client = self._client
         while True:
             if client.set(self._name, self._id, nx=True, ex=self._expire):
-                self._start_lock_renewer()
+                if renew:
+                    self._start_lock_renewer()
                 return True
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -63,6 +79,11 @@ class ProfileLock(redis_lock.Lock):  # type: ignore[misc]
             # Wake on the holder's release signal, or just after its key expires.
             wait = min(remaining, _SLICE, ttl_ms / 1000 + 0.005 if ttl_ms > 0 else 0.01)
             client.blpop([self._signal], timeout=max(wait, 0.01))
+
+    def start_renewal(self) -> None:
+        """Start renewing the key while held (no-op if already renewing)."""
+        if self._lock_renewal_thread is None:
+            self._start_lock_renewer()
 
     def owned(self) -> bool:
         """True if the key still holds our id (the renewal thread may have lost it)."""

@@ -1,4 +1,5 @@
-"""What workerguard remembers in Redis: pause flags, crash-loop backoff, the action log.
+"""What workerguard remembers in Redis: pause flags, crash-loop backoff, the known
+instances of each profile, the action log.
 
 Every key lives under ``workerguard:``. The action log is one capped stream
 (``XADD MAXLEN ~``) shared by all hosts; each entry names its host.
@@ -6,6 +7,8 @@ Every key lives under ``workerguard:``. The action log is one capped stream
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -13,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from .config import Profile
+from .workers.model import Instance
 
 EVENTS_KEY = "workerguard:events"
 
@@ -25,6 +31,79 @@ def backoff_key(host: str, profile: str) -> str:
     return f"workerguard:backoff:{host}:{profile}"
 
 
+def known_key(host: str, profile: str) -> str:
+    return f"workerguard:known:{host}:{profile}"
+
+
+# Read pause flag and known instances only if nobody holds the profile's lock: atomic, so
+# it is the same as taking the lock, reading and releasing it, in one round trip.
+_READ_IF_UNLOCKED = """
+if redis.call('exists', KEYS[1]) == 1 then
+    return {1, false, false}
+end
+return {0, redis.call('get', KEYS[2]), redis.call('get', KEYS[3])}
+"""
+# Write the known instances only while we still own the profile's lock.
+_SET_IF_OWNER = """
+if redis.call('get', KEYS[2]) == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+# Write the known instances only if nobody changed them since we read them ('' = absent).
+_SET_IF_UNCHANGED = """
+local current = redis.call('get', KEYS[1])
+if (current or '') == ARGV[1] then
+    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    return 1
+end
+return 0
+"""
+
+
+def fingerprint(profile: Profile) -> str:
+    """What decides which processes discovery finds: known instances of another
+    command or ``match`` are never trusted."""
+    return _fingerprint(tuple(profile.command), profile.match)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(command: tuple[str, ...], match: str | None) -> str:
+    raw = json.dumps([list(command), match])
+    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def encode_known(profile: Profile, instances: Sequence[Instance]) -> str:
+    return json.dumps({"fp": fingerprint(profile),
+                       "instances": [[i.pid, i.create_time, i.instance_id] for i in instances]},
+                      separators=(",", ":"))
+
+
+def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | None:
+    """The remembered instances (not yet verified), or None if absent or for another command."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        if data["fp"] != fingerprint(profile):
+            return None
+        return [Instance(profile=profile.name, pid=int(pid), create_time=float(created),
+                         instance_id=instance_id, tree=(int(pid),))
+                for pid, created, instance_id in data["instances"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a converge reads from Redis, in one round trip."""
+
+    paused: dict[str, Any] | None
+    backoff: Backoff
+    known: bytes | None
+
+
 @dataclass(frozen=True)
 class Backoff:
     failures: int = 0
@@ -35,10 +114,84 @@ class Backoff:
 
 
 class State:
-    def __init__(self, client: redis.Redis, host: str, events_maxlen: int = 10_000) -> None:
+    def __init__(self, client: redis.Redis, host: str, events_maxlen: int = 10_000,
+                 known_ttl: float = 60.0) -> None:
         self.client = client
         self.host = host
         self.events_maxlen = events_maxlen
+        self.known_ttl_ms = max(1, int(known_ttl * 1000))
+        self._read_if_unlocked = client.register_script(_READ_IF_UNLOCKED)
+        self._set_if_owner = client.register_script(_SET_IF_OWNER)
+        self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
+        self._seen: dict[str, tuple[bytes | None, tuple[tuple[int, float], ...]]] = {}
+        """Per profile: the record read and the instances scanned by the last refresh
+        that found them equal, so an unchanged profile costs no encoding."""
+
+    # one round trip for a converge ---------------------------------------------------
+    def snapshot(self, profile: str) -> Snapshot:
+        """Pause flag, backoff and known instances of one profile, pipelined."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(pause_key(self.host, profile))
+        pipe.hgetall(backoff_key(self.host, profile))
+        pipe.get(known_key(self.host, profile))
+        paused, backoff, known = pipe.execute()
+        return Snapshot(json.loads(paused) if paused else None,
+                        Backoff(int(backoff.get(b"failures", 0)),
+                                float(backoff.get(b"next_attempt", 0))),
+                        known)
+
+    def snapshot_if_unlocked(self, profile: str, lock_key: str,
+                             ) -> tuple[dict[str, Any] | None, bytes | None] | None:
+        """(pause info, raw known instances) read atomically while nobody holds the
+        profile's lock, or None if somebody does. One round trip."""
+        busy, paused, known = self._read_if_unlocked(
+            keys=[lock_key, pause_key(self.host, profile), known_key(self.host, profile)])
+        if busy:
+            return None
+        return (json.loads(paused) if paused else None), known
+
+    # known instances -----------------------------------------------------------------
+    def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
+                 lock_id: str) -> bool:
+        """Store what a full scan under the lock found, if we still own the lock."""
+        return bool(self._set_if_owner(
+            keys=[known_key(self.host, profile.name), lock_key],
+            args=[lock_id, encode_known(profile, instances), self.known_ttl_ms]))
+
+    def paused_and_known(self, profiles: Sequence[str],
+                         ) -> tuple[dict[str, dict[str, Any] | None], dict[str, bytes | None]]:
+        """Pause info and raw known instances per profile, in one round trip."""
+        if not profiles:
+            return {}, {}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget([pause_key(self.host, p) for p in profiles])
+        pipe.mget([known_key(self.host, p) for p in profiles])
+        paused, known = pipe.execute()
+        return ({p: (json.loads(v) if v else None) for p, v in zip(profiles, paused, strict=True)},
+                dict(zip(profiles, known, strict=True)))
+
+    def refresh_known(self, updates: Sequence[tuple[Profile, bytes | None, Sequence[Instance]]],
+                      ) -> int:
+        """After a lock-free scan: store each profile's instances where they differ from
+        what we read before the scan (``previous``), unless a converge wrote its own since
+        (compare-and-set), in one round trip. Returns how many differed."""
+        changed = []
+        for profile, previous, instances in updates:
+            seen = (previous, tuple((i.pid, i.create_time) for i in instances))
+            if previous is not None and self._seen.get(profile.name) == seen:
+                continue  # the same record and the same scan result as last time
+            encoded = encode_known(profile, instances)
+            if previous is None or previous.decode() != encoded:
+                changed.append((known_key(self.host, profile.name), previous or b"", encoded))
+            else:
+                self._seen[profile.name] = seen
+        if changed:
+            pipe = self.client.pipeline(transaction=False)
+            for key, previous, encoded in changed:
+                self._set_if_unchanged(keys=[key], args=[previous, encoded, self.known_ttl_ms],
+                                       client=pipe)
+            pipe.execute()
+        return len(changed)
 
     # pause ---------------------------------------------------------------------------
     def pause(self, profile: str, requested_by: str) -> None:

@@ -1,6 +1,6 @@
 """The process layer: find, start and stop worker processes. No Celery, no Redis here."""
 
-from .discover import Scan, discover, scan_processes
+from .discover import Scan, discover, scan_processes, verify_known
 from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance
 from .spawn import SpawnFailure, spawn_instances
 from .stop import StopOutcome, stop_instances
@@ -17,4 +17,5 @@ __all__ = [
     "scan_processes",
     "spawn_instances",
     "stop_instances",
+    "verify_known",
 ]

@@ -8,13 +8,19 @@ is an instance of the same profile belongs to that instance.
 ``environ`` is read only for candidates whose command line resembles the profile's
 command: asking psutil for ``environ`` in ``process_iter`` silently drops every
 process whose environment cannot be read, and reading it for all costs ~40 %% more.
+
+Which profiles a command line may belong to (the command pre-filter and the ``match``
+regex) depends only on the command line, so it is computed once per distinct command
+line and remembered across scans (``_Classifier``): a sweep of 50 profiles over 1,000
+processes costs one dictionary lookup per process instead of 50 regex searches.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
@@ -83,16 +89,74 @@ def _looks_like(command: tuple[str, ...], joined: str) -> bool:
     return all(os.path.basename(arg) in joined for arg in command)
 
 
-def _read_mark(info: ProcessInfo) -> tuple[str, str, str] | None:
+Mark = tuple[str, str, str]
+_marks: dict[tuple[int, float, tuple[str, ...]], Mark | None] = {}
+_marks_lock = threading.Lock()
+
+
+def _read_mark(info: ProcessInfo) -> Mark | None:
+    """The process's WORKERGUARD_* mark, remembered per (pid, create_time, cmdline).
+
+    A process's environment is fixed at exec; an exec changes the command line, and
+    PID reuse the create_time, so either makes the remembered mark miss.
+    """
+    key = (info.pid, info.create_time, info.cmdline)
+    with _marks_lock:
+        if key in _marks:
+            return _marks[key]
     try:
         environ = info.process.environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
         # ZombieProcess is a NoSuchProcess; a process we may not read is not ours.
-        return None
+        return None  # not remembered: asked again next scan
     profile = environ.get(MARK_PROFILE)
-    if profile is None:
-        return None
-    return profile, environ.get(MARK_HOST, ""), environ.get(MARK_INSTANCE, "")
+    mark = None if profile is None else (profile, environ.get(MARK_HOST, ""),
+                                         environ.get(MARK_INSTANCE, ""))
+    with _marks_lock:
+        if len(_marks) >= 20_000:
+            _marks.clear()
+        _marks[key] = mark
+    return mark
+
+
+class _Classifier:
+    """Command line -> (profiles whose command it resembles, profiles whose ``match`` it hits).
+
+    Pure functions of the command line and the profiles, so they are cached; the cache
+    is per set of profiles and bounded.
+    """
+
+    MAX_ENTRIES = 50_000
+
+    def __init__(self, profiles: Sequence[Profile]) -> None:
+        self.profiles = [(p.name, p.command, p.match_regex) for p in profiles]
+        self.cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+    def __call__(self, joined: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        hit = self.cache.get(joined)
+        if hit is None:
+            looks = tuple(name for name, command, _ in self.profiles if _looks_like(command, joined))
+            matches = tuple(name for name, _, regex in self.profiles
+                            if regex is not None and regex.search(joined))
+            if len(self.cache) >= self.MAX_ENTRIES:
+                self.cache.clear()
+            hit = self.cache[joined] = (looks, matches)
+        return hit
+
+
+_classifiers: dict[tuple[tuple[str, tuple[str, ...], str | None], ...], _Classifier] = {}
+_classifiers_lock = threading.Lock()
+
+
+def _classifier(profiles: Sequence[Profile]) -> _Classifier:
+    key = tuple((p.name, tuple(p.command), p.match) for p in profiles)
+    with _classifiers_lock:
+        found = _classifiers.get(key)
+        if found is None:
+            if len(_classifiers) >= 64:
+                _classifiers.clear()
+            found = _classifiers[key] = _Classifier(profiles)
+        return found
 
 
 def discover(profiles: Iterable[Profile], host_id: str, scan: Scan | None = None,
@@ -100,27 +164,22 @@ def discover(profiles: Iterable[Profile], host_id: str, scan: Scan | None = None
     """Return the instances of each profile, oldest first. One process scan for all."""
     scan = scan or scan_processes()
     profiles = list(profiles)
+    classify = _classifier(profiles)
     protected = {os.getpid(), *scan.ancestors(os.getpid())}
-    marks: dict[int, tuple[str, str, str] | None] = {}
     qualified: dict[str, dict[int, str | None]] = {p.name: {} for p in profiles}
-    regexes = {p.name: p.match_regex for p in profiles}
 
     for info in scan.processes.values():
-        if info.pid in protected:
+        looks, matches = classify(info.joined)
+        if not (looks or matches) or info.pid in protected:
             continue
-        for profile in profiles:
-            regex = regexes[profile.name]
-            if _looks_like(profile.command, info.joined):
-                if info.pid not in marks:
-                    marks[info.pid] = _read_mark(info)
-                mark = marks[info.pid]
-                if mark and mark[0] == profile.name and mark[1] == host_id:
-                    qualified[profile.name][info.pid] = mark[2] or None
-                    continue
-            if regex is not None and regex.search(info.joined):
-                qualified[profile.name][info.pid] = None
+        mark = _read_mark(info) if looks else None
+        for name in looks:
+            if mark and mark[0] == name and mark[1] == host_id:
+                qualified[name][info.pid] = mark[2] or None
+        for name in matches:
+            qualified[name].setdefault(info.pid, None)
 
-    children = scan.children_map()
+    children = scan.children_map() if any(qualified.values()) else {}
     result: dict[str, list[Instance]] = {}
     for profile in profiles:
         members = qualified[profile.name]
@@ -158,3 +217,16 @@ def alive(pid: int, create_time: float) -> bool:
                 and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def verify_known(instances: Iterable[Instance]) -> list[Instance] | None:
+    """The instances, if every one is still the very process it was; else None.
+
+    A process that exited, became a zombie, or whose PID now names another process
+    (different ``create_time``) makes the whole set untrustworthy: the caller must
+    scan. Costs one ``/proc/<pid>/stat`` read per instance instead of a full scan.
+    """
+    verified = list(instances)
+    if all(alive(inst.pid, inst.create_time) for inst in verified):
+        return verified
+    return None

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: workerguard against a port of the script it replaces."""

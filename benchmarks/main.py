@@ -1,0 +1,87 @@
+"""Orchestrates the rows and prints the table (see ``run.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+
+from benchmarks import rows
+from benchmarks.harness import bench
+from benchmarks.rows import Row, log
+from workerguard.embedded import redis_server_binary
+
+ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown")
+
+
+def machine() -> str:
+    server = subprocess.run([redis_server_binary(), "--version"], capture_output=True, text=True,
+                            check=False).stdout.split()
+    redis_version = next((w.split("=")[1] for w in server if w.startswith("v=")), "?")
+    return (f"{time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} cores; "
+            f"Python {platform.python_version()}; celery {version('celery')}; "
+            f"redis-py {version('redis')}; python-redis-lock {version('python-redis-lock')}; "
+            f"psutil {version('psutil')}; redis-server {redis_version}")
+
+
+def table(results: list[Row]) -> str:
+    lines = ["| row | baseline | workerguard | target | met |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in results]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (scaled-down counts)")
+    parser.add_argument("--only", action="append", choices=ROWS, help="run only these rows")
+    args = parser.parse_args(argv)
+    quick: bool = args.quick
+    chosen = set(args.only or ROWS)
+    started = time.monotonic()
+    results: list[Row] = []
+    costs: list[tuple[str, str]] = []
+    with bench(quick) as b:
+        port_crash = rows.PortCrash(b, 1 if quick else 3) if "crash" in chosen else None
+        if "handoff" in chosen:
+            log("lock handoff")
+            results.append(rows.lock_handoff(b, 20 if quick else 200))
+        if chosen & {"dups", "roundtrip", "drain"}:
+            profiles = {"dupc": b.profile(3), "rt": b.profile(4)}
+            app = b.start_worker(b.write_config("worker", profiles))
+            if "dups" in chosen:
+                log("duplicate starts")
+                results.append(rows.duplicate_starts(b, 20 if quick else 1000, 10 if quick else 200,
+                                                     app))
+            if chosen & {"roundtrip", "drain"}:
+                assert b.call("workerguard.ensure", "rt")["action"] == "started"
+            if "roundtrip" in chosen:
+                log("round trip")
+                results.append(rows.ensure_round_trip(b, app, 100 if quick else 1000))
+            if "drain" in chosen:
+                log("drain")
+                results.append(rows.drain(b, app, 200 if quick else 1000, 1 if quick else 3))
+        if "sweep" in chosen:
+            log("sweep cost")
+            results.extend(rows.sweep_cost(b, 5 if quick else 30))
+        if "breakdown" in chosen:
+            log("cost breakdown")
+            costs = rows.breakdown(b, 200 if quick else 2000)
+        if port_crash is not None:
+            log("crashed holder")
+            results.insert(min(1, len(results)),
+                           rows.crashed_holder(b, 2 if quick else 10, port_crash))
+    print(f"\n{'Quick run' if quick else 'Full run'}: {machine()}; "
+          f"`python benchmarks/run.py{' --quick' if quick else ''}` took "
+          f"{time.monotonic() - started:.0f} s\n")
+    print(table(results))
+    if costs:
+        print("\nWhere an ensure's time goes (in-process, worker running, "
+              f"{200 if quick else 2000} calls each):\n")
+        print("| step | time |\n|---|---|")
+        print("\n".join(f"| {step} | {value} |" for step, value in costs))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,247 @@
+"""The ensure fast path (known instances verified by pid + create_time) and single-flight.
+
+The fast path must never trust an instance that died or whose PID now names another
+process, and must never hide a duplicate from the sweeps.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import psutil
+import pytest
+
+from tests.conftest import Workspace
+from tests.support import poll_for
+from workerguard import guard as guard_module
+from workerguard.flight import Coalescer
+from workerguard.guard import Guard
+from workerguard.lock import ProfileLock
+from workerguard.state import encode_known, known_key
+from workerguard.workers.discover import alive
+from workerguard.workers.model import Instance
+
+
+class CountingDiscover:
+    """Wraps ``guard.discover``: counts calls; optionally blocks the first until released."""
+
+    def __init__(self, block_first: bool = False) -> None:
+        self.calls = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not block_first:
+            self.release.set()
+        self.real = guard_module.discover
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        self.entered.set()
+        assert self.release.wait(30)
+        return self.real(*args, **kwargs)
+
+
+def running(guard: Guard, profile: str = "demo") -> list[int]:
+    return list(guard.status(profile)["running"])
+
+
+def forge_known(workspace: Workspace, redis_client, guard: Guard, instances: list[Instance]):
+    profile = guard.config.profile("demo")
+    redis_client.set(known_key(workspace.host_id, "demo"), encode_known(profile, instances))
+
+
+def test_ensure_answers_from_the_known_instances_without_scanning(workspace: Workspace,
+                                                                   redis_client, monkeypatch):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    [pid] = guard.ensure("demo")["started"]
+    counting = CountingDiscover()
+    monkeypatch.setattr(guard_module, "discover", counting)
+    for _ in range(3):
+        again = guard.ensure("demo")
+        assert again["action"] == "already_running" and again["running"] == [pid]
+        assert again["kept"] == [pid] and again["ok"]
+        assert again["message"] == f"demo: already running (PIDs: {pid})"
+    assert counting.calls == 0
+    # Another guard process (a --local CLI, another pool child) shares the record in Redis.
+    other = workspace.guard(redis_client)
+    assert other.ensure("demo")["running"] == [pid] and counting.calls == 0
+
+
+def test_a_hand_started_duplicate_is_found_by_the_next_sweep_with_the_fast_path_on(
+        workspace: Workspace, redis_client, monkeypatch):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    [ours] = guard.ensure("demo")["started"]
+    ours_created = psutil.Process(ours).create_time()
+    manual = workspace.hand_started()  # found only by `match`: no mark
+    poll_for(lambda: len(running(guard)) == 2, message="the duplicate to show up")
+    # The fast path does not scan, so it cannot see the duplicate yet ...
+    assert guard.ensure("demo")["running"] == [ours]
+    # ... the next sweep scans, finds both, and keeps the newest (the hand-started one).
+    [swept] = guard.sweep()
+    assert swept["action"] == "stopped_extras"
+    assert swept["stopped"] == [ours] and swept["running"] == [manual.pid]
+    assert not alive(ours, ours_created)
+    assert manual.poll() is None
+    # The sweep's converge rewrote the known instances: the fast path now knows the survivor.
+    counting = CountingDiscover()
+    monkeypatch.setattr(guard_module, "discover", counting)
+    assert guard.ensure("demo")["running"] == [manual.pid]
+    assert counting.calls == 0
+
+
+def test_a_sweep_that_finds_a_new_instance_within_bounds_refreshes_the_known_ones(
+        workspace: Workspace, redis_client, monkeypatch):
+    workspace.add_profile(max_workers=2)
+    guard = workspace.guard(redis_client)
+    [ours] = guard.ensure("demo")["started"]
+    manual = workspace.hand_started()
+    poll_for(lambda: len(running(guard)) == 2, message="the second instance")
+    assert guard.ensure("demo")["running"] == [ours]  # fast path: not seen yet
+    [swept] = guard.sweep()
+    assert swept["action"] == "already_running" and swept["running"] == [ours, manual.pid]
+    assert guard.ensure("demo")["running"] == [ours, manual.pid]
+
+
+def test_a_known_instance_that_died_is_never_trusted(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    first = guard.ensure("demo")
+    [pid] = first["started"]
+    created = psutil.Process(pid).create_time()
+    psutil.Process(pid).send_signal(signal.SIGKILL)
+    poll_for(lambda: not alive(pid, created), message="the worker to die")
+    again = guard.ensure("demo")
+    assert again["action"] == "started" and again["started"] != [pid]
+    assert running(guard) == again["started"]
+
+
+def test_a_known_zombie_is_never_trusted(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    zombie = workspace.tracker.sleeper("--tag", "not-a-demo-worker")
+    poll_for(lambda: psutil.Process(zombie.pid).cmdline(), message="the process to start")
+    created = psutil.Process(zombie.pid).create_time()
+    zombie.send_signal(signal.SIGKILL)  # not waited for: it stays a zombie of this process
+    poll_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE,
+             message="a zombie")
+    forge_known(workspace, redis_client, guard, [Instance("demo", zombie.pid, created)])
+    result = guard.ensure("demo")
+    assert result["action"] == "started" and zombie.pid not in result["running"]
+
+
+def test_a_known_pid_now_used_by_another_process_is_never_trusted(workspace: Workspace,
+                                                                  redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    [pid] = guard.ensure("demo")["started"]
+    created = psutil.Process(pid).create_time()
+    psutil.Process(pid).send_signal(signal.SIGKILL)
+    poll_for(lambda: not alive(pid, created), message="the worker to die")
+    # An unrelated process now holds a PID the record names (PID reuse), with its own
+    # create_time: the record's create_time is the dead worker's.
+    stranger = workspace.tracker.sleeper("--tag", "unrelated")
+    poll_for(lambda: psutil.Process(stranger.pid).cmdline(), message="the stranger to start")
+    assert abs(psutil.Process(stranger.pid).create_time() - created) >= 0.01
+    forge_known(workspace, redis_client, guard, [Instance("demo", stranger.pid, created)])
+    result = guard.ensure("demo")
+    assert result["action"] == "started" and stranger.pid not in result["running"]
+    assert stranger.poll() is None  # never touched
+
+
+def test_known_instances_of_another_command_are_never_trusted(workspace: Workspace,
+                                                              redis_client):
+    workspace.add_profile()
+    old = workspace.guard(redis_client).ensure("demo")["started"]
+    # The profile's command (and match) change: the old worker is no longer an instance.
+    workspace.profiles["demo"] = workspace.sleeper_profile()
+    workspace.profiles["demo"]["command"][-1] = workspace.token + "-v2"
+    workspace.profiles["demo"]["match"] = rf"sleeper\.py --tag {workspace.token}-v2(\s|$)"
+    result = workspace.guard(redis_client).ensure("demo")
+    assert result["action"] == "started" and result["running"] != old
+
+
+def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, redis_client,
+                                                         monkeypatch):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    counting = CountingDiscover(block_first=True)
+    monkeypatch.setattr(guard_module, "discover", counting)
+    results: list[dict[str, object]] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        result = guard.ensure("demo")
+        with lock:
+            results.append(result)
+
+    leader = threading.Thread(target=call)
+    leader.start()
+    assert counting.entered.wait(10)  # the first converge is inside its scan
+    others = [threading.Thread(target=call) for _ in range(9)]
+    for thread in others:
+        thread.start()
+    # One of the nine leads the next run; eight wait for its result instead of their own.
+    pending = guard._flights._pending
+    poll_for(lambda: any(f.followers == 8 for f in pending.values()), message="followers")
+    counting.release.set()
+    for thread in [leader, *others]:
+        thread.join(30)
+    assert len(results) == 10 and all(r["ok"] for r in results)
+    [started] = [r for r in results if r["action"] == "started"]
+    assert all(r["running"] == started["started"] for r in results)
+    assert counting.calls == 2  # the first converge's scan and its check after starting
+    assert running(guard) == started["started"]
+
+
+def test_followers_get_the_leaders_error():
+    coalescer: Coalescer[int] = Coalescer()
+    entered, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow() -> int:
+        entered.set()
+        release.wait(10)
+        return 1
+
+    def failing() -> int:
+        raise RuntimeError("boom")
+
+    def follow() -> None:
+        try:
+            coalescer.run("k", failing)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=coalescer.run, args=("k", slow))
+    first.start()
+    assert entered.wait(10)
+    followers = [threading.Thread(target=follow) for _ in range(3)]
+    for thread in followers:
+        thread.start()
+    poll_for(lambda: any(f.followers == 2 for f in coalescer._pending.values()))
+    release.set()
+    for thread in [first, *followers]:
+        thread.join(10)
+    assert len(errors) == 3 and all(str(e) == "boom" for e in errors)
+    with pytest.raises(RuntimeError):
+        coalescer.run("k", failing)
+
+
+def test_the_fast_path_never_answers_while_another_caller_holds_the_lock(
+        workspace: Workspace, redis_client):
+    workspace.add_profile()
+    guard = workspace.guard(redis_client)
+    [pid] = guard.ensure("demo")["started"]
+    holder = ProfileLock(redis_client, workspace.host_id, "demo", expire=10)
+    assert holder.acquire_within(5)  # a converge in progress elsewhere
+    results: list[dict[str, object]] = []
+    waiter = threading.Thread(target=lambda: results.append(guard.ensure("demo")))
+    waiter.start()
+    poll_for(lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
+             message="the ensure to wait for the lock")
+    assert waiter.is_alive() and results == []
+    holder.release()
+    waiter.join(10)
+    assert results[0]["action"] == "already_running" and results[0]["running"] == [pid]
