@@ -384,8 +384,8 @@ def _timed_scan() -> float:
 # where an ensure's time goes --------------------------------------------------------------
 def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
     """In-process costs of one ensure with the worker running (p50 / p99 of ``n``)."""
+    from workerguard.known import decode_known
     from workerguard.lock import lock_key
-    from workerguard.state import decode_known
     from workerguard.workers import discover, verify_known
 
     path = b.write_config("breakdown", {"bd": b.profile(5)})

@@ -17,8 +17,8 @@ from tests.support import poll_for
 from workerguard import guard as guard_module
 from workerguard.flight import Coalescer
 from workerguard.guard import Guard
+from workerguard.known import encode_known, known_key
 from workerguard.lock import ProfileLock
-from workerguard.state import encode_known, known_key
 from workerguard.workers.discover import alive
 from workerguard.workers.model import Instance
 

@@ -36,10 +36,11 @@ from . import report
 from .config import Config, Profile
 from .errors import LockLost, LockTimeout, RedisUnavailable
 from .flight import Coalescer
+from .known import decode_known
 from .lock import REDIS_ERRORS, ProfileLock, host_fence, lock_key
 from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
-from .state import State, decode_known
+from .state import State
 from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances, verify_known
 
 __all__ = ["Guard", "discover", "scan_processes", "spawn_instances", "stop_instances"]

@@ -7,8 +7,6 @@ Every key lives under ``workerguard:``. The action log is one capped stream
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -18,6 +16,7 @@ from typing import Any
 import redis
 
 from .config import Profile
+from .known import READ_IF_UNLOCKED, SET_IF_OWNER, SET_IF_UNCHANGED, encode_known, known_key
 from .workers.model import Instance
 
 EVENTS_KEY = "workerguard:events"
@@ -29,70 +28,6 @@ def pause_key(host: str, profile: str) -> str:
 
 def backoff_key(host: str, profile: str) -> str:
     return f"workerguard:backoff:{host}:{profile}"
-
-
-def known_key(host: str, profile: str) -> str:
-    return f"workerguard:known:{host}:{profile}"
-
-
-# Read pause flag and known instances only if nobody holds the profile's lock: atomic, so
-# it is the same as taking the lock, reading and releasing it, in one round trip.
-_READ_IF_UNLOCKED = """
-if redis.call('exists', KEYS[1]) == 1 then
-    return {1, false, false}
-end
-return {0, redis.call('get', KEYS[2]), redis.call('get', KEYS[3])}
-"""
-# Write the known instances only while we still own the profile's lock.
-_SET_IF_OWNER = """
-if redis.call('get', KEYS[2]) == ARGV[1] then
-    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
-end
-return 0
-"""
-# Write the known instances only if nobody changed them since we read them ('' = absent).
-_SET_IF_UNCHANGED = """
-local current = redis.call('get', KEYS[1])
-if (current or '') == ARGV[1] then
-    redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    return 1
-end
-return 0
-"""
-
-
-def fingerprint(profile: Profile) -> str:
-    """What decides which processes discovery finds: known instances of another
-    command or ``match`` are never trusted."""
-    return _fingerprint(tuple(profile.command), profile.match)
-
-
-@functools.lru_cache(maxsize=1024)
-def _fingerprint(command: tuple[str, ...], match: str | None) -> str:
-    raw = json.dumps([list(command), match])
-    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
-
-
-def encode_known(profile: Profile, instances: Sequence[Instance]) -> str:
-    return json.dumps({"fp": fingerprint(profile),
-                       "instances": [[i.pid, i.create_time, i.instance_id] for i in instances]},
-                      separators=(",", ":"))
-
-
-def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | None:
-    """The remembered instances (not yet verified), or None if absent or for another command."""
-    if not raw:
-        return None
-    try:
-        data = json.loads(raw)
-        if data["fp"] != fingerprint(profile):
-            return None
-        return [Instance(profile=profile.name, pid=int(pid), create_time=float(created),
-                         instance_id=instance_id, tree=(int(pid),))
-                for pid, created, instance_id in data["instances"]]
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -120,9 +55,9 @@ class State:
         self.host = host
         self.events_maxlen = events_maxlen
         self.known_ttl_ms = max(1, int(known_ttl * 1000))
-        self._read_if_unlocked = client.register_script(_READ_IF_UNLOCKED)
-        self._set_if_owner = client.register_script(_SET_IF_OWNER)
-        self._set_if_unchanged = client.register_script(_SET_IF_UNCHANGED)
+        self._read_if_unlocked = client.register_script(READ_IF_UNLOCKED)
+        self._set_if_owner = client.register_script(SET_IF_OWNER)
+        self._set_if_unchanged = client.register_script(SET_IF_UNCHANGED)
         self._seen: dict[str, tuple[bytes | None, tuple[tuple[int, float], ...]]] = {}
         """Per profile: the record read and the instances scanned by the last refresh
         that found them equal, so an unchanged profile costs no encoding."""
@@ -135,10 +70,7 @@ class State:
         pipe.hgetall(backoff_key(self.host, profile))
         pipe.get(known_key(self.host, profile))
         paused, backoff, known = pipe.execute()
-        return Snapshot(json.loads(paused) if paused else None,
-                        Backoff(int(backoff.get(b"failures", 0)),
-                                float(backoff.get(b"next_attempt", 0))),
-                        known)
+        return Snapshot(_pause_info(paused), _backoff(backoff), known)
 
     def snapshot_if_unlocked(self, profile: str, lock_key: str,
                              ) -> tuple[dict[str, Any] | None, bytes | None] | None:
@@ -148,7 +80,7 @@ class State:
             keys=[lock_key, pause_key(self.host, profile), known_key(self.host, profile)])
         if busy:
             return None
-        return (json.loads(paused) if paused else None), known
+        return _pause_info(paused), known
 
     # known instances -----------------------------------------------------------------
     def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
@@ -167,7 +99,7 @@ class State:
         pipe.mget([pause_key(self.host, p) for p in profiles])
         pipe.mget([known_key(self.host, p) for p in profiles])
         paused, known = pipe.execute()
-        return ({p: (json.loads(v) if v else None) for p, v in zip(profiles, paused, strict=True)},
+        return ({p: _pause_info(v) for p, v in zip(profiles, paused, strict=True)},
                 dict(zip(profiles, known, strict=True)))
 
     def refresh_known(self, updates: Sequence[tuple[Profile, bytes | None, Sequence[Instance]]],
@@ -206,7 +138,7 @@ class State:
         if not profiles:
             return {}
         values = self.client.mget([pause_key(self.host, p) for p in profiles])
-        return {p: (json.loads(v) if v else None) for p, v in zip(profiles, values, strict=True)}
+        return {p: _pause_info(v) for p, v in zip(profiles, values, strict=True)}
 
     # backoff -------------------------------------------------------------------------
     def backoffs(self, profiles: Sequence[str]) -> dict[str, Backoff]:
@@ -215,10 +147,7 @@ class State:
         pipe = self.client.pipeline(transaction=False)
         for p in profiles:
             pipe.hgetall(backoff_key(self.host, p))
-        out = {}
-        for p, raw in zip(profiles, pipe.execute(), strict=True):
-            out[p] = Backoff(int(raw.get(b"failures", 0)), float(raw.get(b"next_attempt", 0)))
-        return out
+        return {p: _backoff(raw) for p, raw in zip(profiles, pipe.execute(), strict=True)}
 
     def record_failure(self, profile: str, start_retries: int, backoff_max: float,
                        now: float) -> Backoff:
@@ -262,6 +191,14 @@ class State:
             maxlen=self.events_maxlen,
             approximate=True,
         )
+
+
+def _pause_info(raw: bytes | str | None) -> dict[str, Any] | None:
+    return json.loads(raw) if raw else None
+
+
+def _backoff(raw: dict[bytes, bytes]) -> Backoff:
+    return Backoff(int(raw.get(b"failures", 0)), float(raw.get(b"next_attempt", 0)))
 
 
 def read_events(client: redis.Redis, *, since: str = "-", count: int = 100,
