@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.support import SLEEPER, ProcessTracker, RedisServer, short_tmpdir, start_redis
-from workerguard.config import Config, load_config
+from workerguard.config import Config, Settings, load_config
 from workerguard.guard import Guard
 
 
@@ -123,8 +123,11 @@ def tracker() -> Iterator[ProcessTracker]:
 def workspace(redis_server: RedisServer, redis_client: redis.Redis,
               tracker: ProcessTracker) -> Iterator[Workspace]:
     home = short_tmpdir()
-    yield Workspace(redis_url=redis_server.url, home=home, tracker=tracker)
+    workspace = Workspace(redis_url=redis_server.url, home=home, tracker=tracker)
+    yield workspace
     shutil.rmtree(home, ignore_errors=True)
+    for fence in Settings().fence_dir.glob(f"{workspace.host_id}.*.lock"):
+        fence.unlink(missing_ok=True)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def own_redis(workspace: Workspace) -> Iterator[RedisServer]:
     workspace.redis_url = server.url
     yield server
     server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def restart(server: RedisServer) -> RedisServer:
