@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import random
 import shutil
 import statistics
@@ -19,7 +18,7 @@ from typing import Any
 import psutil
 import redis
 
-from tests.support import ProcessTracker, RedisServer, cli_env, poll_for, short_tmpdir, start_redis
+from tests.support import ProcessTracker, RedisServer, cli_env, poll_for, short_tmpdir, start_redis, to_toml
 from workerguard.config import Config, load_config
 from workerguard.connect import redis_client
 from workerguard.guard import Guard
@@ -40,18 +39,6 @@ def summary_ms(values: Sequence[float]) -> str:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(value)
 
 
 def kill_and_wait(pids: Sequence[int], timeout: float = 10.0) -> None:
@@ -112,12 +99,8 @@ class Bench:
                      **guard: Any) -> Path:
         settings = {"redis_url": self.url, "host_id": self.host_id, "home": str(self.root / "home"),
                     "lock_expire": 2, "lock_timeout": 60, **guard}
-        lines = ["[guard]", *(f"{k} = {_toml(v)}" for k, v in settings.items())]
-        for pname, body in profiles.items():
-            lines += ["", f"[profiles.{json.dumps(pname)}]",
-                      *(f"{k} = {_toml(v)}" for k, v in body.items())]
         path = self.root / f"{name}.toml"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(to_toml(settings, profiles))
         return path
 
     def config(self, path: Path) -> Config:

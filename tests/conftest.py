@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,31 +13,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support import SLEEPER, ProcessTracker, RedisServer, short_tmpdir, start_redis
+from tests.support import SLEEPER, ProcessTracker, RedisServer, short_tmpdir, start_redis, to_toml
 from workerguard.config import Config, Settings, load_config
 from workerguard.guard import Guard
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
-
-
-def to_toml(guard: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]]) -> str:
-    lines = ["[guard]", *(f"{k} = {toml_value(v)}" for k, v in guard.items())]
-    for name, body in profiles.items():
-        lines += ["", f"[profiles.{json.dumps(name)}]",
-                  *(f"{k} = {toml_value(v)}" for k, v in body.items())]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass

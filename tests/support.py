@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -209,3 +210,25 @@ class LineReader:
 
     def join(self, timeout: float = 10.0) -> None:
         self._thread.join(timeout)
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def to_toml(guard: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]]) -> str:
+    lines = ["[guard]", *(f"{k} = {toml_value(v)}" for k, v in guard.items())]
+    for name, body in profiles.items():
+        lines += ["", f"[profiles.{json.dumps(name)}]",
+                  *(f"{k} = {toml_value(v)}" for k, v in body.items())]
+    return "\n".join(lines) + "\n"

@@ -14,8 +14,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import to_toml
-from tests.support import ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir
+from tests.support import ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir, to_toml
 
 HOLD = """
 import sys, time

@@ -11,8 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import to_toml
-from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir
+from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir, to_toml
 from workerguard.config import load_config
 from workerguard.workers import discover
 
