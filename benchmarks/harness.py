@@ -98,7 +98,7 @@ class Bench:
     def write_config(self, name: str, profiles: Mapping[str, Mapping[str, Any]],
                      **guard: Any) -> Path:
         settings = {"redis_url": self.url, "host_id": self.host_id, "home": str(self.root / "home"),
-                    "lock_expire": 2, "lock_timeout": 60, **guard}
+                    "lock_expire": 2, "lock_timeout": 60, "sweep_on_start": False, **guard}
         path = self.root / f"{name}.toml"
         path.write_text(to_toml(settings, profiles))
         return path

@@ -57,7 +57,9 @@ class Workspace:
 
     def write_config(self) -> Path:
         guard = {"redis_url": self.redis_url, "host_id": self.host_id, "home": str(self.home),
-                 "lock_expire": 2, "lock_timeout": 20, **self.guard_settings}
+                 "lock_expire": 2, "lock_timeout": 20,
+                 # A guard under test acts only when asked, unless a test says otherwise.
+                 "sweep_on_start": False, **self.guard_settings}
         self.config_path.write_text(to_toml(guard, self.profiles))
         return self.config_path
 

@@ -226,3 +226,14 @@ def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
     assert "still held by another caller" in str(request.result)
     assert harness.log_tail(1_000_000).count("Retry in") == 3  # 1, 2, 4 s
     assert instances(harness) == []
+
+
+def test_a_starting_guard_sweeps_its_host_at_once_without_beat(workspace: Workspace,
+                                                                harness: CeleryHarness):
+    workspace.add_profile()
+    workspace.guard_settings["sweep_interval"] = 3600  # beat would not sweep for an hour
+    workspace.guard_settings["sweep_on_start"] = True
+    harness.start_worker()
+    [pid] = poll_for(lambda: instances(harness), timeout=30, message="the startup sweep")
+    assert "startup sweep: demo: started" in harness.log_tail(1_000_000)
+    assert psutil.pid_exists(pid)

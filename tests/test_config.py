@@ -94,6 +94,18 @@ def test_environment_overrides_guard_settings() -> None:
     assert config.settings.host_id == "rpa-01"
 
 
+def test_flags_come_from_toml_booleans_or_environment_words() -> None:
+    assert parse_config({}, "x.toml", environ={}).settings.sweep_on_start is True
+    off = parse_config({"guard": {"sweep_on_start": False}}, "x.toml", environ={})
+    assert off.settings.sweep_on_start is False
+    env = parse_config({}, "x.toml", environ={"WORKERGUARD_SWEEP_ON_START": "no"})
+    assert env.settings.sweep_on_start is False
+    with pytest.raises(ConfigError, match="sweep_on_start: must be true or false"):
+        parse_config({"guard": {"sweep_on_start": "yes"}}, "x.toml", environ={})
+    with pytest.raises(ConfigError, match="WORKERGUARD_SWEEP_ON_START: must be true or false"):
+        parse_config({}, "x.toml", environ={"WORKERGUARD_SWEEP_ON_START": "maybe"})
+
+
 def test_bad_environment_override_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="WORKERGUARD_LOCK_EXPIRE: must be a number"):
         parse_config({}, "x.toml", environ={"WORKERGUARD_LOCK_EXPIRE": "soon"})

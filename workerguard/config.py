@@ -51,6 +51,8 @@ class Settings:
     """Port of the guard worker's Prometheus endpoint; None (the default) serves none."""
     metrics_addr: str = "0.0.0.0"  # noqa: S104 (an exporter is scraped from other hosts)
     """Address the metrics endpoint binds to; 127.0.0.1 keeps it local."""
+    sweep_on_start: bool = True
+    """The guard worker sweeps its host once when it is ready, without waiting for beat."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -163,6 +165,10 @@ _SETTINGS_NUMBERS: dict[str, dict[str, Any]] = {
 MAX_PORT = 65535
 
 
+_SETTINGS_FLAGS = ("sweep_on_start",)
+_ENV_TRUE, _ENV_FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def parse_settings(raw: Mapping[str, Any], where: str) -> Settings:
     check = _Checker(where)
     check.unknown(raw, set(_field_types(Settings)))
@@ -180,6 +186,10 @@ def parse_settings(raw: Mapping[str, Any], where: str) -> Settings:
             values[key] = url
         elif key == "metrics_addr":
             values[key] = check.string(key, value)
+        elif key in _SETTINGS_FLAGS:
+            if not isinstance(value, bool):
+                raise check.fail(key, f"must be true or false, got {value!r}")
+            values[key] = value
         elif key == "host_id":
             host = check.string(key, value)
             if not HOST_ID.fullmatch(host):
@@ -268,6 +278,11 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 raise ConfigError(
                     f"environment: WORKERGUARD_{key.upper()}: must be a number, got {value!r}"
                 ) from None
+        elif key in _SETTINGS_FLAGS:
+            if value.lower() not in (*_ENV_TRUE, *_ENV_FALSE):
+                raise ConfigError(f"environment: WORKERGUARD_{key.upper()}: must be true or "
+                                  f"false, got {value!r}")
+            out[key] = value.lower() in _ENV_TRUE
         else:
             out[key] = value
     return out

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+
+from celery import Celery
 
 from .config import Config
 from .connect import redis_url
 from .errors import ConfigError, WorkerguardError
 from .observe import Observer
 from .tasks.app import host_queue, make_app
+
+log = logging.getLogger("workerguard.services")
 
 
 def node_name(config: Config) -> str:
@@ -26,11 +32,36 @@ def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> No
     with redis_url(config.settings) as url:
         app = make_app(config, url)
         app.conf.workerguard_observer = observer
+        if config.settings.sweep_on_start:
+            sweep_when_ready(app)
         app.worker_main([
             "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             "--hostname", node_name(config), "--task-events",
             "--queues", f"workerguard,{host_queue(config.settings.host_id)},workerguard.broadcast",
         ])
+
+
+def sweep_when_ready(app: Celery) -> None:
+    """Sweep this host once as soon as the guard is ready, without waiting for beat.
+
+    After a reboot or an upgrade the workers are converged at once, not one
+    ``sweep_interval`` later (beat's first run of a new schedule waits an interval).
+    """
+    from celery.signals import worker_ready
+
+    from .tasks.handlers import guard_for
+
+    def sweep() -> None:
+        try:
+            for result in guard_for(app).sweep(requested_by="guard startup"):
+                log.info("startup sweep: %s", result["message"])
+        except WorkerguardError as exc:
+            log.warning("startup sweep failed (the next beat sweep retries): %s", exc)
+
+    def on_ready(**_: object) -> None:
+        threading.Thread(target=sweep, name="startup-sweep", daemon=True).start()
+
+    worker_ready.connect(on_ready, weak=False)
 
 
 def start_metrics(config: Config, pool: str) -> Observer:
