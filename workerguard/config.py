@@ -14,14 +14,15 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError
 from .redact import redact_url
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 HOST_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-KEEP_CHOICES = ("newest", "oldest")
+Keep = Literal["newest", "oldest"]
+KEEP_CHOICES: tuple[Keep, ...] = ("newest", "oldest")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2")
 MAX_WORKERS_LIMIT = 1000
 """No profile may ask for more instances than this: a guard against typos like 10000."""
@@ -81,7 +82,7 @@ class Profile:
     env: Mapping[str, str] = field(default_factory=dict)
     min_workers: int = 1
     max_workers: int = 1
-    keep: str = "newest"
+    keep: Keep = "newest"
     match: str | None = None
     start_seconds: float = 1.0
     stop_timeout: float = 10.0

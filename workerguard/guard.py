@@ -153,14 +153,14 @@ class Guard:
     # the converge ----------------------------------------------------------------------
     def _ensure_plan(self, profile: Profile, instances: list[Instance]) -> Plan:
         return make_plan(instances, min_workers=profile.min_workers,
-                         max_workers=profile.max_workers, keep=profile.keep)  # type: ignore[arg-type]
+                         max_workers=profile.max_workers, keep=profile.keep)
 
     def _plan(self, profile: Profile, mode: Mode, instances: list[Instance],
               max_workers: int | None) -> Plan:
         if mode in ("ensure", "sweep"):
             return self._ensure_plan(profile, instances)
         limit = 0 if mode == "stop_all" else (max_workers or profile.max_workers)
-        return make_plan(instances, min_workers=0, max_workers=limit, keep=profile.keep,  # type: ignore[arg-type]
+        return make_plan(instances, min_workers=0, max_workers=limit, keep=profile.keep,
                          may_start=False)
 
     def _converge(self, profile: Profile, mode: Mode, *, dry_run: bool = False,

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from .config import Keep
 from .workers.model import Instance
-
-Keep = Literal["newest", "oldest"]
 
 
 @dataclass(frozen=True)
