@@ -8,15 +8,20 @@ import time
 
 import psutil
 import pytest
+import redis
 
 from tests.conftest import Workspace
 from tests.support import free_port, poll_for
+from workerguard import events
 from workerguard import guard as guard_module
 from workerguard.connect import redis_client as redis_client_for
 from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
 from workerguard.guard import Guard
 from workerguard.lock import ProfileLock
-from workerguard.state import read_events
+
+
+def read_events(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
+    return list(events.since(client, "-", events.EventFilter()))
 
 
 def running(guard: Guard, profile: str = "demo") -> list[int]:

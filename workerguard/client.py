@@ -15,7 +15,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from .config import Config, load_config
 from .connect import redis_url
 from .errors import ActionFailed, InvalidRequest, UnknownProfile, WorkerguardError
-from .tasks.app import host_queue, make_app
+from .tasks.app import host_queue, make_app, node_name
 
 ANSWER_TIMEOUT = 10.0
 """How long a request waits for a guard to pick it up; it expires after that."""
@@ -63,18 +63,22 @@ def wait(async_result: Any, queue: str, timeout: float,
     return value
 
 
+_ANSWERS: dict[str, type[WorkerguardError]] = {
+    "UnknownProfile": UnknownProfile,
+    "InvalidRequest": InvalidRequest,
+    "TypeError": InvalidRequest,  # wrong argument count or an unknown keyword
+    "ActionFailed": ActionFailed,
+}
+"""A failed task's exception, by class name, as the error the CLI maps to an exit code."""
+
+
 def _as_error(exc: Any) -> WorkerguardError:
     if isinstance(exc, WorkerguardError):
         return exc
     name = type(exc).__name__
-    text = str(exc)
-    if name in ("UnknownProfile",):
-        return UnknownProfile(text)
-    if name in ("InvalidRequest", "TypeError"):
-        return InvalidRequest(text)
-    if name == "ActionFailed":
-        return ActionFailed(text)
-    return WorkerguardError(f"{name}: {text}")
+    if name in _ANSWERS:
+        return _ANSWERS[name](str(exc))
+    return WorkerguardError(f"{name}: {exc}")
 
 
 def call_and_wait(config: Config, task: str, args: list[Any], kwargs: dict[str, Any],
@@ -132,7 +136,7 @@ def status(profile: str | None = None, host: str | None = None, wait: bool = Tru
 
 def ping(config: Config, host: str | None = None, timeout: float = 5.0) -> str:
     """The node name of the host's guard worker if it answers a Celery ping within ``timeout``."""
-    node = f"workerguard@{host or config.settings.host_id}"
+    node = node_name(host or config.settings.host_id)
     with redis_url(config.settings) as url:
         app = make_app(config, url)
         try:

@@ -17,13 +17,9 @@ from .config import Config
 from .connect import redis_url
 from .errors import ConfigError, WorkerguardError
 from .observe import Observer
-from .tasks.app import host_queue, make_app
+from .tasks.app import BROADCAST, DEFAULT_QUEUE, host_queue, make_app, node_name
 
 log = logging.getLogger("workerguard.services")
-
-
-def node_name(config: Config) -> str:
-    return f"workerguard@{config.settings.host_id}"
 
 
 def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> None:
@@ -36,8 +32,8 @@ def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> No
             sweep_when_ready(app)
         app.worker_main([
             "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
-            "--hostname", node_name(config), "--task-events",
-            "--queues", f"workerguard,{host_queue(config.settings.host_id)},workerguard.broadcast",
+            "--hostname", node_name(config.settings.host_id), "--task-events",
+            "--queues", f"{DEFAULT_QUEUE},{host_queue(config.settings.host_id)},{BROADCAST}",
         ])
 
 

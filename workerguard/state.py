@@ -199,17 +199,3 @@ def _pause_info(raw: bytes | str | None) -> dict[str, Any] | None:
 
 def _backoff(raw: dict[bytes, bytes]) -> Backoff:
     return Backoff(int(raw.get(b"failures", 0)), float(raw.get(b"next_attempt", 0)))
-
-
-def read_events(client: redis.Redis, *, since: str = "-", count: int = 100,
-                ) -> list[tuple[str, dict[str, str]]]:
-    """Events after the stream id ``since`` (``-`` for the beginning), oldest first."""
-    entries: Any = client.xrange(EVENTS_KEY, min=since, max="+", count=count)
-    return [
-        (_text(eid), {_text(k): _text(v) for k, v in fields.items()})
-        for eid, fields in entries
-    ]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

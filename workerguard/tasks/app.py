@@ -23,6 +23,11 @@ def host_queue(host_id: str) -> str:
     return f"{DEFAULT_QUEUE}.{host_id}"
 
 
+def node_name(host_id: str) -> str:
+    """The guard worker's Celery node name: one guard per host answers to it."""
+    return f"workerguard@{host_id}"
+
+
 def direct_queue(name: str) -> Queue:
     """Declared exactly as plain Celery declares a missing queue named in ``send_task``,
     so a sender that knows only the queue name and the guard agree on the binding."""

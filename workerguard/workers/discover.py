@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from ..config import Profile
-from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance
+from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance, same_start
 
 _SCAN_ATTRS = ["pid", "ppid", "cmdline", "create_time", "status"]
 
@@ -213,7 +213,7 @@ def alive(pid: int, create_time: float) -> bool:
     """True if ``pid`` still names the process created at ``create_time`` and is not a zombie."""
     try:
         proc = psutil.Process(pid)
-        return (abs(proc.create_time() - create_time) < 0.01
+        return (same_start(proc.create_time(), create_time)
                 and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 MARK_PROFILE = "WORKERGUARD_PROFILE"
 MARK_HOST = "WORKERGUARD_HOST_ID"
 MARK_INSTANCE = "WORKERGUARD_INSTANCE"
+CREATE_TIME_TICK = 0.01
+"""psutil's create_time has the resolution of a clock tick (100 Hz)."""
+
+
+def same_start(seen: float, known: float) -> bool:
+    """True if two create_times name the same process: a reused PID starts later."""
+    return abs(seen - known) < CREATE_TIME_TICK
 
 
 @dataclass(frozen=True, order=False)

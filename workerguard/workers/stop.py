@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from .model import Instance
+from .model import Instance, same_start
 
 _POLL = 0.02
 _KILL_GRACE = 5.0
@@ -40,7 +40,7 @@ def _tree(instance: Instance) -> list[psutil.Process]:
     """The live processes of an instance, or [] if its root is gone or its PID was reused."""
     try:
         root = psutil.Process(instance.pid)
-        if abs(root.create_time() - instance.create_time) >= 0.01:
+        if not same_start(root.create_time(), instance.create_time):
             return []  # PID reused by an unrelated process: never touch it
         return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
