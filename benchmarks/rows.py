@@ -385,17 +385,15 @@ def _timed_scan() -> float:
 def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
     """In-process costs of one ensure with the worker running (p50 / p99 of ``n``)."""
     from workerguard.known import decode_known
-    from workerguard.lock import lock_key
-    from workerguard.workers import discover, verify_known
+    from workerguard.workers import verify_known
 
     path = b.write_config("breakdown", {"bd": b.profile(5)})
     guard = b.guard(path)
     assert guard.ensure("bd")["action"] == "started"
     profile = guard.config.profile("bd")
-    key = lock_key(b.host_id, "bd")
-    snapshot = guard.state.snapshot_if_unlocked("bd", key)
+    snapshot = guard.state.snapshot_if_unlocked("bd")
     assert snapshot is not None
-    known = decode_known(profile, snapshot[1])
+    known = decode_known(profile, snapshot.known)
     assert known
 
     def lock_cycle() -> None:
@@ -415,13 +413,13 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
         ("`Guard.ensure`, fast path (what a request costs the guard now)",
          measure(lambda: guard.ensure("bd"))),
         ("  of which: the atomic read of pause + known instances (1 Redis round trip)",
-         measure(lambda: guard.state.snapshot_if_unlocked("bd", key))),
+         measure(lambda: guard.state.snapshot_if_unlocked("bd"))),
         ("  of which: verifying the known instance (pid + create_time, /proc)",
          measure(lambda: verify_known(known))),
         ("  of which: decode + verify + plan + result dict (all but the round trip)",
-         measure(lambda: guard._known_within_bounds(profile, snapshot[1]))),
+         measure(lambda: guard._known_within_bounds(profile, snapshot.known))),
         ("before: one full scan + discovery of one profile (ensure did 2)",
-         measure(lambda: discover([profile], b.host_id))),
+         measure(lambda: guard.table.discover([profile], [profile]))),
         ("before: lock acquire + release with no waiter (2 round trips)", measure(lock_cycle)),
         ("Redis PING round trip (redis-py)", measure(guard.client.ping)),
     ]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import pytest
 import redis
@@ -16,6 +17,9 @@ import redis
 from tests.support import SLEEPER, ProcessTracker, RedisServer, short_tmpdir, start_redis, to_toml
 from workerguard.config import Config, Settings, load_config
 from workerguard.guard import Guard
+from workerguard.workers import HostProcesses
+
+TableT = TypeVar("TableT", bound=HostProcesses)
 
 
 @dataclass
@@ -66,8 +70,18 @@ class Workspace:
     def config(self) -> Config:
         return load_config(self.write_config(), environ={})
 
-    def guard(self, client: redis.Redis) -> Guard:
-        return Guard(client, self.config())
+    def guard(self, client: redis.Redis, table: HostProcesses | None = None) -> Guard:
+        return Guard(client, self.config(), table=table)
+
+    @overload
+    def table(self) -> HostProcesses: ...
+    @overload
+    def table(self, cls: type[TableT]) -> TableT: ...
+    def table(self, cls: type[HostProcesses] = HostProcesses) -> HostProcesses:
+        """The process table a guard of this workspace uses (``cls``: a test's subclass)."""
+        settings = self.config().settings
+        return cls(self.host_id, registry_dir=settings.registry_dir, log_dir=settings.log_dir,
+                   identity=settings.identity, cgroup_root=settings.cgroup_root)
 
     def hand_started(self, *extra_args: str) -> Any:
         """A worker started by hand, outside workerguard (found through ``match``)."""
@@ -98,11 +112,16 @@ def tracker() -> Iterator[ProcessTracker]:
     tracker.end_all()
 
 
+IDENTITY = os.environ.get("WORKERGUARD_TEST_IDENTITY", "auto")
+"""Run the suite in the fallback mode with WORKERGUARD_TEST_IDENTITY=registry."""
+
+
 @pytest.fixture
 def workspace(redis_server: RedisServer, redis_client: redis.Redis,
               tracker: ProcessTracker) -> Iterator[Workspace]:
     home = short_tmpdir()
-    workspace = Workspace(redis_url=redis_server.url, home=home, tracker=tracker)
+    workspace = Workspace(redis_url=redis_server.url, home=home, tracker=tracker,
+                          guard_settings={"identity": IDENTITY})
     yield workspace
     shutil.rmtree(home, ignore_errors=True)
     for fence in Settings().fence_dir.glob(f"{workspace.host_id}.*.lock"):

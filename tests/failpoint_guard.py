@@ -9,7 +9,7 @@ Stages (each announces ``STAGE <name>`` on stdout when reached):
   lose_lock_at_spawn   delete our Redis lock key, wait for GO_FILE, then spawn
 
 The tests SIGKILL this process at the stage, or let it go on; the guard's own code
-is unchanged (the failpoints wrap the functions it calls).
+is unchanged (the failpoints live in the process table it is given).
 """
 
 import os
@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workerguard import guard as guard_module
 from workerguard.config import load_config
 from workerguard.connect import redis_client
+from workerguard.guard import Guard
+from workerguard.lock import lock_key
+from workerguard.workers import HostProcesses
 
 
 def announce(stage: str) -> None:
@@ -32,47 +34,55 @@ def block() -> None:
         time.sleep(3600)
 
 
+class FailpointTable(HostProcesses):
+    """The guard's process table with a failpoint at one stage (injected, not patched)."""
+
+    def __init__(self, stage: str, go_file: Path | None, on_spawn: Any, *args: Any,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stage, self.go_file, self.on_spawn = stage, go_file, on_spawn
+        self.discovers = 0
+
+    def discover(self, *args: Any, **kwargs: Any) -> Any:
+        found = super().discover(*args, **kwargs)
+        self.discovers += 1
+        if self.stage == "lock_held" and self.discovers == 1:
+            announce(self.stage)
+            block()
+        return found
+
+    def stop(self, *args: Any, **kwargs: Any) -> Any:
+        outcome = super().stop(*args, **kwargs)
+        if self.stage == "after_stop":
+            announce(self.stage)
+            block()
+        return outcome
+
+    def spawn(self, *args: Any, **kwargs: Any) -> Any:
+        if self.stage == "lose_lock_at_spawn":
+            self.on_spawn()
+            announce(self.stage)
+            while self.go_file is not None and not self.go_file.exists():
+                time.sleep(0.01)
+        result = super().spawn(*args, **kwargs)
+        if self.stage == "after_spawn":
+            announce(self.stage)
+            block()
+        return result
+
+
 def main() -> None:
     config_path, stage = sys.argv[1], sys.argv[2]
     go_file = Path(sys.argv[3]) if len(sys.argv) > 3 else None
     config = load_config(config_path)
     client = redis_client(config.settings.redis_url or "")
-    real_discover = guard_module.discover
-    real_stop = guard_module.stop_instances
-    real_spawn = guard_module.spawn_instances
-    calls = {"discover": 0}
-
-    def discover(*args: Any, **kwargs: Any) -> Any:
-        found = real_discover(*args, **kwargs)
-        calls["discover"] += 1
-        if stage == "lock_held" and calls["discover"] == 1:
-            announce(stage)
-            block()
-        return found
-
-    def stop_instances(*args: Any, **kwargs: Any) -> Any:
-        outcome = real_stop(*args, **kwargs)
-        if stage == "after_stop":
-            announce(stage)
-            block()
-        return outcome
-
-    def spawn_instances(*args: Any, **kwargs: Any) -> Any:
-        if stage == "lose_lock_at_spawn":
-            client.delete(f"workerguard:lock:{config.settings.host_id}:demo")
-            announce(stage)
-            while go_file is not None and not go_file.exists():
-                time.sleep(0.01)
-        result = real_spawn(*args, **kwargs)
-        if stage == "after_spawn":
-            announce(stage)
-            block()
-        return result
-
-    guard_module.discover = discover
-    guard_module.stop_instances = stop_instances
-    guard_module.spawn_instances = spawn_instances
-    result = guard_module.Guard(client, config).ensure("demo", requested_by=f"failpoint {os.getpid()}")
+    settings = config.settings
+    table = FailpointTable(stage, go_file,
+                           lambda: client.delete(lock_key(settings.host_id, "demo")),
+                           settings.host_id, registry_dir=settings.registry_dir,
+                           log_dir=settings.log_dir, identity=settings.identity,
+                           cgroup_root=settings.cgroup_root)
+    result = Guard(client, config, table=table).ensure("demo", requested_by=f"failpoint {os.getpid()}")
     print(f"RESULT {result['action']} {result['running']}", flush=True)
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import psutil
 import redis
 
 from workerguard.embedded import redis_server_binary
+from workerguard.workers import Discovery, HostProcesses, Scan
 
 HERE = Path(__file__).resolve().parent
 SLEEPER = HERE / "sleeper.py"
@@ -138,7 +140,23 @@ class ProcessTracker:
                 continue
         return found
 
+    def end_groups(self) -> None:
+        """Kill and remove the instance cgroups and records of this test's host ids."""
+        import shutil
+
+        from workerguard.config import Settings
+        from workerguard.workers import cgroups
+
+        root = cgroups.default_root()
+        for host in self.host_ids:
+            if root is not None and (root / host).exists():
+                for _, _, group in cgroups.CgroupTree(root).instances(host):
+                    cgroups.kill(group)
+                    cgroups.remove(group)
+            shutil.rmtree(Settings().registry_dir / host, ignore_errors=True)
+
     def end_all(self) -> None:
+        self.end_groups()
         targets: list[psutil.Process] = [p for p in self.adopted if p.is_running()]
         for popen in self.popens:
             if popen.poll() is None:
@@ -232,3 +250,33 @@ def to_toml(guard: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]])
         lines += ["", f"[profiles.{json.dumps(name)}]",
                   *(f"{k} = {toml_value(v)}" for k, v in body.items())]
     return "\n".join(lines) + "\n"
+
+
+class CountingTable(HostProcesses):
+    """A guard's process table that counts scans and discoveries, can hold the first
+    discovery until released, and can run a hook after each (injected into ``Guard``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scans = 0
+        self.discovers = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.after_discover: Callable[[], None] = lambda: None
+
+    def hold_first_discovery(self) -> CountingTable:
+        self.release.clear()
+        return self
+
+    def scan(self) -> Scan:
+        self.scans += 1
+        return super().scan()
+
+    def discover(self, *args: Any, **kwargs: Any) -> Discovery:
+        self.discovers += 1
+        self.entered.set()
+        assert self.release.wait(30)
+        found = super().discover(*args, **kwargs)
+        self.after_discover()
+        return found

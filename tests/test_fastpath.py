@@ -13,32 +13,13 @@ import psutil
 import pytest
 
 from tests.conftest import Workspace
-from tests.support import poll_for
-from workerguard import guard as guard_module
+from tests.support import CountingTable, poll_for
 from workerguard.flight import Coalescer
 from workerguard.guard import Guard
 from workerguard.known import encode_known, known_key
 from workerguard.lock import ProfileLock
 from workerguard.workers.discover import alive
 from workerguard.workers.model import Instance
-
-
-class CountingDiscover:
-    """Wraps ``guard.discover``: counts calls; optionally blocks the first until released."""
-
-    def __init__(self, block_first: bool = False) -> None:
-        self.calls = 0
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        if not block_first:
-            self.release.set()
-        self.real = guard_module.discover
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        self.entered.set()
-        assert self.release.wait(30)
-        return self.real(*args, **kwargs)
 
 
 def running(guard: Guard, profile: str = "demo") -> list[int]:
@@ -51,48 +32,49 @@ def forge_known(workspace: Workspace, redis_client, guard: Guard, instances: lis
 
 
 def test_ensure_answers_from_the_known_instances_without_scanning(workspace: Workspace,
-                                                                   redis_client, monkeypatch):
+                                                                   redis_client):
     workspace.add_profile()
-    guard = workspace.guard(redis_client)
+    counting = workspace.table(CountingTable)
+    guard = workspace.guard(redis_client, counting)
     [pid] = guard.ensure("demo")["started"]
-    counting = CountingDiscover()
-    monkeypatch.setattr(guard_module, "discover", counting)
+    counting.discovers = 0
     for _ in range(3):
         again = guard.ensure("demo")
         assert again["action"] == "already_running" and again["running"] == [pid]
         assert again["kept"] == [pid] and again["ok"]
         assert again["message"] == f"demo: already running (PIDs: {pid})"
-    assert counting.calls == 0
+    assert counting.discovers == 0
     # Another guard process (a --local CLI, another pool child) shares the record in Redis.
-    other = workspace.guard(redis_client)
-    assert other.ensure("demo")["running"] == [pid] and counting.calls == 0
+    other_table = workspace.table(CountingTable)
+    other = workspace.guard(redis_client, other_table)
+    assert other.ensure("demo")["running"] == [pid] and other_table.discovers == 0
 
 
 def test_a_hand_started_duplicate_is_found_by_the_next_sweep_with_the_fast_path_on(
-        workspace: Workspace, redis_client, monkeypatch):
-    workspace.add_profile()
-    guard = workspace.guard(redis_client)
+        workspace: Workspace, redis_client):
+    workspace.add_profile(stop_adopted=True)
+    counting = workspace.table(CountingTable)
+    guard = workspace.guard(redis_client, counting)
     [ours] = guard.ensure("demo")["started"]
-    ours_created = psutil.Process(ours).create_time()
     manual = workspace.hand_started()  # found only by `match`: no mark
+    manual_created = psutil.Process(manual.pid).create_time()
     poll_for(lambda: len(running(guard)) == 2, message="the duplicate to show up")
     # The fast path does not scan, so it cannot see the duplicate yet ...
     assert guard.ensure("demo")["running"] == [ours]
-    # ... the next sweep scans, finds both, and keeps the newest (the hand-started one).
+    # ... the next sweep scans, finds both, and keeps the one workerguard started
+    # (stop_adopted lets it stop the hand-started extra).
     [swept] = guard.sweep()
     assert swept["action"] == "stopped_extras"
-    assert swept["stopped"] == [ours] and swept["running"] == [manual.pid]
-    assert not alive(ours, ours_created)
-    assert manual.poll() is None
-    # The sweep's converge rewrote the known instances: the fast path now knows the survivor.
-    counting = CountingDiscover()
-    monkeypatch.setattr(guard_module, "discover", counting)
-    assert guard.ensure("demo")["running"] == [manual.pid]
-    assert counting.calls == 0
+    assert swept["stopped"] == [manual.pid] and swept["running"] == [ours]
+    assert not alive(manual.pid, manual_created)
+    # The sweep's converge rewrote the known instances: the fast path knows the survivor.
+    counting.discovers = 0
+    assert guard.ensure("demo")["running"] == [ours]
+    assert counting.discovers == 0
 
 
 def test_a_sweep_that_finds_a_new_instance_within_bounds_refreshes_the_known_ones(
-        workspace: Workspace, redis_client, monkeypatch):
+        workspace: Workspace, redis_client):
     workspace.add_profile(max_workers=2)
     guard = workspace.guard(redis_client)
     [ours] = guard.ensure("demo")["started"]
@@ -150,24 +132,27 @@ def test_a_known_pid_now_used_by_another_process_is_never_trusted(workspace: Wor
     assert stranger.poll() is None  # never touched
 
 
-def test_known_instances_of_another_command_are_never_trusted(workspace: Workspace,
-                                                              redis_client):
+def test_a_changed_command_never_starts_a_second_instance_and_shows_the_old_one_outdated(
+        workspace: Workspace, redis_client):
     workspace.add_profile()
     old = workspace.guard(redis_client).ensure("demo")["started"]
-    # The profile's command (and match) change: the old worker is no longer an instance.
+    # The profile's command (and match) change: the running worker is still its instance,
+    # started with the old command. The known record (made for the old command) is not
+    # trusted; the scan finds the instance by its identity, not by its command line.
     workspace.profiles["demo"] = workspace.sleeper_profile()
     workspace.profiles["demo"]["command"][-1] = workspace.token + "-v2"
     workspace.profiles["demo"]["match"] = rf"sleeper\.py --tag {workspace.token}-v2(\s|$)"
-    result = workspace.guard(redis_client).ensure("demo")
-    assert result["action"] == "started" and result["running"] != old
-
-
-def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, redis_client,
-                                                         monkeypatch):
-    workspace.add_profile()
     guard = workspace.guard(redis_client)
-    counting = CountingDiscover(block_first=True)
-    monkeypatch.setattr(guard_module, "discover", counting)
+    result = guard.ensure("demo")
+    assert result["action"] == "already_running" and result["running"] == old
+    [entry] = guard.status("demo")["profiles"]["demo"]["instances"]
+    assert entry["pid"] == old[0] and entry["outdated"] is True
+
+
+def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, redis_client):
+    workspace.add_profile()
+    counting = workspace.table(CountingTable).hold_first_discovery()
+    guard = workspace.guard(redis_client, counting)
     results: list[dict[str, object]] = []
     lock = threading.Lock()
 
@@ -191,7 +176,7 @@ def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, r
     assert len(results) == 10 and all(r["ok"] for r in results)
     [started] = [r for r in results if r["action"] == "started"]
     assert all(r["running"] == started["started"] for r in results)
-    assert counting.calls == 2  # the first converge's scan and its check after starting
+    assert counting.discovers == 2  # the first converge's scan and its check after starting
     assert running(guard) == started["started"]
 
 

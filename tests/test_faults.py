@@ -15,7 +15,6 @@ import pytest
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import HERE, RedisServer, cli_env, poll_for, run_cli, short_tmpdir, start_redis
-from workerguard.workers import discover
 
 FAILPOINT = HERE / "failpoint_guard.py"
 
@@ -23,7 +22,8 @@ FAILPOINT = HERE / "failpoint_guard.py"
 def local_instances(workspace: Workspace) -> list[int]:
     """Instances as the process table shows them (no Redis involved)."""
     config = workspace.config()
-    return [i.pid for i in discover(config.profiles.values(), workspace.host_id)["demo"]]
+    return [i.pid for i in workspace.table().discover([config.profile("demo")],
+                                                      config.profiles.values()).instances["demo"]]
 
 
 def run_to_stage(workspace: Workspace, stage: str, *extra: str) -> subprocess.Popen[str]:

@@ -11,13 +11,12 @@ import pytest
 import redis
 
 from tests.conftest import Workspace
-from tests.support import free_port, poll_for
+from tests.support import CountingTable, free_port, poll_for
 from workerguard import events
-from workerguard import guard as guard_module
 from workerguard.connect import redis_client as redis_client_for
 from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
 from workerguard.guard import Guard
-from workerguard.lock import ProfileLock
+from workerguard.lock import ProfileLock, lock_key
 
 
 def read_events(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
@@ -46,24 +45,39 @@ def test_ensure_starts_one_then_reports_it_running(workspace: Workspace, redis_c
 
 def test_enforce_keeps_the_newest_including_hand_started_ones(workspace: Workspace,
                                                               redis_client):
-    workspace.add_profile(max_workers=2, min_workers=1)
+    """Among adopted (hand-started) instances the newest survive; with stop_adopted the
+    extras are stopped."""
+    workspace.add_profile(max_workers=3, min_workers=0, stop_adopted=True)
     guard = workspace.guard(redis_client)
-    started = guard.ensure("demo")["started"]
-    manual = [workspace.hand_started() for _ in range(2)]
+    manual = [workspace.hand_started() for _ in range(3)]
     poll_for(lambda: len(running(guard)) == 3, message="three instances")
     result = guard.enforce("demo", max_workers=1)
     assert result["action"] == "stopped_extras"
     newest = manual[-1].pid
     assert result["running"] == [newest]
-    assert sorted(result["stopped"]) == sorted([*started, manual[0].pid])
+    assert sorted(result["stopped"]) == sorted([manual[0].pid, manual[1].pid])
     assert result["message"] == (f"demo: keeping {newest}, stopping "
                                  + ", ".join(str(p) for p in result["stopped"]))
     assert manual[0].wait(5) is not None and manual[-1].poll() is None
 
 
+def test_spawned_instances_survive_over_adopted_ones_and_adopted_are_left_alone_by_default(
+        workspace: Workspace, redis_client):
+    workspace.add_profile(max_workers=2, min_workers=1)
+    guard = workspace.guard(redis_client)
+    [ours] = guard.ensure("demo")["started"]
+    manual = [workspace.hand_started() for _ in range(2)]  # newer than ours
+    poll_for(lambda: len(running(guard)) == 3, message="three instances")
+    result = guard.enforce("demo", max_workers=1)
+    assert result["kept"] == [ours] and result["stopped"] == []
+    assert sorted(result["spare"]) == sorted(m.pid for m in manual)
+    assert "stop_adopted" in result["message"]
+    assert all(m.poll() is None for m in manual)
+
+
 def test_ensure_stops_extras_beyond_max_keeping_oldest_when_asked(workspace: Workspace,
                                                                    redis_client):
-    workspace.add_profile(keep="oldest")
+    workspace.add_profile(keep="oldest", stop_adopted=True)
     guard = workspace.guard(redis_client)
     manual = [workspace.hand_started() for _ in range(3)]
     poll_for(lambda: len(running(guard)) == 3)
@@ -93,27 +107,23 @@ def test_stop_all_pauses_until_the_next_ensure(workspace: Workspace, redis_clien
 
 
 def test_sweep_restarts_a_killed_worker_and_cuts_extras_with_one_scan(workspace: Workspace,
-                                                                      redis_client, monkeypatch):
+                                                                      redis_client):
     workspace.add_profile("a")
     workspace.add_profile("b")
     workspace.profiles["b"]["command"][-1] = workspace.token + "-b"
     workspace.profiles["b"]["match"] = rf"sleeper\.py --tag {workspace.token}-b(\s|$)"
-    guard = workspace.guard(redis_client)
+    table = workspace.table(CountingTable)
+    guard = workspace.guard(redis_client, table)
     pid_a = guard.ensure("a")["started"][0]
     guard.ensure("b")
     psutil.Process(pid_a).kill()
     poll_for(lambda: not psutil.pid_exists(pid_a), message="worker a to die")
-    scans: list[int] = []
-    real_scan = guard_module.scan_processes
-    def counting_scan():
-        scans.append(1)
-        return real_scan()
-
-    monkeypatch.setattr(guard_module, "scan_processes", counting_scan)
+    table.scans = 0
     results = {r["profile"]: r for r in guard.sweep()}
     assert results["a"]["action"] == "started"
     assert results["b"]["action"] == "already_running"
-    assert len(scans) == 1
+    # one scan for the whole host; only profile a converges (its scans before and after starting)
+    assert table.scans == 3
 
 
 def test_dry_run_changes_nothing(workspace: Workspace, redis_client):
@@ -134,20 +144,14 @@ def test_dry_run_changes_nothing(workspace: Workspace, redis_client):
     assert read_events(redis_client) == []
 
 
-def test_a_lock_lost_before_acting_touches_nothing(workspace: Workspace, redis_client,
-                                                   monkeypatch):
-    workspace.add_profile()
-    guard = workspace.guard(redis_client)
+def test_a_lock_lost_before_acting_touches_nothing(workspace: Workspace, redis_client):
+    workspace.add_profile(stop_adopted=True)
+    table = workspace.table(CountingTable)
+    guard = workspace.guard(redis_client, table)
     manual = [workspace.hand_started() for _ in range(2)]
     poll_for(lambda: len(running(guard)) == 2)
-    real_discover = guard_module.discover
-
-    def discover_then_lose_the_lock(*args, **kwargs):
-        found = real_discover(*args, **kwargs)
-        redis_client.delete(f"workerguard:lock:{workspace.host_id}:demo")  # expired meanwhile
-        return found
-
-    monkeypatch.setattr(guard_module, "discover", discover_then_lose_the_lock)
+    # the lock expires between the scan and the action
+    table.after_discover = lambda: redis_client.delete(lock_key(workspace.host_id, "demo"))
     with pytest.raises(LockLost, match="nothing was touched"):
         guard.enforce("demo")
     assert all(p.poll() is None for p in manual)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir, to_toml
 from workerguard.config import load_config
-from workerguard.workers import discover
+from workerguard.workers import HostProcesses
 
 pytestmark = pytest.mark.celery
 
@@ -36,10 +36,14 @@ def test_up_keeps_the_demo_alive_and_ctrl_c_stops_only_itself(home: Path,
                   "start_seconds": 0.3}}))
     up = tracker.popen([sys.executable, "-m", "workerguard.cli", "up", "--config", str(config)],
                        env=cli_env())
-    profiles = load_config(config).profiles.values()
+    loaded = load_config(config)
+    profiles = list(loaded.profiles.values())
+    settings = loaded.settings
+    table = HostProcesses(host, registry_dir=settings.registry_dir, log_dir=settings.log_dir,
+                          identity=settings.identity, cgroup_root=settings.cgroup_root)
 
     def managed() -> list[int]:
-        return [i.pid for i in discover(profiles, host)["demo"]]
+        return [i.pid for i in table.discover(profiles, profiles).instances["demo"]]
 
     [worker] = poll_for(managed, timeout=60, interval=0.2, message="the first sweep to start demo")
     status = run_cli("status", "--config", str(config), env=cli_env())

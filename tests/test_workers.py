@@ -14,8 +14,7 @@ import pytest
 from tests.conftest import Workspace
 from tests.support import SLEEPER, poll_for
 from workerguard.config import Profile
-from workerguard.workers import discover, spawn_instances, stop_instances
-from workerguard.workers.model import Instance
+from workerguard.workers import Instance, SpawnFailure, stop_instances
 from workerguard.workers.spawn import child_environment
 
 
@@ -24,21 +23,31 @@ def sleeper_profile(ws: Workspace, *extra: str, **overrides: Any) -> Profile:
     return ws.config().profile("demo")
 
 
+def spawn(ws: Workspace, profile: Profile, count: int = 1,
+          ) -> tuple[list[Instance], list[SpawnFailure]]:
+    outcome = ws.table().spawn(profile, count)
+    return outcome.started, outcome.failures
+
+
+def discover(ws: Workspace, profile: Profile) -> list[Instance]:
+    return ws.table().discover([profile], [profile]).instances[profile.name]
+
+
 def children_of(pid: int) -> list[int]:
     return [c.pid for c in psutil.Process(pid).children(recursive=True)]
 
 
 def test_a_worker_with_children_is_one_instance_and_stop_ends_the_tree(workspace: Workspace):
     profile = sleeper_profile(workspace, "--children", "2")
-    spawned, failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    spawned, failures = spawn(workspace, profile, 1)
     assert not failures and len(spawned) == 1
     root = spawned[0].pid
     poll_for(lambda: len(children_of(root)) == 2, message="children")
     kids = children_of(root)
-    [instance] = discover([profile], workspace.host_id)["demo"]
+    [instance] = discover(workspace, profile)
     assert instance.pid == root
     assert set(instance.tree) == {root, *kids}
-    outcome = stop_instances([instance], stop_timeout=3)
+    outcome = workspace.table().stop([instance], "SIGTERM", 3)
     assert outcome.stopped == [root]
     for pid in [root, *kids]:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -55,14 +64,14 @@ def test_decoys_with_similar_names_are_never_instances(workspace: Workspace):
     decoys.append(workspace.tracker.popen([sys.executable, str(SLEEPER), "--tag", "other"],
                                           env=foreign_env))
     poll_for(lambda: all(psutil.Process(d.pid).cmdline()[-1:] != [] for d in decoys))
-    assert discover([profile], workspace.host_id)["demo"] == []
+    assert discover(workspace, profile) == []
     assert all(d.poll() is None for d in decoys)
 
 
 def test_hand_started_worker_is_found_by_match(workspace: Workspace):
     profile = sleeper_profile(workspace)
     manual = workspace.hand_started()
-    found = poll_for(lambda: discover([profile], workspace.host_id)["demo"], message="match")
+    found = poll_for(lambda: discover(workspace, profile), message="match")
     assert [i.pid for i in found] == [manual.pid]
     assert not found[0].marked
 
@@ -74,7 +83,7 @@ def test_spawned_worker_is_detached_marked_and_gets_a_clean_environment(workspac
     profile = sleeper_profile(workspace, env={"RPA_MODE": "prod"})
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a Celery pool child
     try:
-        [spawned], failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+        [spawned], failures = spawn(workspace, profile, 1)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert failures == []
@@ -86,7 +95,7 @@ def test_spawned_worker_is_detached_marked_and_gets_a_clean_environment(workspac
     assert env["RPA_MODE"] == "prod"
     assert not {"CELERY_LOG_LEVEL", "_MP_FORK_LOGLEVEL_", "PYTHONPATH"} & set(env)
     assert os.getsid(spawned.pid) == spawned.pid  # its own session
-    log = workspace.home / "demo.log"
+    log = workspace.home / "logs" / "demo.log"
     poll_for(lambda: "SIGINT=<built-in function default_int_handler>" in log.read_text(),
              message="sleeper to report a default SIGINT handler")
     os.kill(spawned.pid, signal.SIGINT)  # SIGINT works again: the worker exits
@@ -95,7 +104,7 @@ def test_spawned_worker_is_detached_marked_and_gets_a_clean_environment(workspac
 
 def test_a_worker_that_dies_at_start_is_reported_with_code_and_log(workspace: Workspace):
     profile = sleeper_profile(workspace, "--exit-code", "3")
-    spawned, failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    spawned, failures = spawn(workspace, profile, 1)
     assert spawned == []
     [failure] = failures
     assert failure.returncode == 3
@@ -106,23 +115,23 @@ def test_a_worker_that_dies_at_start_is_reported_with_code_and_log(workspace: Wo
 
 def test_a_command_that_does_not_exist_is_a_failure_not_a_crash(workspace: Workspace):
     profile = sleeper_profile(workspace, command=["/nonexistent/worker"])
-    spawned, failures = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    spawned, failures = spawn(workspace, profile, 1)
     assert spawned == [] and "could not start" in failures[0].describe()
 
 
 def test_an_exiting_spawned_worker_never_stays_a_zombie(workspace: Workspace):
     profile = sleeper_profile(workspace)
-    [spawned], _ = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    [spawned], _ = spawn(workspace, profile, 1)
     os.kill(spawned.pid, signal.SIGTERM)
-    poll_for(lambda: not psutil.pid_exists(spawned.pid), message="reaper thread to reap it")
+    poll_for(lambda: not psutil.pid_exists(spawned.pid), message="the exit watcher to reap it")
 
 
 def test_a_worker_that_ignores_sigterm_is_killed_after_stop_timeout(workspace: Workspace):
     profile = sleeper_profile(workspace, "--ignore-term", "--children", "1", stop_timeout=0.5)
-    [spawned], _ = spawn_instances(profile, 1, workspace.host_id, workspace.home)
+    [spawned], _ = spawn(workspace, profile, 1)
     poll_for(lambda: children_of(spawned.pid), message="child")
-    [instance] = discover([profile], workspace.host_id)["demo"]
-    outcome = stop_instances([instance], stop_timeout=0.5)
+    [instance] = discover(workspace, profile)
+    outcome = workspace.table().stop([instance], "SIGTERM", 0.5)
     assert outcome.stopped == [spawned.pid]
     assert set(outcome.killed) == set(instance.tree)
     assert outcome.survivors == []
@@ -153,6 +162,6 @@ def test_child_environment_is_explicit():
 @pytest.mark.parametrize("count", [3])
 def test_spawning_several_instances_at_once_starts_them_all(workspace: Workspace, count: int):
     profile = sleeper_profile(workspace, min_workers=count, max_workers=count)
-    spawned, failures = spawn_instances(profile, count, workspace.host_id, workspace.home)
+    spawned, failures = spawn(workspace, profile, count)
     assert len(spawned) == count and not failures
-    assert len(discover([profile], workspace.host_id)["demo"]) == count
+    assert len(discover(workspace, profile)) == count

@@ -22,6 +22,8 @@ from .redact import redact_url
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 HOST_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 Keep = Literal["newest", "oldest"]
+Identity = Literal["auto", "cgroup", "registry"]
+IDENTITY_CHOICES: tuple[Identity, ...] = ("auto", "cgroup", "registry")
 KEEP_CHOICES: tuple[Keep, ...] = ("newest", "oldest")
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2")
 MAX_WORKERS_LIMIT = 1000
@@ -54,6 +56,12 @@ class Settings:
     """Address the metrics endpoint binds to; 127.0.0.1 keeps it local."""
     sweep_on_start: bool = True
     """The guard worker sweeps its host once when it is ready, without waiting for beat."""
+    identity: Identity = "auto"
+    """How instances are told apart: ``cgroup`` (a cgroup v2 group each), ``registry`` (a
+    record of what was spawned), ``auto`` (cgroup where writable, else registry)."""
+    cgroup_root: Path | None = None
+    """The cgroup v2 directory instance groups go under (default: <cgroup2 mount>/workerguard
+    for root, a ``workerguard`` group beside the guard's own otherwise)."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -70,6 +78,11 @@ class Settings:
         """Host-wide, not under ``home``: every guard of this host must share the fences,
         whatever its ``WORKERGUARD_HOME``."""
         return Path(tempfile.gettempdir()) / "workerguard-fences"
+
+    @property
+    def registry_dir(self) -> Path:
+        """Host-wide like the fences: every guard of the host reads the same records."""
+        return self.fence_dir.parent / "workerguard-registry"
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class Profile:
     """Failed starts in a row before backoff delays begin."""
     backoff_max: float = 300.0
     """Cap of the exponential delay (1, 2, 4 ... s) between starts of a crash-looping worker."""
+    stop_adopted: bool = False
+    """May stop processes adopted through ``match`` when there are too many (never by default)."""
 
     @property
     def match_regex(self) -> re.Pattern[str] | None:
@@ -185,6 +200,12 @@ def parse_settings(raw: Mapping[str, Any], where: str) -> Settings:
                 raise check.fail(key, f"must start with redis://, rediss:// or unix://, got "
                                       f"{redact_url(url)!r}")
             values[key] = url
+        elif key == "identity":
+            if value not in IDENTITY_CHOICES:
+                raise check.fail(key, f"must be one of {', '.join(IDENTITY_CHOICES)}, got {value!r}")
+            values[key] = value
+        elif key == "cgroup_root":
+            values[key] = Path(check.string(key, value))
         elif key == "metrics_addr":
             values[key] = check.string(key, value)
         elif key in _SETTINGS_FLAGS:
@@ -257,6 +278,10 @@ def parse_profile(name: str, raw: Any, where: str, base_dir: Path | None = None)
             values[key] = check.number(key, raw[key])
     if "start_retries" in raw:
         values["start_retries"] = check.number("start_retries", raw["start_retries"], integer=True)
+    if "stop_adopted" in raw:
+        if not isinstance(raw["stop_adopted"], bool):
+            raise check.fail("stop_adopted", f"must be true or false, got {raw['stop_adopted']!r}")
+        values["stop_adopted"] = raw["stop_adopted"]
     if "stop_signal" in raw:
         if raw["stop_signal"] not in STOP_SIGNALS:
             raise check.fail("stop_signal", f"must be one of {', '.join(STOP_SIGNALS)}, "

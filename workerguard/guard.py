@@ -1,31 +1,33 @@
-"""The one place that combines the lock, the process layer and the plan.
+"""The one place that combines the lock, the process table and the plan.
 
-Each action runs discover -> plan -> act -> verify under one Redis lock per
-(host, profile) and, inside it, a host-local fence (``flock``): if the Redis lock is
-lost (expiry during a long stall, a failover), a second guard on this host still
-waits for the first to finish instead of acting on a stale view. The guard takes a
-Redis client and a config; it knows nothing of Celery, so the CLI's ``--local`` mode,
-the Celery tasks and the tests all call exactly this code.
+Each action runs discover -> plan -> act -> verify -> record under one Redis lock per
+(host, profile) and, inside it, the host fence (``flock``): if the Redis lock is lost
+(expiry during a long stall, a failover), a second guard on this host still waits for
+the first to finish instead of acting on a stale view. Crash-loop state and the action
+log entry are written before the lock is released, so the next holder reads them.
 
-The fast path: every full scan under the lock is remembered in Redis as the profile's
-known instances (pid + create_time). An ensure first reads them, with the pause flag,
-in one atomic script that answers only while nobody holds the profile's lock (the same
-as taking the lock, reading and releasing it; one round trip instead of three), then
-verifies them (one ``/proc`` read each) and, if every one is still the same live process
-and the profile is within bounds, answers ``already_running`` without scanning the
-process table. A busy lock means a converge is running: the ensure waits for the lock
-and tries the known instances again under it (the converge has just rewritten them).
-Anything else (an instance gone or its PID reused, too few or too many, a pause, no or
-stale record) falls back to the full scan. Instances started outside workerguard (found
-only by ``match``) are not known until a full scan sees them: every sweep scans, and
-refreshes the record; the record also expires after two sweep intervals.
+Why each mechanism around a converge is there (benchmarks/README rows in brackets):
+
+* the Redis lock: one converge per (host, profile) across every guard and CLI;
+* the fence: the Redis lock is only as good as its TTL; the kernel's lock is not;
+* the fast path (``State.snapshot_if_unlocked`` + ``verify``): an ensure of a profile
+  that is within bounds is answered in one Redis round trip and one ``/proc`` read per
+  instance, without the lock or a process scan ["ensure, already running"];
+* single-flight (``flight.Coalescer``): identical ensures that arrive while one waits
+  share its converge instead of queueing on the lock one after another ["burst of 50"].
+
+The guard takes a Redis client, a config and a process table (``HostProcesses``); it
+knows nothing of Celery, so the CLI's ``--local`` mode, the Celery tasks and the tests
+all call exactly this code. With ``on_exit`` set (the guard worker), every instance it
+sees is watched, and an exit it did not cause is recorded and handed to ``on_exit``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -34,26 +36,30 @@ import redis_lock
 
 from . import report
 from .config import Config, Profile
-from .errors import LockLost, LockTimeout, RedisUnavailable
+from .errors import LockLost, LockTimeout, RedisUnavailable, WorkerguardError
 from .flight import Coalescer
 from .known import decode_known
-from .lock import REDIS_ERRORS, ProfileLock, host_fence, lock_key
+from .lock import REDIS_ERRORS, ProfileLock, host_fence
 from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
-from .state import State
-from .workers import Instance, discover, scan_processes, spawn_instances, stop_instances, verify_known
-
-__all__ = ["Guard", "discover", "scan_processes", "spawn_instances", "stop_instances"]
-# (all but Guard re-exported for the fault tests, which wrap them with failpoints)
+from .state import Backoff, State
+from .workers import Exit, HostProcesses, Instance, SpawnOutcome, describe_exit
+from .workers.discover import Discovery
 
 log = logging.getLogger("workerguard.guard")
-Mode = Literal["ensure", "sweep", "enforce", "stop_all"]
+Intent = Literal["ensure", "heal", "enforce", "stop_all"]
+"""ensure: start and stop, clears a pause. heal: the same for sweeps and exit events,
+but a paused profile stays stopped. enforce: only stop extras. stop_all: stop and pause."""
 Result = dict[str, Any]
+ExitListener = Callable[[str, str], None]
+"""(profile, reason): an instance of ``profile`` exited and the guard did not cause it."""
+_PARALLEL_CONVERGES = 16
 
 
 class Guard:
-    def __init__(self, client: redis.Redis, config: Config, *, clock: Any = time.time,
-                 observer: Observer | None = None) -> None:
+    def __init__(self, client: redis.Redis, config: Config, *, clock: Callable[[], float] = time.time,
+                 observer: Observer | None = None, table: HostProcesses | None = None,
+                 on_exit: ExitListener | None = None) -> None:
         self.client = client
         self.config = config
         self.settings = config.settings
@@ -62,7 +68,12 @@ class Guard:
                            known_ttl=max(2 * config.settings.sweep_interval, 10.0))
         self.clock = clock
         self.observer = observer or NULL_OBSERVER
+        self.table = table or HostProcesses(
+            self.host, registry_dir=self.settings.registry_dir, log_dir=self.settings.log_dir,
+            identity=self.settings.identity, cgroup_root=self.settings.cgroup_root)
+        self.on_exit = on_exit
         self._flights: Coalescer[Result] = Coalescer()
+        self._exits = ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit") if on_exit else None
 
     def __repr__(self) -> str:
         return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
@@ -73,16 +84,17 @@ class Guard:
         """Converge to min..max instances: start missing, stop extras; clears a pause.
 
         Identical ensures that arrive in this process while one is waiting to start
-        share its result (``flight.Coalescer``); the event log names the first requester
-        and the observer sees the converge once.
+        share its result; the event log names the first requester.
         """
         spec = self.config.profile(profile)
+        return self._flights.run(("ensure", profile, dry_run, force), lambda: self._observed(
+            "ensure", self._converge(spec, "ensure", dry_run=dry_run, force=force,
+                                     requested_by=requested_by)))
 
-        def converge() -> Result:
-            return self._observed("ensure", self._converge(
-                spec, "ensure", dry_run=dry_run, force=force, requested_by=requested_by))
-
-        return self._flights.run(("ensure", profile, dry_run, force), converge)
+    def heal(self, profile: str, *, requested_by: str = "exit") -> Result:
+        """Converge like a sweep does for one profile: a paused profile stays stopped."""
+        return self._observed("heal", self._converge(self.config.profile(profile), "heal",
+                                                     requested_by=requested_by))
 
     def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
                 requested_by: str = "unknown") -> Result:
@@ -95,55 +107,76 @@ class Guard:
                  requested_by: str = "unknown") -> Result:
         """Stop every instance and pause the profile so sweeps leave it stopped."""
         return self._observed("stop_all", self._converge(
-            self.config.profile(profile), "stop_all", dry_run=dry_run,
-            requested_by=requested_by))
+            self.config.profile(profile), "stop_all", dry_run=dry_run, requested_by=requested_by))
 
     def status(self, profile: str | None = None) -> Result:
-        """Instances per profile on this host, with pause and backoff state. Takes no lock."""
+        """Instances per profile on this host, with pause, backoff and orphans. No lock."""
         profiles = ([self.config.profile(profile)] if profile is not None
                     else list(self.config.profiles.values()))
-        found = discover(profiles, self.host)
+        found = self._discover(profiles)
         names = [p.name for p in profiles]
         with self._redis():
             paused = self.state.paused(names)
             backoffs = self.state.backoffs(names)
-        return report.status_result(self.host, profile, profiles, found, paused, backoffs,
-                                    self.clock())
+        return report.status_result(self.host, profile, profiles, found.instances, paused,
+                                    backoffs, self.clock(), orphans=found.orphans,
+                                    identity=self.table.mode)
 
     def sweep(self, *, requested_by: str = "beat") -> list[Result]:
-        """Ensure every profile of this host that is not paused, with one process scan.
+        """Heal every profile of this host, with one process scan.
 
-        A profile already within bounds is answered from the scan without taking its
-        lock; only profiles that need action converge under their lock.
+        A profile within bounds (or paused) is answered from the scan without its lock;
+        the others converge in parallel, each under its own lock. Any error of one
+        profile becomes that profile's error result; the rest of the sweep goes on.
         """
         began = time.monotonic()
         profiles = list(self.config.profiles.values())
         with self._redis():  # read before the scan: a converge that writes later wins
             paused, known = self.state.paused_and_known([p.name for p in profiles])
-        found = discover(profiles, self.host, scan_processes())
-        results = []
+        found = self._discover(profiles)
+        self._report_orphans(found)
+        for instances in found.instances.values():
+            self._watch(instances)
+        results: dict[str, Result] = {}
         refresh = []
+        pending = []
         for profile in profiles:
-            instances = found[profile.name]
-            pause = paused[profile.name]
-            if pause:
-                results.append(report.paused_result(self.host, profile.name, instances, pause))
-                continue
-            if self._ensure_plan(profile, instances).is_noop:
-                results.append(report.result(self.host, profile.name, "already_running",
-                                             running=instances, kept=[i.pid for i in instances]))
+            instances = found.instances[profile.name]
+            if paused[profile.name]:
+                results[profile.name] = report.paused_result(self.host, profile.name, instances,
+                                                             paused[profile.name] or {})
+            elif self._plan(profile, "heal", instances).is_noop and not self._leftovers(found, profile):
+                results[profile.name] = report.result(self.host, profile.name, "already_running",
+                                                      running=instances,
+                                                      kept=[i.pid for i in instances])
                 refresh.append((profile, known[profile.name], instances))
-                continue
-            try:
-                results.append(self._converge(profile, "sweep", requested_by=requested_by))
-            except (LockTimeout, LockLost, RedisUnavailable) as exc:
-                results.append(report.error_result(self.host, profile.name, exc))
+            else:
+                pending.append(profile)
+        if pending:
+            with ThreadPoolExecutor(min(_PARALLEL_CONVERGES, len(pending)),
+                                    thread_name_prefix="workerguard-sweep") as pool:
+                for profile, result in zip(pending, pool.map(
+                        lambda p: self._isolated(p, requested_by), pending), strict=True):
+                    results[profile.name] = result
         try:  # what this scan saw becomes the known instances (unless a converge wrote since)
             self.state.refresh_known(refresh)
         except REDIS_ERRORS as exc:
             log.warning("could not refresh known instances: %s", exc)
-        self.observer.swept(results, time.monotonic() - began)
-        return results
+        ordered = [results[p.name] for p in profiles]
+        self.observer.swept(ordered, time.monotonic() - began)
+        return ordered
+
+    def prune(self, *, dry_run: bool = False, requested_by: str = "unknown") -> Result:
+        """Stop the orphans of this host: instances of profiles no longer configured."""
+        with host_fence(self.settings.fence_dir, f"{self.host}.-orphans-"):
+            found = self._discover([])
+            stopped: list[int] = []
+            if found.orphans and not dry_run:
+                self._claim_exits(found.orphans)
+                stopped = self.table.stop(found.orphans, "SIGTERM", 10.0).stopped
+                self._record("-", "pruned", stopped, requested_by,
+                             ", ".join(sorted({i.profile for i in found.orphans})))
+        return report.prune_result(self.host, found.orphans, stopped, dry_run)
 
     def claim_sweep(self) -> bool:
         """Deduplicate sweeps per host (see ``State.claim_sweep``)."""
@@ -151,114 +184,194 @@ class Guard:
             return self.state.claim_sweep(self.settings.sweep_interval)
 
     # the converge ----------------------------------------------------------------------
-    def _ensure_plan(self, profile: Profile, instances: list[Instance]) -> Plan:
-        return make_plan(instances, min_workers=profile.min_workers,
-                         max_workers=profile.max_workers, keep=profile.keep)
-
-    def _plan(self, profile: Profile, mode: Mode, instances: list[Instance],
-              max_workers: int | None) -> Plan:
-        if mode in ("ensure", "sweep"):
-            return self._ensure_plan(profile, instances)
-        limit = 0 if mode == "stop_all" else (max_workers or profile.max_workers)
-        return make_plan(instances, min_workers=0, max_workers=limit, keep=profile.keep,
-                         may_start=False)
-
-    def _converge(self, profile: Profile, mode: Mode, *, dry_run: bool = False,
+    def _converge(self, profile: Profile, intent: Intent, *, dry_run: bool = False,
                   force: bool = False, max_workers: int | None = None,
                   requested_by: str = "unknown") -> Result:
-        name = profile.name
-        if mode == "ensure" and not dry_run:
-            with self._redis():
-                unlocked = self.state.snapshot_if_unlocked(name, lock_key(self.host, name))
-            if unlocked is not None and not unlocked[0]:
-                fast = self._known_within_bounds(profile, unlocked[1])
-                if fast is not None:
-                    return fast
+        fast = self._fast_path(profile) if intent == "ensure" and not dry_run else None
+        if fast is not None:
+            return fast
         with self._locked(profile) as lock:
             with self._redis():
-                snapshot = self.state.snapshot(name)
-            pause, backoff = snapshot.paused, snapshot.backoff
-            if mode == "ensure" and not dry_run and not pause:
+                snapshot = self.state.snapshot(profile.name)
+            if intent == "ensure" and not dry_run and not snapshot.paused:
                 fast = self._known_within_bounds(profile, snapshot.known)
-                if fast is not None:
+                if fast is not None:  # the converge we waited for has just done it
                     return fast
             lock.start_renewal()  # from here on the hold may take a while
-            with host_fence(self.settings.fence_dir, f"{self.host}.{name}"):
-                instances = discover([profile], self.host)[name]
-                if mode == "sweep" and pause:
-                    return report.paused_result(self.host, name, instances, pause)
-                plan = self._plan(profile, mode, instances, max_workers)
+            with host_fence(self.settings.fence_dir, f"{self.host}.{profile.name}"):
+                found = self._discover([profile])
+                instances = found.instances[profile.name]
+                if intent == "heal" and snapshot.paused:
+                    return report.paused_result(self.host, profile.name, instances, snapshot.paused)
+                plan = self._plan(profile, intent, instances, max_workers)
                 now = self.clock()
-                blocked_by_backoff = (plan.start and not force and backoff.active(now)
-                                      and mode in ("ensure", "sweep"))
+                backoff = snapshot.backoff if intent in ("ensure", "heal") and not force else Backoff()
+                blocked = bool(plan.start) and backoff.active(now, profile.backoff_max)
                 if dry_run:
-                    return report.dry_run_result(self.host, name, mode, plan,
-                                                 backoff if blocked_by_backoff else None)
-                if mode == "ensure" and pause:
-                    with self._redis():
-                        self.state.unpause(name)
-                if mode == "stop_all":
-                    with self._redis():
-                        self.state.pause(name, requested_by)
-                if blocked_by_backoff:
-                    plan = Plan(keep=plan.keep, stop=plan.stop, start=0)
-                stopped, started, failures = self._act(lock, profile, plan)
-                # Nothing done: the scan above, under this lock, is still the truth.
-                after = instances if plan.is_noop else discover([profile], self.host)[name]
+                    return report.dry_run_result(self.host, profile.name, intent, plan,
+                                                 backoff if blocked else None)
+                self._set_pause(profile, intent, snapshot.paused, requested_by)
+                acted = self._act(lock, profile, plan.without_starts() if blocked else plan,
+                                  self._leftovers(found, profile))
+                after = self._discover([profile]).instances[profile.name] if acted.changed else instances
                 self._remember(lock, profile, after)
+                return self._conclude(profile, intent, plan, acted, after, backoff if blocked else None,
+                                      now, requested_by)
 
-        action = report.action_for(mode, plan, stopped, started, failures, bool(after))
-        new_backoff = None
+    def _plan(self, profile: Profile, intent: Intent, instances: list[Instance],
+              max_workers: int | None = None) -> Plan:
+        if intent in ("ensure", "heal"):
+            return make_plan(instances, min_workers=profile.min_workers,
+                             max_workers=profile.max_workers, keep=profile.keep,
+                             stop_adopted=profile.stop_adopted)
+        limit = 0 if intent == "stop_all" else (max_workers or profile.max_workers)
+        return make_plan(instances, min_workers=0, max_workers=limit, keep=profile.keep,
+                         may_start=False, stop_adopted=profile.stop_adopted or intent == "stop_all")
+
+    def _act(self, lock: ProfileLock, profile: Profile, plan: Plan,
+             leftovers: Sequence[Any]) -> Acted:
+        acted = Acted()
+        if plan.is_noop and not leftovers:
+            return acted
+        self._confirm_owned(lock)  # never act on a lock that expired under us
+        if leftovers:
+            acted.cleaned = self.table.clean(leftovers)
+        if plan.stop:
+            self._claim_exits(plan.stop)
+            outcome = self.table.stop(plan.stop, profile.stop_signal, profile.stop_timeout)
+            acted.stopped = outcome.stopped
+            if outcome.survivors:
+                log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
+        if plan.start:
+            acted.spawned = self.table.spawn(profile, plan.start)
+        return acted
+
+    def _conclude(self, profile: Profile, intent: Intent, plan: Plan, acted: Acted,
+                  after: list[Instance], blocked_by: Backoff | None, now: float,
+                  requested_by: str) -> Result:
+        """Crash-loop state and the action log, still under the lock; then the result."""
+        name = profile.name
+        started, failures = acted.spawned.started, acted.spawned.failures
+        worker_failures = [f for f in failures if not f.host_error]
+        backoff = blocked_by
         try:
-            if failures:
-                new_backoff = self.state.record_failure(name, profile.start_retries,
-                                                        profile.backoff_max, now)
+            if worker_failures:
+                backoff = self.state.record_failure(name, profile.start_retries,
+                                                    profile.backoff_max, now)
             elif started:
                 self.state.reset_backoff(name)
         except REDIS_ERRORS as exc:
             log.warning("%s: could not update crash-loop state: %s", name, exc)
-        if blocked_by_backoff and not stopped:
-            action, new_backoff = "backoff", backoff
+        action = report.action_for(intent, plan, acted.stopped, started, failures, bool(after))
+        if blocked_by is not None and not acted.stopped:
+            action = "backoff"
         if action in ("started", "stopped_extras", "stopped_all", "start_failed"):
-            self._record(name, action, [*stopped, *(s.pid for s in started)], requested_by,
+            self._record(name, action, [*acted.stopped, *(s.pid for s in started)], requested_by,
                          "; ".join(f.describe() for f in failures))
+        self._watch(after)
         return report.result(self.host, name, action, running=after,
-                             started=[s.pid for s in started], stopped=stopped,
+                             started=[s.pid for s in started], stopped=acted.stopped,
                              kept=[i.pid for i in plan.keep], failures=failures,
-                             backoff=new_backoff, now=now)
+                             backoff=backoff, now=now, cleaned=acted.cleaned,
+                             spare=[i.pid for i in plan.spare])
 
-    def _act(self, lock: ProfileLock, profile: Profile, plan: Plan,
-             ) -> tuple[list[int], list[Any], list[Any]]:
-        stopped: list[int] = []
-        started: list[Any] = []
-        failures: list[Any] = []
-        if plan.is_noop:
-            return stopped, started, failures
-        self._confirm_owned(lock)
-        if plan.stop:
-            outcome = stop_instances(plan.stop, profile.stop_signal, profile.stop_timeout)
-            stopped = outcome.stopped
-            if outcome.survivors:
-                log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
-        if plan.start:
-            self._confirm_owned(lock)
-            started, failures = spawn_instances(profile, plan.start, self.host,
-                                                self.settings.log_dir)
-        return stopped, started, failures
+    # the fast path -------------------------------------------------------------------
+    def _fast_path(self, profile: Profile) -> Result | None:
+        with self._redis():
+            unlocked = self.state.snapshot_if_unlocked(profile.name)
+        if unlocked is None or unlocked.paused:
+            return None
+        return self._known_within_bounds(profile, unlocked.known)
 
     def _known_within_bounds(self, profile: Profile, raw: bytes | None) -> Result | None:
-        """The fast path: ``already_running`` from the verified known instances, or None."""
+        """``already_running`` from the verified known instances, or None."""
         known = decode_known(profile, raw)
-        if not known:
+        verified = self.table.verify(known) if known else None
+        if not verified or not self._plan(profile, "ensure", verified).is_noop:
             return None
-        verified = verify_known(known)
-        if verified is None:
-            return None
-        plan = self._ensure_plan(profile, verified)
-        if not plan.is_noop:
-            return None
-        return report.result(self.host, profile.name, "already_running", running=plan.keep,
-                             kept=[i.pid for i in plan.keep], now=self.clock())
+        self._watch(verified)
+        return report.result(self.host, profile.name, "already_running", running=verified,
+                             kept=[i.pid for i in verified], now=self.clock())
+
+    # exits ---------------------------------------------------------------------------
+    def _watch(self, instances: Sequence[Instance]) -> None:
+        """Watch every instance this guard sees (the guard worker only: ``on_exit``)."""
+        if self.on_exit is None:
+            return
+        for instance in instances:
+            key = instance.instance_id or f"adopted-{instance.pid}-{instance.create_time}"
+            self.table.watcher.watch(key, instance.pid, instance.create_time,
+                                     self._exit_callback(instance))
+
+    def _exit_callback(self, instance: Instance) -> Callable[[Exit], None]:
+        def exited(event: Exit) -> None:  # in the watcher's thread: hand over, return at once
+            if self._exits is not None:
+                self._exits.submit(self._handle_exit, instance, event)
+
+        return exited
+
+    def _handle_exit(self, instance: Instance, event: Exit) -> None:
+        """An exit this guard did not cause: record it once per host, then heal."""
+        uptime = max(0.0, event.at - instance.create_time)
+        reason = f"pid {instance.pid} {describe_exit(event.returncode)} after {uptime:.1f} s"
+        try:
+            if not self.state.claim_exit(self._exit_key(instance)):
+                return  # stopped on purpose, or another guard of this host took it
+            self._record(instance.profile, "exited", [instance.pid], "exit watcher", reason)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not record the exit of pid %s: %s", instance.profile,
+                        instance.pid, exc)
+        self.observer.exited(instance.profile)
+        log.info("%s: %s", instance.profile, reason)
+        if self.on_exit is not None and instance.profile in self.config.profiles:
+            self.on_exit(instance.profile, reason)
+
+    def _claim_exits(self, instances: Sequence[Instance]) -> None:
+        """Before stopping on purpose: no watcher of this host reports these exits."""
+        try:
+            for instance in instances:
+                self.state.claim_exit(self._exit_key(instance))
+        except REDIS_ERRORS as exc:
+            log.warning("could not mark stops as intended: %s", exc)
+
+    @staticmethod
+    def _exit_key(instance: Instance) -> str:
+        return f"{instance.instance_id or 'adopted'}:{instance.pid}:{instance.create_time:.2f}"
+
+    # helpers ---------------------------------------------------------------------------
+    def _discover(self, profiles: Sequence[Profile]) -> Discovery:
+        return self.table.discover(profiles, self.config.profiles.values())
+
+    @staticmethod
+    def _leftovers(found: Discovery, profile: Profile) -> list[Any]:
+        return [left for left in found.leftovers if left.profile == profile.name]
+
+    def _isolated(self, profile: Profile, requested_by: str) -> Result:
+        try:
+            return self._converge(profile, "heal", requested_by=requested_by)
+        except (LockTimeout, LockLost, RedisUnavailable, WorkerguardError) as exc:
+            return report.error_result(self.host, profile.name, exc)
+        except Exception as exc:
+            log.exception("%s: unexpected error in sweep", profile.name)
+            return report.error_result(self.host, profile.name, exc)
+
+    def _report_orphans(self, found: Discovery) -> None:
+        self.observer.orphaned(len(found.orphans))
+        for orphan in found.orphans:
+            try:
+                if self.state.claim_exit(f"orphan:{orphan.instance_id}", ttl=86_400):
+                    self._record(orphan.profile, "orphaned", [orphan.pid], "sweep",
+                                 f"profile {orphan.profile!r} is not configured; "
+                                 "`workerguard prune` stops it")
+            except REDIS_ERRORS:
+                return
+
+    def _set_pause(self, profile: Profile, intent: Intent, paused: Any, requested_by: str) -> None:
+        with self._redis():
+            if intent == "ensure" and paused:
+                self.state.unpause(profile.name)
+            elif intent == "stop_all":
+                self.state.pause(profile.name, requested_by)
 
     def _remember(self, lock: ProfileLock, profile: Profile, instances: list[Instance]) -> None:
         try:
@@ -266,9 +379,8 @@ class Guard:
         except REDIS_ERRORS as exc:
             log.warning("%s: could not remember instances: %s", profile.name, exc)
 
-    # helpers ---------------------------------------------------------------------------
     def _confirm_owned(self, lock: ProfileLock) -> None:
-        """Never act on a lock that expired under us (the renewal thread dies silently)."""
+        """The renewal thread dies silently when the key is lost (PITFALLS.md)."""
         with self._redis():
             if not lock.owned():
                 raise LockLost(f"lost {lock.key} before acting; nothing was touched")
@@ -304,7 +416,7 @@ class Guard:
             raise RedisUnavailable(f"redis unreachable ({type(exc).__name__}); "
                                    "nothing was touched") from None
 
-    def _observed(self, mode: Mode, result: Result) -> Result:
+    def _observed(self, mode: str, result: Result) -> Result:
         self.observer.acted(mode, result)
         return result
 
@@ -314,3 +426,16 @@ class Guard:
             self.state.record(profile, action, pids, requested_by, detail)
         except REDIS_ERRORS as exc:
             log.warning("%s: could not record %s event: %s", profile, action, exc)
+
+
+class Acted:
+    """What ``_act`` did."""
+
+    def __init__(self) -> None:
+        self.stopped: list[int] = []
+        self.cleaned: list[int] = []
+        self.spawned = SpawnOutcome()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.stopped or self.cleaned or self.spawned.started or self.spawned.failures)

@@ -54,6 +54,12 @@ class GuardMetrics:
                               registry=r)
         self.pauses = Counter("workerguard_pauses", "stop_all requests (each pauses the "
                               "profile).", LABELS, registry=r)
+        self.exits = Counter("workerguard_exits", "Instances that exited without the guard "
+                             "stopping them (each is restarted at once unless paused or in "
+                             "backoff).", LABELS, registry=r)
+        self.orphans = Gauge("workerguard_orphaned_instances", "Instances of profiles that are no "
+                             "longer configured, seen by the last status or sweep.", ("host",),
+                             registry=r)
         self.lock_wait = Histogram("workerguard_lock_wait_seconds", "Time a request waited "
                                    "for its profile's lock.", LABELS, buckets=LOCK_BUCKETS,
                                    registry=r)
@@ -69,7 +75,8 @@ class GuardMetrics:
             labels = (self.host, profile.name)
             self.min_workers.labels(*labels).set(profile.min_workers)
             self.max_workers.labels(*labels).set(profile.max_workers)
-            for family in (self.starts, self.stops, self.failed_starts, self.errors, self.pauses):
+            for family in (self.starts, self.stops, self.failed_starts, self.errors, self.pauses,
+                           self.exits):
                 family.labels(*labels)  # present at 0 from the start: rate() needs a base
         self._lock = threading.Lock()
 
@@ -94,6 +101,12 @@ class GuardMetrics:
                 self.paused.labels(*labels).set(1)
             elif mode == "ensure":
                 self.paused.labels(*labels).set(0)
+
+    def exited(self, profile: str) -> None:
+        self.exits.labels(self.host, profile).inc()
+
+    def orphaned(self, count: int) -> None:
+        self.orphans.labels(self.host).set(count)
 
     def swept(self, results: Sequence[Result], seconds: float) -> None:
         self.sweep_duration.labels(self.host).observe(seconds)

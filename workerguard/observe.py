@@ -22,6 +22,12 @@ class Observer(Protocol):
     def swept(self, results: Sequence[Result], seconds: float) -> None:
         """A sweep of this host finished: one result per profile, in ``seconds``."""
 
+    def exited(self, profile: str) -> None:
+        """An instance of ``profile`` exited without the guard stopping it."""
+
+    def orphaned(self, count: int) -> None:
+        """A sweep saw ``count`` instances of profiles that are no longer configured."""
+
 
 class NullObserver:
     def lock_waited(self, profile: str, seconds: float) -> None:
@@ -31,6 +37,12 @@ class NullObserver:
         pass
 
     def swept(self, results: Sequence[Result], seconds: float) -> None:
+        pass
+
+    def exited(self, profile: str) -> None:
+        pass
+
+    def orphaned(self, count: int) -> None:
         pass
 
 

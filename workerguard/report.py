@@ -26,6 +26,7 @@ def _pids(pids: Sequence[int]) -> str:
 
 def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],
                failures: Sequence[SpawnFailure], anything_running: bool) -> str:
+    """The contract's ``action`` for what a converge of ``mode`` (an intent) did."""
     if mode == "stop_all":
         return "stopped_all" if plan.stop else "nothing_to_stop"
     if failures:
@@ -43,6 +44,10 @@ def _message(profile: str, action: str, r: Result) -> str:
     running, stopped = _pids(r["running"]), _pids(r["stopped"])
     kept = _pids(r.get("kept", []))
     if action == "already_running":
+        spare = r.get("spare") or []
+        if spare:
+            return (f"{profile}: already running (PIDs: {running}); {len(spare)} adopted "
+                    f"beyond max_workers left running ({_pids(spare)}; stop_adopted = false)")
         return f"{profile}: already running (PIDs: {running})"
     if action == "started":
         return f"{profile}: started (PIDs: {_pids(r['started'])})"
@@ -133,10 +138,54 @@ def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
     return r
 
 
+def instance_entry(i: Instance, now: float) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "pid": i.pid, "create_time": i.create_time,
+        "uptime": round(max(0.0, now - i.create_time), 1),
+        "tree": list(i.tree), "marked": i.marked, "cmdline": list(i.cmdline),
+        "instance_id": i.instance_id, "origin": i.origin, "outdated": i.outdated,
+        "processes": len(i.tree) or 1,
+    }
+    rss = _rss(i.tree or (i.pid,))
+    if rss is not None:
+        entry["rss_bytes"] = rss
+    return entry
+
+
+def _rss(pids: Sequence[int]) -> int | None:
+    import psutil
+
+    total, seen = 0, False
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+            seen = True
+        except psutil.Error:
+            continue
+    return total if seen else None
+
+
+def prune_result(host: str, orphans: Sequence[Instance], stopped: Sequence[int],
+                 dry_run: bool) -> Result:
+    names = sorted({i.profile for i in orphans})
+    if not orphans:
+        message = "no orphaned instances"
+    elif dry_run:
+        message = f"[dry-run] would stop orphans {_pids([i.pid for i in orphans])} ({', '.join(names)})"
+    else:
+        message = f"stopped orphans {_pids(stopped)} ({', '.join(names)})"
+    return {"profile": None, "host": host, "action": "pruned" if stopped else "nothing_to_stop",
+            "running": [], "started": [], "stopped": list(stopped), "dry_run": dry_run,
+            "orphans": [{"profile": i.profile, "pid": i.pid, "instance_id": i.instance_id}
+                        for i in orphans],
+            "time": time.time(), "ok": True, "message": message}
+
+
 def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
                   found: Mapping[str, Sequence[Instance]],
                   paused: Mapping[str, Mapping[str, Any] | None],
-                  backoffs: Mapping[str, Backoff], now: float) -> Result:
+                  backoffs: Mapping[str, Backoff], now: float,
+                  orphans: Sequence[Instance] = (), identity: str = "registry") -> Result:
     entries: dict[str, Any] = {}
     lines = []
     for p in profiles:
@@ -145,7 +194,7 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
         pause = paused[p.name]
         if pause:
             state = "paused"
-        elif backoff.active(now):
+        elif backoff.active(now, p.backoff_max):
             state = "backoff"
         elif instances:
             state = "running"
@@ -155,12 +204,7 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
             "state": state,
             "min_workers": p.min_workers,
             "max_workers": p.max_workers,
-            "instances": [
-                {"pid": i.pid, "create_time": i.create_time,
-                 "uptime": round(max(0.0, now - i.create_time), 1),
-                 "tree": list(i.tree), "marked": i.marked, "cmdline": list(i.cmdline)}
-                for i in instances
-            ],
+            "instances": [instance_entry(i, now) for i in instances],
             "paused": dict(pause) if pause else None,
             "backoff": ({"failures": backoff.failures, "next_attempt": backoff.next_attempt}
                         if backoff.failures else None),
@@ -168,9 +212,13 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
         }
         pids = _pids([i.pid for i in instances]) or "-"
         lines.append(f"{p.name}: {state} (PIDs: {pids})")
+    for orphan in orphans:
+        lines.append(f"{orphan.profile}: orphaned (PID: {orphan.pid}; profile not configured, "
+                     "`workerguard prune` stops it)")
     running = [i.pid for p in profiles for i in found[p.name]]
     return {
         "profile": profile, "host": host, "action": "status", "running": running,
         "started": [], "stopped": [], "dry_run": False, "profiles": entries,
-        "time": now, "ok": True, "message": "\n".join(lines),
+        "orphans": [{"profile": o.profile, **instance_entry(o, now)} for o in orphans],
+        "identity": identity, "time": now, "ok": True, "message": "\n".join(lines),
     }

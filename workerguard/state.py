@@ -43,9 +43,28 @@ class Snapshot:
 class Backoff:
     failures: int = 0
     next_attempt: float = 0.0
+    delay: float = 0.0
+    """The delay that set ``next_attempt``: a clock set back never makes the wait longer."""
 
-    def active(self, now: float) -> bool:
-        return self.next_attempt > now
+    def remaining(self, now: float, cap: float | None = None) -> float:
+        """Seconds until the next start may be tried, never more than ``delay`` or ``cap``
+        whatever the wall clock did since (``next_attempt`` is a wall-clock time)."""
+        left = self.next_attempt - now
+        bound = self.delay if self.delay > 0 else left
+        if cap is not None:
+            bound = min(bound, cap)
+        return max(0.0, min(left, bound))
+
+    def active(self, now: float, cap: float | None = None) -> bool:
+        return self.remaining(now, cap) > 0
+
+
+@dataclass(frozen=True)
+class Unlocked:
+    """Pause info and raw known instances, read while nobody held the profile's lock."""
+
+    paused: dict[str, Any] | None
+    known: bytes | None
 
 
 class State:
@@ -72,15 +91,17 @@ class State:
         paused, backoff, known = pipe.execute()
         return Snapshot(_pause_info(paused), _backoff(backoff), known)
 
-    def snapshot_if_unlocked(self, profile: str, lock_key: str,
-                             ) -> tuple[dict[str, Any] | None, bytes | None] | None:
-        """(pause info, raw known instances) read atomically while nobody holds the
+    def snapshot_if_unlocked(self, profile: str) -> Unlocked | None:
+        """Pause info and raw known instances read atomically while nobody holds the
         profile's lock, or None if somebody does. One round trip."""
+        from .lock import lock_key
+
         busy, paused, known = self._read_if_unlocked(
-            keys=[lock_key, pause_key(self.host, profile), known_key(self.host, profile)])
+            keys=[lock_key(self.host, profile), pause_key(self.host, profile),
+                  known_key(self.host, profile)])
         if busy:
             return None
-        return _pause_info(paused), known
+        return Unlocked(_pause_info(paused), known)
 
     # known instances -----------------------------------------------------------------
     def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
@@ -157,8 +178,8 @@ class State:
         delay = 0.0
         if failures >= start_retries:
             delay = min(float(2 ** min(failures - start_retries, 30)), backoff_max)
-        backoff = Backoff(failures, now + delay if delay else 0.0)
-        self.client.hset(key, "next_attempt", backoff.next_attempt)
+        backoff = Backoff(failures, now + delay if delay else 0.0, delay)
+        self.client.hset(key, mapping={"next_attempt": backoff.next_attempt, "delay": delay})
         return backoff
 
     def reset_backoff(self, profile: str) -> None:
@@ -173,6 +194,12 @@ class State:
         """
         key = f"workerguard:sweep:{self.host}"
         return bool(self.client.set(key, "1", nx=True, px=max(1, int(interval * 500))))
+
+    # exits ---------------------------------------------------------------------------
+    def claim_exit(self, key: str, ttl: int = 3600) -> bool:
+        """True for the first claim of an instance's exit on this host: a guard that stops
+        an instance claims it first, so no exit watcher reports that exit as a crash."""
+        return bool(self.client.set(f"workerguard:exit:{self.host}:{key}", "1", nx=True, ex=ttl))
 
     # action log ----------------------------------------------------------------------
     def record(self, profile: str, action: str, pids: Iterable[int], requested_by: str,
@@ -198,4 +225,5 @@ def _pause_info(raw: bytes | str | None) -> dict[str, Any] | None:
 
 
 def _backoff(raw: dict[bytes, bytes]) -> Backoff:
-    return Backoff(int(raw.get(b"failures", 0)), float(raw.get(b"next_attempt", 0)))
+    return Backoff(int(raw.get(b"failures", 0)), float(raw.get(b"next_attempt", 0)),
+                   float(raw.get(b"delay", 0)))

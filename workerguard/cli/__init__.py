@@ -20,7 +20,7 @@ def main() -> None:
     """Keep exactly the right number of a named worker process alive on each host."""
 
 
-for command in (actions.ensure, actions.enforce, actions.stop, actions.status,
+for command in (actions.ensure, actions.enforce, actions.stop, actions.status, actions.prune,
                 operations.events, operations.ping, operations.check,
                 services.worker, services.beat, services.flower, services.up):
     main.add_command(command)

@@ -51,6 +51,14 @@ def enforce(profile: str, max_workers: int | None, where: Where, dry_run: bool) 
 
 
 @click.command()
+@action_options
+@dry_run_option
+def prune(where: Where, dry_run: bool) -> None:
+    """Stop this host's orphans: instances of profiles that are no longer configured."""
+    where.run("prune", [], {"dry_run": dry_run, "requested_by": requester()})
+
+
+@click.command()
 @click.argument("profile")
 @action_options
 @dry_run_option

@@ -18,6 +18,7 @@ from ..connect import redis_client
 from ..errors import ActionFailed, InvalidRequest, LockTimeout, RedisUnavailable, UnknownProfile
 from ..guard import Guard
 from . import validate
+from .healing import exit_listener, register_healing
 
 log = logging.getLogger("workerguard.tasks")
 RETRY_ON = (LockTimeout, RedisUnavailable)
@@ -35,7 +36,8 @@ def guard_for(app: Celery) -> Guard:
         if key not in _guards:
             config: Config = app.conf.workerguard_config
             _guards[key] = Guard(redis_client(app.conf.workerguard_redis_url), config,
-                                 observer=app.conf.get("workerguard_observer"))
+                                 observer=app.conf.get("workerguard_observer"),
+                                 on_exit=exit_listener(app, config.settings.host_id))
         return _guards[key]
 
 
@@ -59,6 +61,7 @@ def _run(task: Task, action: Any) -> dict[str, Any]:
 
 def register(app: Celery) -> None:
     config: Config = app.conf.workerguard_config
+    register_healing(app, guard_for, _run, _who, EXPECTED)
 
     @app.task(name="workerguard.ensure", bind=True, throws=EXPECTED)
     def ensure(self: Task, profile: Any, dry_run: Any = False, force: Any = False,

@@ -1,18 +1,24 @@
 """Find the instances of every profile with one scan of the process table.
 
-A process is an instance of a profile when it carries the profile's mark
-(``WORKERGUARD_PROFILE`` and this host's ``WORKERGUARD_HOST_ID`` in its environment)
-or its command line matches the profile's ``match`` regex. A process whose ancestor
-is an instance of the same profile belongs to that instance.
+Identity comes first from construction, then from looking, in this order:
 
-``environ`` is read only for candidates whose command line resembles the profile's
-command: asking psutil for ``environ`` in ``process_iter`` silently drops every
-process whose environment cannot be read, and reading it for all costs ~40 %% more.
+1. the instance's cgroup (``cgroup.procs``), where the guard runs in cgroup mode;
+2. the instance's record (``registry``): its main process and the members seen in
+   it, by (pid, create_time), plus their current descendants;
+3. last resort, the ``WORKERGUARD_*`` mark in a process's environment (records lost):
+   it re-creates the record;
+4. ``match``: a process started by hand whose command line matches, that carries no
+   workerguard mark and lives in no workerguard cgroup, is *adopted*.
 
-Which profiles a command line may belong to (the command pre-filter and the ``match``
-regex) depends only on the command line, so it is computed once per distinct command
-line and remembered across scans (``_Classifier``): a sweep of 50 profiles over 1,000
-processes costs one dictionary lookup per process instead of 50 regex searches.
+An instance whose main process ended after its start window, while other processes of
+it live on, is a ``Leftover``: the converge kills what is left and starts a new one.
+Instances of profiles that are no longer configured are ``orphans``.
+
+``environ`` is read only for candidates (a command line that resembles a profile's
+command or hits a ``match``): asking psutil for ``environ`` in ``process_iter``
+silently drops every process whose environment cannot be read, and reading it for all
+costs ~40 %% more. Which profiles a command line may belong to is computed once per
+distinct command line and remembered in a cache bounded by bytes (``_Classifier``).
 """
 
 from __future__ import annotations
@@ -20,13 +26,22 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
 
 import psutil
 
 from ..config import Profile
-from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance, same_start
+from . import cgroups
+from .cgroups import CgroupTree
+from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance, Leftover, same_start
+from .registry import Record
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 _SCAN_ATTRS = ["pid", "ppid", "cmdline", "create_time", "status"]
 
@@ -90,20 +105,57 @@ def _looks_like(command: tuple[str, ...], joined: str) -> bool:
 
 
 Mark = tuple[str, str, str]
-_marks: dict[tuple[int, float, tuple[str, ...]], Mark | None] = {}
-_marks_lock = threading.Lock()
 
 
-def _read_mark(info: ProcessInfo) -> Mark | None:
-    """The process's WORKERGUARD_* mark, remembered per (pid, create_time, cmdline).
+class BoundedCache(Generic[K, V]):
+    """An LRU cache bounded by entries and by the bytes of its keys (``size(key)``)."""
 
-    A process's environment is fixed at exec; an exec changes the command line, and
-    PID reuse the create_time, so either makes the remembered mark miss.
+    def __init__(self, max_entries: int, max_bytes: int, size: object = None) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._size = size if callable(size) else (lambda _key: 64)
+        self._data: OrderedDict[K, V] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> tuple[bool, V | None]:
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return True, self._data[key]
+            return False, None
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            if key in self._data:
+                return
+            self._data[key] = value
+            self._bytes += int(self._size(key))
+            while self._data and (len(self._data) > self.max_entries or self._bytes > self.max_bytes):
+                old, _ = self._data.popitem(last=False)
+                self._bytes -= int(self._size(old))
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_marks: BoundedCache[tuple[int, float], Mark | None] = BoundedCache(20_000, 2_000_000)
+
+
+def read_mark(info: ProcessInfo) -> Mark | None:
+    """The process's WORKERGUARD_* mark, remembered per (pid, create_time).
+
+    Remembered from the first read: a process that later wipes its environment
+    (``setproctitle``, an ``env -i`` re-exec) keeps the mark it was started with.
     """
-    key = (info.pid, info.create_time, info.cmdline)
-    with _marks_lock:
-        if key in _marks:
-            return _marks[key]
+    key = (info.pid, info.create_time)
+    hit, mark = _marks.get(key)
+    if hit:
+        return mark
     try:
         environ = info.process.environ()
     except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
@@ -112,10 +164,7 @@ def _read_mark(info: ProcessInfo) -> Mark | None:
     profile = environ.get(MARK_PROFILE)
     mark = None if profile is None else (profile, environ.get(MARK_HOST, ""),
                                          environ.get(MARK_INSTANCE, ""))
-    with _marks_lock:
-        if len(_marks) >= 20_000:
-            _marks.clear()
-        _marks[key] = mark
+    _marks.put(key, mark)
     return mark
 
 
@@ -123,25 +172,26 @@ class _Classifier:
     """Command line -> (profiles whose command it resembles, profiles whose ``match`` it hits).
 
     Pure functions of the command line and the profiles, so they are cached; the cache
-    is per set of profiles and bounded.
+    is per set of profiles and bounded by bytes (command lines can be 100 kB each).
     """
 
     MAX_ENTRIES = 50_000
+    MAX_BYTES = 8_000_000
 
     def __init__(self, profiles: Sequence[Profile]) -> None:
         self.profiles = [(p.name, p.command, p.match_regex) for p in profiles]
-        self.cache: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self.cache: BoundedCache[str, tuple[tuple[str, ...], tuple[str, ...]]] = BoundedCache(
+            self.MAX_ENTRIES, self.MAX_BYTES, size=lambda key: len(key) + 64)
 
     def __call__(self, joined: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        hit = self.cache.get(joined)
-        if hit is None:
-            looks = tuple(name for name, command, _ in self.profiles if _looks_like(command, joined))
-            matches = tuple(name for name, _, regex in self.profiles
-                            if regex is not None and regex.search(joined))
-            if len(self.cache) >= self.MAX_ENTRIES:
-                self.cache.clear()
-            hit = self.cache[joined] = (looks, matches)
-        return hit
+        hit, value = self.cache.get(joined)
+        if hit and value is not None:
+            return value
+        looks = tuple(name for name, command, _ in self.profiles if _looks_like(command, joined))
+        matches = tuple(name for name, _, regex in self.profiles
+                        if regex is not None and regex.search(joined))
+        self.cache.put(joined, (looks, matches))
+        return looks, matches
 
 
 _classifiers: dict[tuple[tuple[str, tuple[str, ...], str | None], ...], _Classifier] = {}
@@ -153,60 +203,158 @@ def _classifier(profiles: Sequence[Profile]) -> _Classifier:
     with _classifiers_lock:
         found = _classifiers.get(key)
         if found is None:
-            if len(_classifiers) >= 64:
+            if len(_classifiers) >= 16:
                 _classifiers.clear()
             found = _classifiers[key] = _Classifier(profiles)
         return found
 
 
-def discover(profiles: Iterable[Profile], host_id: str, scan: Scan | None = None,
-             ) -> dict[str, list[Instance]]:
-    """Return the instances of each profile, oldest first. One process scan for all."""
-    scan = scan or scan_processes()
-    profiles = list(profiles)
-    classify = _classifier(profiles)
-    protected = {os.getpid(), *scan.ancestors(os.getpid())}
-    qualified: dict[str, dict[int, str | None]] = {p.name: {} for p in profiles}
+@dataclass
+class Discovery:
+    """What one scan found on this host."""
 
-    for info in scan.processes.values():
-        looks, matches = classify(info.joined)
-        if not (looks or matches) or info.pid in protected:
-            continue
-        mark = _read_mark(info) if looks else None
-        for name in looks:
-            if mark and mark[0] == name and mark[1] == host_id:
-                qualified[name][info.pid] = mark[2] or None
-        for name in matches:
-            qualified[name].setdefault(info.pid, None)
-
-    children = scan.children_map() if any(qualified.values()) else {}
-    result: dict[str, list[Instance]] = {}
-    for profile in profiles:
-        members = qualified[profile.name]
-        instances = []
-        for pid, instance_id in members.items():
-            if any(ancestor in members for ancestor in scan.ancestors(pid)):
-                continue  # a child of an instance belongs to that instance
-            info = scan.processes[pid]
-            instances.append(Instance(
-                profile=profile.name,
-                pid=pid,
-                create_time=info.create_time,
-                cmdline=info.cmdline,
-                instance_id=instance_id,
-                tree=tuple(_descendants(pid, children)),
-            ))
-        result[profile.name] = sorted(instances, key=Instance.sort_key)
-    return result
+    instances: dict[str, list[Instance]]
+    """Per wanted profile, oldest first."""
+    orphans: list[Instance] = field(default_factory=list)
+    """Instances workerguard started for profiles that are no longer configured."""
+    leftovers: list[Leftover] = field(default_factory=list)
+    updates: list[Record] = field(default_factory=list)
+    """Records to write: new members seen, or re-created from a mark."""
+    gone: list[tuple[str, str, Path | None]] = field(default_factory=list)
+    """(profile, instance id, cgroup) of recorded instances with no process left."""
 
 
-def _descendants(root: int, children: Mapping[int, list[int]]) -> list[int]:
-    out, stack = [root], [root]
+def _descendants(roots: Iterable[int], children: Mapping[int, list[int]]) -> list[int]:
+    out: list[int] = []
+    seen: set[int] = set()
+    stack = list(roots)
     while stack:
-        for child in children.get(stack.pop(), []):
-            out.append(child)
-            stack.append(child)
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        out.append(pid)
+        stack.extend(children.get(pid, []))
     return out
+
+
+def identify(scan: Scan, host_id: str, wanted: Sequence[Profile], *,
+             configured: Mapping[str, str], records: Iterable[Record],
+             groups: Mapping[tuple[str, str], Path], tree: CgroupTree | None) -> Discovery:
+    """Sort the processes of ``scan`` into instances (see the module docstring).
+
+    ``configured`` maps every configured profile name to its command fingerprint;
+    ``wanted`` are the profiles whose instances the caller asks for.
+    """
+    found = Discovery(instances={p.name: [] for p in wanted})
+    children = scan.children_map()
+    claimed: set[int] = set()
+    known: dict[tuple[str, str], tuple[Record | None, Path | None]] = {}
+    for found_record in records:
+        known[(found_record.profile, found_record.instance_id)] = (found_record, None)
+    for key, found_group in groups.items():
+        known[key] = (known.get(key, (None, None))[0], found_group)
+
+    def place(instance: Instance) -> None:
+        if instance.profile not in configured:
+            found.orphans.append(instance)
+        elif instance.profile in found.instances:
+            found.instances[instance.profile].append(instance)
+
+    for (profile, instance_id), (record, group) in known.items():
+        if group is not None:
+            live = [pid for pid in cgroups.members(group) if pid in scan.processes]
+        else:
+            roots = [pid for pid, created in (record.members if record else ())
+                     if pid in scan.processes and same_start(scan.processes[pid].create_time, created)]
+            live = _descendants(roots, children)
+        if not live:
+            found.gone.append((profile, instance_id, group))
+            continue
+        claimed.update(live)
+        main = _main_process(scan, record, live)
+        if main is None:  # the main process ended after its start: what is left goes
+            found.leftovers.append(Leftover(profile, instance_id, tuple(live),
+                                            str(group) if group else None))
+            continue
+        info = scan.processes[main]
+        place(Instance(profile=profile, pid=main, create_time=info.create_time,
+                       cmdline=info.cmdline, instance_id=instance_id, tree=tuple(live),
+                       outdated=(record is not None and profile in configured
+                                 and record.fingerprint != configured[profile]),
+                       cgroup=str(group) if group else None))
+        seen = [(pid, scan.processes[pid].create_time) for pid in live]
+        if record is None:
+            found.updates.append(Record(host_id, profile, instance_id, main, info.create_time,
+                                        info.create_time, configured.get(profile, ""),
+                                        tuple(seen), confirmed=True))
+        elif group is None and not set(live) <= {pid for pid, _ in record.members}:
+            found.updates.append(record.with_members(seen))
+
+    _look(scan, host_id, wanted, configured, claimed, children, tree, found, place)
+    for instances in found.instances.values():
+        instances.sort(key=Instance.sort_key)
+    return found
+
+
+def _main_process(scan: Scan, record: Record | None, live: list[int]) -> int | None:
+    """The recorded main process if it lives; None if it ended after its start window;
+    else (no record, or still starting) the oldest process of the instance."""
+    if record is not None:
+        info = scan.processes.get(record.pid)
+        if info is not None and same_start(info.create_time, record.create_time) and record.pid in live:
+            return record.pid
+        if record.confirmed:
+            return None
+    return min(live, key=lambda pid: (scan.processes[pid].create_time, pid))
+
+
+def _look(scan: Scan, host_id: str, wanted: Sequence[Profile], configured: Mapping[str, str],
+          claimed: set[int], children: Mapping[int, list[int]], tree: CgroupTree | None,
+          found: Discovery, place: object) -> None:
+    """Steps 3 and 4: marks of lost records, then adoption through ``match``."""
+    assert callable(place)
+    classify = _classifier(wanted)
+    protected = {os.getpid(), *scan.ancestors(os.getpid())}
+    recovered: dict[tuple[str, str], list[int]] = {}
+    adopted: dict[str, list[int]] = {p.name: [] for p in wanted}
+    for info in scan.processes.values():
+        if info.pid in claimed or info.pid in protected:
+            continue
+        looks, matches = classify(info.joined)
+        if not (looks or matches):
+            continue
+        mark = read_mark(info)
+        if mark is not None:
+            if mark[1] == host_id and mark[2] and (mark[0] in configured or mark[0] in looks):
+                recovered.setdefault((mark[0], mark[2]), []).append(info.pid)
+            continue  # marked processes are never adopted through ``match``
+        if matches and tree is not None and tree.in_any_group(info.pid):
+            continue  # another guard's instance (another host's, maybe): never ours
+        for name in matches:
+            adopted[name].append(info.pid)
+
+    for (profile, instance_id), pids in recovered.items():
+        members = [pid for pid in _descendants(pids, children) if pid not in claimed]
+        claimed.update(members)
+        main = min(pids, key=lambda pid: (scan.processes[pid].create_time, pid))
+        info = scan.processes[main]
+        place(Instance(profile=profile, pid=main, create_time=info.create_time,
+                       cmdline=info.cmdline, instance_id=instance_id, tree=tuple(members)))
+        found.updates.append(Record(
+            host_id, profile, instance_id, main, info.create_time, info.create_time,
+            configured.get(profile, ""),
+            tuple((pid, scan.processes[pid].create_time) for pid in members), confirmed=True))
+
+    for profile, pids in adopted.items():
+        chosen = set(pids) - claimed
+        for pid in sorted(chosen):
+            if any(ancestor in chosen for ancestor in scan.ancestors(pid)):
+                continue  # a child of an adopted process belongs to it
+            info = scan.processes[pid]
+            members = [m for m in _descendants([pid], children) if m not in claimed]
+            place(Instance(profile=profile, pid=pid, create_time=info.create_time,
+                           cmdline=info.cmdline, tree=tuple(members), origin="adopted"))
 
 
 def alive(pid: int, create_time: float) -> bool:

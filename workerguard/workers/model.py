@@ -1,14 +1,19 @@
-"""What an instance is: one worker process, with its descendants folded in."""
+"""What an instance is: one worker, its main process and every process that belongs to it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 MARK_PROFILE = "WORKERGUARD_PROFILE"
 MARK_HOST = "WORKERGUARD_HOST_ID"
 MARK_INSTANCE = "WORKERGUARD_INSTANCE"
 CREATE_TIME_TICK = 0.01
 """psutil's create_time has the resolution of a clock tick (100 Hz)."""
+
+Origin = Literal["spawned", "adopted"]
+"""``spawned``: started by workerguard (a cgroup, a record or, last resort, its mark say so).
+``adopted``: started by hand, found through the profile's ``match``."""
 
 
 def same_start(seen: float, known: float) -> bool:
@@ -20,8 +25,9 @@ def same_start(seen: float, known: float) -> bool:
 class Instance:
     """A running instance of a profile.
 
-    ``pid`` and ``create_time`` identify the root process; together they survive PID
-    reuse. ``tree`` holds the root and every descendant seen in the same scan.
+    ``pid`` and ``create_time`` identify the main process; together they survive PID
+    reuse. ``tree`` holds every process of the instance: its cgroup's members, or the
+    main process with its descendants and the processes recorded as its members.
     """
 
     profile: str
@@ -29,13 +35,28 @@ class Instance:
     create_time: float
     cmdline: tuple[str, ...] = ()
     instance_id: str | None = None
-    """The WORKERGUARD_INSTANCE mark; None for a process found only by ``match``."""
+    """The instance id workerguard gave it; None for a process adopted through ``match``."""
     tree: tuple[int, ...] = field(default=())
+    origin: Origin = "spawned"
+    outdated: bool = False
+    """Started with another ``command`` than the profile has now."""
+    cgroup: str | None = None
 
     @property
     def marked(self) -> bool:
-        return self.instance_id is not None
+        """Started by workerguard (kept for the status contract: ``marked``)."""
+        return self.origin == "spawned"
 
     def sort_key(self) -> tuple[float, int]:
         """Age order with a deterministic tie-break: create_time ticks at 10 ms."""
         return (self.create_time, self.pid)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Processes that remain of an instance whose main process has ended."""
+
+    profile: str
+    instance_id: str
+    pids: tuple[int, ...]
+    cgroup: str | None = None

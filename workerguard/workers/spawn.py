@@ -1,48 +1,67 @@
-"""Start instances detached from the guard: own session, no shell, explicit environment.
+"""Start instances detached from the guard: own session, no shell, explicit environment,
+and (where the host allows it) a cgroup of their own, joined before exec.
 
 A Celery prefork child ignores SIGINT and a spawned process would inherit that, so
-SIGINT is reset to its default for the child. A daemon thread waits on each child so
-that one that exits never lingers as a zombie under a long-lived guard process.
+SIGINT is reset to its default in the child. The child joins its instance's cgroup
+between fork and exec, so nothing it runs can start outside it.
+
+The start window: an instance counts once it is still there after ``start_seconds``.
+"There" means its main process runs — or, for a worker that daemonises (its launcher
+forks and exits 0), that processes of the instance live on: its cgroup is populated,
+or (without cgroups) a descendant or a process carrying its instance id lives. The
+oldest of those becomes the instance's main process (systemd's GuessMainPID).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from ..config import Profile
+from . import cgroups
 from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE
 
 _BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
                   "SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "TEMP", "TMP", "USERPROFILE")
-_signal_swap = threading.Lock()
 _WINDOWS_FLAGS = 0x08000000 | 0x00000200 | 0x00000008
 """CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS (untested here)."""
+_POLL = 0.02
+HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE,
+                         errno.ENOMEM, errno.EAGAIN})
+"""Errors of the host, not of the worker: they never count toward crash-loop backoff."""
 
 
 @dataclass(frozen=True)
-class Spawned:
-    pid: int
-    create_time: float
+class Launched:
+    """A process started for an instance, not yet through its start window."""
+
     instance_id: str
+    popen: subprocess.Popen[bytes]
+    create_time: float
+    started_at: float
+    group: Path | None
 
 
 @dataclass(frozen=True)
 class SpawnFailure:
-    """A start that did not stay up for ``start_seconds``."""
+    """A start that did not stay up for ``start_seconds`` (or could not begin at all)."""
 
     pid: int | None
     returncode: int | None
     log_tail: str
     reason: str
+    host_error: bool = False
+    """The host failed (full disk, no memory, ...), not the worker: no backoff."""
 
     def describe(self) -> str:
         tail = f"; last log lines:\n{self.log_tail}" if self.log_tail.strip() else ""
@@ -68,7 +87,7 @@ def log_path(log_dir: Path, profile: str) -> Path:
     return log_dir / f"{profile}.log"
 
 
-def _tail(path: Path, lines: int = 10) -> str:
+def tail(path: Path, lines: int = 10) -> str:
     try:
         with path.open("rb") as fh:
             fh.seek(0, os.SEEK_END)
@@ -78,77 +97,62 @@ def _tail(path: Path, lines: int = 10) -> str:
         return ""
 
 
-def _reset_sigint() -> None:  # runs in the child between fork and exec
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _in_child(join: int | None) -> Callable[[], None]:
+    def prepare() -> None:  # runs in the child between fork and exec: no locks, no logging
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if join is not None:
+            os.write(join, b"0")
+
+    return prepare
 
 
-def _popen(argv: list[str], cwd: str | None, env: dict[str, str], log: Path,
-           ) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        if sys.platform == "win32":
-            return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, close_fds=True,
-                                    creationflags=_WINDOWS_FLAGS)
-        common = dict(cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                      stderr=subprocess.STDOUT, close_fds=True, start_new_session=True)
-        if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
-            return subprocess.Popen(argv, **common)  # type: ignore[call-overload, no-any-return]
-        if threading.current_thread() is threading.main_thread():
-            with _signal_swap:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                try:
-                    return subprocess.Popen(argv, **common)  # type: ignore[call-overload, no-any-return]
-                finally:
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # Off the main thread we cannot swap the handler: reset it in the child instead.
-        return subprocess.Popen(argv, preexec_fn=_reset_sigint, **common)  # type: ignore[call-overload, no-any-return]  # noqa: PLW1509
+def launch(profile: Profile, host_id: str, log: Path, group: Path | None) -> Launched:
+    """Start one instance (in ``group`` if given). Raises OSError when it cannot start."""
+    instance_id = group.name if group is not None else uuid.uuid4().hex
+    env = child_environment(profile, host_id, instance_id)
+    join = cgroups.join_fd(group) if group is not None else None
+    try:
+        with log.open("ab") as out:
+            started_at = time.time()
+            if sys.platform == "win32":
+                popen = subprocess.Popen(
+                    list(profile.command), cwd=profile.cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, close_fds=True,
+                    creationflags=_WINDOWS_FLAGS)
+            else:
+                popen = subprocess.Popen(
+                    list(profile.command), cwd=profile.cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+                    preexec_fn=_in_child(join))  # noqa: PLW1509 (writes one fd, nothing else)
+    finally:
+        if join is not None:
+            os.close(join)
+    try:
+        create_time = psutil.Process(popen.pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = started_at
+    return Launched(instance_id, popen, create_time, started_at, group)
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> None:
-    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+def start_failure(profile: Profile, exc: BaseException, log: Path) -> SpawnFailure:
+    if isinstance(exc, subprocess.SubprocessError):  # the child could not join its cgroup
+        return SpawnFailure(None, None, "", f"could not place {profile.command[0]!r} in its "
+                                            f"cgroup: {exc}", host_error=True)
+    assert isinstance(exc, OSError)
+    host = exc.errno in HOST_ERRNOS
+    where = f" ({exc.filename})" if exc.filename else ""
+    return SpawnFailure(None, None, tail(log), f"could not start {profile.command[0]!r}: "
+                        f"{exc.strerror or exc}{where}", host_error=host)
 
 
-def spawn_instances(profile: Profile, count: int, host_id: str, log_dir: Path,
-                    ) -> tuple[list[Spawned], list[SpawnFailure]]:
-    """Start ``count`` instances, then wait ``start_seconds`` once for all of them.
+def wait_window(launched: list[Launched], seconds: float,
+                alive: Callable[[Launched], bool]) -> None:
+    """Wait the start window once for all; return early once no instance is alive.
 
-    Returns the instances that stayed up and the failures (exit code and log tail).
+    ``alive`` is asked about each instance every poll (it may record what it sees).
     """
-    import psutil
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_path(log_dir, profile.name)
-    started: list[tuple[subprocess.Popen[bytes], Spawned]] = []
-    failures: list[SpawnFailure] = []
-    for _ in range(count):
-        instance_id = uuid.uuid4().hex
-        env = child_environment(profile, host_id, instance_id)
-        try:
-            proc = _popen(list(profile.command), profile.cwd, env, log)
-        except OSError as exc:
-            failures.append(SpawnFailure(None, None, _tail(log), f"could not start "
-                                         f"{profile.command[0]!r}: {exc.strerror or exc}"))
-            continue
-        try:
-            create_time = psutil.Process(proc.pid).create_time()
-        except psutil.NoSuchProcess:
-            create_time = time.time()
-        started.append((proc, Spawned(proc.pid, create_time, instance_id)))
-
-    deadline = time.monotonic() + profile.start_seconds
-    # The start window is part of the contract: an instance counts once it stayed up.
-    while time.monotonic() < deadline and any(proc.poll() is None for proc, _ in started):
-        time.sleep(0.02)
-
-    alive: list[Spawned] = []
-    for proc, spawned in started:
-        code = proc.poll()
-        if code is None:
-            _reap(proc)
-            alive.append(spawned)
-        else:
-            failures.append(SpawnFailure(
-                proc.pid, code, _tail(log),
-                f"pid {proc.pid} exited with code {code} within {profile.start_seconds:g} s",
-            ))
-    return alive, failures
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not [item for item in launched if alive(item)]:
+            return
+        time.sleep(_POLL)

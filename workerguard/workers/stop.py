@@ -1,18 +1,27 @@
-"""Stop instances: the whole tree, gracefully first, then SIGKILL after ``stop_timeout``.
+"""Stop instances: gracefully first, then kill all of each instance after ``stop_timeout``.
+
+With a cgroup: the stop signal goes to the main process (and, once it has exited, to
+whatever is left of the instance), and after ``stop_timeout`` ``cgroup.kill`` SIGKILLs
+every member at once: nothing escapes, not even a helper that ignores SIGTERM and was
+orphaned long ago. Without one: every process of the instance (its tree and the
+members recorded for it) gets the signal, then SIGKILL.
 
 A process that is already gone counts as stopped. A PID now used by another process
-(create_time differs) is never signalled.
+(create_time differs) is never signalled. All instances are stopped in parallel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
+from . import cgroups
 from .model import Instance, same_start
 
 _POLL = 0.02
@@ -22,7 +31,7 @@ _KILL_GRACE = 5.0
 @dataclass
 class StopOutcome:
     stopped: list[int] = field(default_factory=list)
-    """Root pids of instances that are gone now (including ones already gone)."""
+    """Main pids of instances that are gone now (including ones already gone)."""
     killed: list[int] = field(default_factory=list)
     """Pids that needed SIGKILL after the grace period."""
     survivors: list[int] = field(default_factory=list)
@@ -36,50 +45,112 @@ def _gone(proc: psutil.Process) -> bool:
         return True
 
 
-def _tree(instance: Instance) -> list[psutil.Process]:
-    """The live processes of an instance, or [] if its root is gone or its PID was reused."""
-    try:
-        root = psutil.Process(instance.pid)
-        if not same_start(root.create_time(), instance.create_time):
-            return []  # PID reused by an unrelated process: never touch it
-        return [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def _signal_all(procs: Sequence[psutil.Process], signum: int) -> None:
+def _signal(procs: Sequence[psutil.Process], signum: int) -> None:
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             proc.send_signal(signum)  # psutil refuses if the PID was reused meanwhile
-        except psutil.NoSuchProcess:
-            pass
-        except psutil.AccessDenied:
-            pass  # reported as a survivor if it does not go away
 
 
-def _wait_gone(procs: Sequence[psutil.Process], timeout: float) -> list[psutil.Process]:
+class _Target:
+    """One instance being stopped."""
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self.group = Path(instance.cgroup) if instance.cgroup else None
+        self.main: psutil.Process | None = None
+        self.procs: list[psutil.Process] = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            main = psutil.Process(instance.pid)
+            if same_start(main.create_time(), instance.create_time):
+                self.main = main
+        if self.group is None:
+            self.procs = self._tree()
+        self.rest_signalled = False
+
+    def _tree(self) -> list[psutil.Process]:
+        procs = {} if self.main is None else {self.main.pid: self.main}
+        if self.main is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.update({c.pid: c for c in self.main.children(recursive=True)})
+        for pid in self.instance.tree:  # recorded members, orphans included
+            if pid not in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    procs[pid] = psutil.Process(pid)
+        return list(procs.values())
+
+    def begin(self, signum: int) -> None:
+        if self.group is None:
+            _signal(self.procs, signum)
+        elif self.main is not None and not _gone(self.main):
+            _signal([self.main], signum)
+        else:
+            self.signal_rest(signum)
+
+    def signal_rest(self, signum: int) -> None:
+        """In a cgroup: once the main process is gone, the rest get the stop signal too."""
+        if self.group is not None and not self.rest_signalled:
+            self.rest_signalled = True
+            _signal(_procs(cgroups.members(self.group)), signum)
+
+    def done(self, signum: int) -> bool:
+        if self.group is None:
+            return all(_gone(p) for p in self.procs)
+        if self.main is None or _gone(self.main):
+            self.signal_rest(signum)
+        return not cgroups.populated(self.group)
+
+    def kill(self) -> list[int]:
+        if self.group is None:
+            alive = [p for p in self.procs if not _gone(p)]
+            _signal(alive, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+            return [p.pid for p in alive]
+        members = cgroups.members(self.group)
+        cgroups.kill(self.group, timeout=0)
+        return members
+
+    def finish(self) -> None:
+        if self.group is not None and not cgroups.populated(self.group):
+            cgroups.remove(self.group)
+
+    def survivors(self) -> list[int]:
+        if self.group is not None:
+            return cgroups.members(self.group)
+        return [p.pid for p in self.procs if not _gone(p)]
+
+
+def _procs(pids: Sequence[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.append(psutil.Process(pid))
+    return out
+
+
+def _wait(targets: Sequence[_Target], timeout: float, signum: int) -> list[_Target]:
     deadline = time.monotonic() + timeout
-    remaining = [p for p in procs if not _gone(p)]
+    remaining = [t for t in targets if not t.done(signum)]
     while remaining and time.monotonic() < deadline:
         time.sleep(_POLL)
-        remaining = [p for p in remaining if not _gone(p)]
+        remaining = [t for t in remaining if not t.done(signum)]
     return remaining
 
 
 def stop_instances(instances: Sequence[Instance], stop_signal: str = "SIGTERM",
                    stop_timeout: float = 10.0) -> StopOutcome:
-    """Stop every instance's tree in parallel; return what stopped and what needed a kill."""
+    """Stop every instance in parallel; return what stopped and what needed a kill."""
+    signum = getattr(signal, stop_signal, signal.SIGTERM)
     outcome = StopOutcome()
-    trees = {inst.pid: _tree(inst) for inst in instances}
-    everyone = [proc for tree in trees.values() for proc in tree]
-    _signal_all(everyone, getattr(signal, stop_signal, signal.SIGTERM))
-    remaining = _wait_gone(everyone, stop_timeout)
-    if remaining:
-        outcome.killed = [p.pid for p in remaining]
-        _signal_all(remaining, getattr(signal, "SIGKILL", signal.SIGTERM))
-        remaining = _wait_gone(remaining, _KILL_GRACE)
-    outcome.survivors = [p.pid for p in remaining]
-    survivor_set = set(outcome.survivors)
-    outcome.stopped = [pid for pid, tree in trees.items()
-                       if not any(p.pid in survivor_set for p in tree)]
+    targets = [_Target(inst) for inst in instances]
+    for target in targets:
+        target.begin(signum)
+    remaining = _wait(targets, stop_timeout, signum)
+    for target in remaining:
+        outcome.killed += target.kill()
+    remaining = _wait(remaining, _KILL_GRACE, signum)
+    for target in targets:
+        target.finish()
+    for target in remaining:
+        outcome.survivors += target.survivors()
+    failed = {id(t) for t in remaining}
+    outcome.stopped = [t.instance.pid for t in targets if id(t) not in failed]
     return outcome

@@ -1,0 +1,235 @@
+"""Instances that cannot get lost: workers that exec, wipe their environment, rename
+themselves, daemonise or orphan helpers stay exactly max_workers, in both identity modes.
+
+Ground truth is never what workerguard reports: every worker writes
+"shapeshifter PID ready" to its log once in its final form, and the tests count those
+PIDs that are alive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import Workspace
+from tests.support import HERE, poll_for
+from workerguard.workers import cgroups
+
+SHAPESHIFTER = HERE / "shapeshifter.py"
+CGROUPS_USABLE = (cgroups.default_root() is not None
+                  and cgroups.CgroupTree(cgroups.default_root()).usable())  # type: ignore[arg-type]
+
+
+def modes() -> list[str]:
+    if CGROUPS_USABLE or os.environ.get("CI"):
+        return ["cgroup", "registry"]  # in CI a missing cgroup v2 fails, never skips
+    return ["registry"]
+
+
+@pytest.fixture(params=modes())
+def mode(request: pytest.FixtureRequest, workspace: Workspace) -> Iterator[str]:
+    workspace.guard_settings["identity"] = request.param
+    yield request.param
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def workers(ws: Workspace, profile: str = "demo") -> list[int]:
+    """PIDs of the workers that announced themselves and are alive (the ground truth)."""
+    log = ws.home / "logs" / f"{profile}.log"
+    if not log.exists():
+        return []
+    pids = {int(p) for p in re.findall(r"shapeshifter (\d+) ready", log.read_text())}
+    return sorted(p for p in pids if alive(p))
+
+
+def helpers(tag: str) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if f"# helper {tag}" in " ".join(proc.info["cmdline"] or []) and alive(proc.pid):
+            found.append(proc.pid)
+    return found
+
+
+def shapeshifter(ws: Workspace, name: str = "demo", *args: str, **overrides: object) -> str:
+    body: dict[str, object] = {
+        "command": [sys.executable, str(SHAPESHIFTER), "--tag", ws.token, *args],
+        "start_seconds": 0.3, "stop_timeout": 2,
+    }
+    body.update(overrides)
+    ws.profiles[name] = body
+    return name
+
+
+def hammer(ws: Workspace, guard: object, times: int = 4) -> None:
+    from workerguard.guard import Guard
+
+    assert isinstance(guard, Guard)
+    for _ in range(times):
+        assert guard.ensure("demo")["ok"]
+        guard.sweep()
+
+
+@pytest.mark.parametrize("args", [
+    ["--reexec-clean"],
+    ["--setproctitle", "rpa-bot"],
+    ["--reexec-clean", "--setproctitle", "rpa-bot"],
+])
+def test_a_worker_that_wipes_its_environment_or_renames_itself_stays_one(
+        workspace: Workspace, redis_client, mode: str, args: list[str]):
+    shapeshifter(workspace, "demo", *args)
+    guard = workspace.guard(redis_client)
+    first = guard.ensure("demo")
+    assert first["action"] == "started"
+    poll_for(lambda: workers(workspace), message="the worker to take its final form")
+    hammer(workspace, guard)
+    assert len(workers(workspace)) == 1
+    status = guard.status("demo")["profiles"]["demo"]
+    assert status["state"] == "running" and len(status["instances"]) == 1
+    assert guard.stop_all("demo")["action"] == "stopped_all"
+    assert workers(workspace) == []
+
+
+def test_a_shell_wrapper_that_execs_the_real_program_stays_one(workspace: Workspace,
+                                                               redis_client, mode: str):
+    wrapper = workspace.home / "run-worker.sh"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{SHAPESHIFTER}" --tag {workspace.token} "$@"\n')
+    wrapper.chmod(0o755)
+    shapeshifter(workspace, command=[str(wrapper)])
+    guard = workspace.guard(redis_client)
+    assert guard.ensure("demo")["action"] == "started"
+    poll_for(lambda: workers(workspace), message="the worker")
+    hammer(workspace, guard)
+    assert len(workers(workspace)) == 1
+    assert guard.status("demo")["profiles"]["demo"]["state"] == "running"
+
+
+def test_a_daemonising_worker_is_started_not_failed(workspace: Workspace, redis_client,
+                                                    mode: str):
+    shapeshifter(workspace, "demo", "--daemon")
+    guard = workspace.guard(redis_client)
+    first = guard.ensure("demo")
+    assert first["action"] == "started" and first["ok"], first["message"]
+    [daemon] = poll_for(lambda: workers(workspace), message="the daemon")
+    assert first["started"] == [daemon]  # the daemon, not its exited launcher
+    hammer(workspace, guard)
+    assert workers(workspace) == [daemon]
+    assert guard.status("demo")["profiles"]["demo"]["backoff"] is None
+    assert guard.stop_all("demo")["stopped"] == [daemon]
+    assert workers(workspace) == []
+
+
+def test_orphaned_helpers_never_pile_up_and_stop_leaves_none(workspace: Workspace,
+                                                             redis_client, mode: str):
+    # Each worker starts a helper that ignores SIGTERM, then exits after its start window.
+    shapeshifter(workspace, "demo", "--orphan-helper", "--exit-after", "0.8")
+    guard = workspace.guard(redis_client)
+    restarts = 0
+    seen: set[int] = set()
+    while restarts < 4:
+        result = guard.sweep()[0]
+        if result["action"] == "started":
+            restarts += 1
+            [pid] = poll_for(lambda: workers(workspace), message="the worker")
+            seen.add(pid)
+            poll_for(lambda pid=pid: not alive(pid), timeout=10, message="the worker to exit")
+        assert len(helpers(workspace.token)) <= 1  # the last one's helper, at most
+    assert len(seen) == 4
+    guard.sweep()  # starts the next one, and ends what the last one left
+    assert guard.stop_all("demo")["ok"]
+    poll_for(lambda: helpers(workspace.token) == [], timeout=10, message="no helper left")
+    assert workers(workspace) == []
+
+
+def test_a_changed_command_keeps_the_running_instance_and_marks_it_outdated(
+        workspace: Workspace, redis_client, mode: str):
+    shapeshifter(workspace)
+    [old] = workspace.guard(redis_client).ensure("demo")["started"]
+    workspace.profiles["demo"]["command"] = [*workspace.profiles["demo"]["command"], "--new-arg"]  # type: ignore[misc]
+    guard = workspace.guard(redis_client)  # a restarted guard with the edited config
+    hammer(workspace, guard)
+    assert workers(workspace) == [old]
+    [entry] = guard.status("demo")["profiles"]["demo"]["instances"]
+    assert entry["outdated"] is True and entry["origin"] == "spawned"
+
+
+def test_a_renamed_profile_leaves_a_reported_orphan_that_prune_stops(workspace: Workspace,
+                                                                     redis_client, mode: str):
+    shapeshifter(workspace, "old-name", "--orphan-helper")
+    [old] = workspace.guard(redis_client).ensure("old-name")["started"]
+    [old_helper] = poll_for(lambda: helpers(workspace.token), message="the old one's helper")
+    workspace.profiles["new-name"] = workspace.profiles.pop("old-name")
+    guard = workspace.guard(redis_client)
+    status = guard.status()
+    assert [o["pid"] for o in status["orphans"]] == [old]
+    assert "orphaned" in status["message"] and "prune" in status["message"]
+    guard.sweep()
+    events = [e for _, e in redis_client.xrange("workerguard:events")]
+    assert any(e[b"action"] == b"orphaned" and e[b"profile"] == b"old-name" for e in events)
+    assert guard.prune(dry_run=True)["orphans"][0]["pid"] == old and alive(old)
+    assert guard.prune()["stopped"] == [old]
+    assert not alive(old)
+    assert not alive(old_helper)  # its helper (it ignores SIGTERM) went with it
+    assert guard.status()["orphans"] == []
+
+
+def test_a_process_marked_for_another_host_is_never_counted_or_killed(
+        workspace: Workspace, redis_client, mode: str):
+    shapeshifter(workspace, match=rf"shapeshifter\.py --tag {workspace.token}(\s|$)",
+                 stop_adopted=True)
+    env = {**os.environ, "WORKERGUARD_PROFILE": "demo", "WORKERGUARD_HOST_ID": "another-host",
+           "WORKERGUARD_INSTANCE": "f" * 32}
+    foreign = workspace.tracker.popen([sys.executable, str(SHAPESHIFTER), "--tag", workspace.token],
+                                      env=env)
+    poll_for(lambda: psutil.Process(foreign.pid).cmdline()[-1:] == [workspace.token])
+    guard = workspace.guard(redis_client)
+    assert guard.ensure("demo")["action"] == "started"
+    hammer(workspace, guard, 2)
+    assert guard.enforce("demo", max_workers=1)["stopped"] == []
+    assert foreign.poll() is None
+    assert foreign.pid not in guard.status("demo")["running"]
+
+
+def test_a_bystander_hit_by_match_is_never_kept_over_a_spawned_worker(
+        workspace: Workspace, redis_client, mode: str):
+    # The README's old example `match = "rpa_worker"` also hits `tail -f rpa_worker.notes`.
+    notes = workspace.home / f"{workspace.token}.notes"
+    notes.write_text("")
+    bystander = workspace.tracker.popen(["tail", "-f", str(notes)])
+    poll_for(lambda: psutil.Process(bystander.pid).cmdline()[:1] == ["tail"])
+    shapeshifter(workspace, match=re.escape(workspace.token))
+    guard = workspace.guard(redis_client)
+    guard.ensure("demo")  # the bystander counts as adopted: nothing needed starting ...
+    spawned = guard.ensure("demo", force=True)
+    assert bystander.poll() is None
+    # ... an operator starts one for real; the spawned one is always the survivor
+    workspace.profiles["demo"]["max_workers"] = 1
+    guard = workspace.guard(redis_client)
+    before = workers(workspace)
+    hammer(workspace, guard, 2)
+    assert bystander.poll() is None  # never stopped: adopted and stop_adopted is false
+    assert workers(workspace) == before
+    del spawned
+
+
+def test_the_fallback_mode_is_forced_by_the_environment(workspace: Workspace, redis_client,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    from workerguard.config import load_config
+
+    monkeypatch.setenv("WORKERGUARD_IDENTITY", "registry")
+    shapeshifter(workspace)
+    config = load_config(workspace.write_config())
+    assert config.settings.identity == "registry"
+    assert workspace.table().mode in ("cgroup", "registry")
+    assert Path(config.settings.registry_dir).name == "workerguard-registry"

@@ -1,0 +1,78 @@
+"""Exit events to requests: the guard worker restarts what exited, visibly.
+
+The guard worker watches every instance it sees (``Guard(on_exit=...)``). An exit it
+did not cause becomes a ``workerguard.heal`` request on its own host queue, so the
+restart runs through the same lock, fence and plan as any request — a paused profile
+stays stopped, backoff applies, two guards never start two — and shows in Flower like
+any other request. A heal answered with crash-loop backoff schedules one more heal for
+when the backoff ends (one per profile at a time), so a crashed worker comes back
+without waiting for the next sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from ..guard import ExitListener, Guard
+from . import validate
+from .app import host_queue
+
+log = logging.getLogger("workerguard.tasks.healing")
+HEAL_TASK = "workerguard.heal"
+HEAL_EXPIRES = 60.0
+
+
+def exit_listener(app: Celery, host_id: str) -> ExitListener:
+    """What the guard worker's ``Guard`` calls when an instance exited on its own."""
+
+    def heal(profile: str, reason: str) -> None:
+        app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": f"exit watcher: {reason}"},
+                      queue=host_queue(host_id), expires=HEAL_EXPIRES)
+
+    return heal
+
+
+def schedule_retry(app: Celery, guard: Guard, result: dict[str, Any]) -> float | None:
+    """After a heal that could not start (backoff, failed start): heal again when the
+    backoff allows, once per profile. Returns the delay, or None if nothing was scheduled."""
+    if result.get("action") not in ("backoff", "start_failed"):
+        return None
+    profile = result["profile"]
+    spec = guard.config.profile(profile)
+    backoff = result.get("backoff") or {}
+    delay = min(max(0.0, float(backoff.get("next_attempt", 0)) - time.time()), spec.backoff_max)
+    delay = max(delay, 0.05)
+    key = f"workerguard:retry:{guard.host}:{profile}"
+    if not guard.client.set(key, "1", nx=True, px=int(delay * 1000) + 500):
+        return None
+    app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": "backoff retry"},
+                  queue=host_queue(guard.host), countdown=delay, expires=delay + HEAL_EXPIRES)
+    return delay
+
+
+def register_healing(app: Celery, guard_for: Callable[[Celery], Guard],
+                     run: Callable[[Task, Callable[[], dict[str, Any]]], dict[str, Any]],
+                     who: Callable[[Task, str | None], str], throws: tuple[type[Exception], ...]) -> None:
+    @app.task(name=HEAL_TASK, bind=True, throws=throws)
+    def heal(self: Task, profile: Any, requested_by: Any = None) -> dict[str, Any]:
+        guard = guard_for(app)
+        name = validate.profile_name(guard.config, profile)
+        requester = who(self, validate.requester(requested_by))
+
+        def converge() -> dict[str, Any]:
+            result = guard.heal(name, requested_by=requester)
+            schedule_retry(app, guard, result)
+            return result
+
+        return run(self, converge)
+
+    @app.task(name="workerguard.prune", bind=True, throws=throws)
+    def prune(self: Task, dry_run: Any = False, requested_by: Any = None) -> dict[str, Any]:
+        dry = validate.flag("dry_run", dry_run)
+        requester = who(self, validate.requester(requested_by))
+        return run(self, lambda: guard_for(app).prune(dry_run=dry, requested_by=requester))

@@ -1,0 +1,174 @@
+"""A cgroup v2 group per instance: membership that a process cannot leave.
+
+systemd's answer to "which processes belong to this service": whatever a member
+execs, renames, double-forks or orphans stays in the group, ``cgroup.procs`` lists
+them all, and writing ``1`` to ``cgroup.kill`` SIGKILLs every one of them at once.
+
+Layout under the guard's cgroup root (``Settings.cgroup_root``)::
+
+    <root>/<host_id>/<profile>/<instance_id>/
+
+No controller is enabled anywhere below the root, so the "no internal processes"
+rule of cgroup v2 never applies and any delegated subtree works (systemd
+``Delegate=yes``). A child joins its group between fork and exec (``join_fd``), so
+not even a fast fork can escape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+_MOUNTS = Path("/proc/self/mounts")
+_KILL_WAIT = 5.0
+
+
+def cgroup2_mount() -> Path | None:
+    """Where cgroup v2 is mounted (``/sys/fs/cgroup`` or, hybrid, ``.../unified``)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        for line in _MOUNTS.read_text().splitlines():
+            fields = line.split()
+            if len(fields) >= 3 and fields[2] == "cgroup2":
+                return Path(fields[1])
+    except OSError:
+        return None
+    return None
+
+
+def own_cgroup(pid: int | str = "self") -> str | None:
+    """The cgroup v2 path of a process (``/`` for the root), from ``/proc/PID/cgroup``."""
+    try:
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                return line[3:]
+    except OSError:
+        return None
+    return None
+
+
+def default_root() -> Path | None:
+    """``<mount>/workerguard`` for root; for others a ``workerguard`` group beside their
+    own when that is writable (a delegated subtree); else None (no cgroup mode)."""
+    mount = cgroup2_mount()
+    if mount is None:
+        return None
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return mount / "workerguard"
+    mine = own_cgroup()
+    if mine is None:
+        return None
+    return mount / mine.lstrip("/") / "workerguard"
+
+
+@dataclass(frozen=True)
+class CgroupTree:
+    """The instance groups of one cgroup root."""
+
+    root: Path
+
+    def usable(self) -> bool:
+        """True if groups can be made here (cgroup v2, writable, ``cgroup.kill`` works)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".probe-{os.getpid()}"
+            probe.mkdir(exist_ok=True)
+            try:
+                return (probe / "cgroup.kill").exists() and os.access(probe / "cgroup.procs", os.W_OK)
+            finally:
+                probe.rmdir()
+        except OSError:
+            return False
+
+    def group(self, host: str, profile: str, instance_id: str) -> Path:
+        return self.root / host / profile / instance_id
+
+    def create(self, host: str, profile: str, instance_id: str) -> Path:
+        path = self.group(host, profile, instance_id)
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+
+    def instances(self, host: str) -> Iterator[tuple[str, str, Path]]:
+        """(profile, instance id, path) of every group of ``host``, populated or not."""
+        base = self.root / host
+        with contextlib.suppress(FileNotFoundError):
+            for profile_dir in base.iterdir():
+                if not profile_dir.is_dir():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    for group in profile_dir.iterdir():
+                        if group.is_dir():
+                            yield profile_dir.name, group.name, group
+
+    def owner(self, pid: int) -> tuple[str, str, str] | None:
+        """(host, profile, instance id) if ``pid`` lives in one of this root's groups."""
+        path = own_cgroup(pid)
+        mount = cgroup2_mount()
+        if path is None or mount is None:
+            return None
+        try:
+            relative = (mount / path.lstrip("/")).relative_to(self.root)
+        except ValueError:
+            return None
+        parts = relative.parts
+        return (parts[0], parts[1], parts[2]) if len(parts) >= 3 else None
+
+    def in_any_group(self, pid: int) -> bool:
+        """True if ``pid`` lives below this root (any host, any profile)."""
+        path = own_cgroup(pid)
+        mount = cgroup2_mount()
+        if path is None or mount is None:
+            return False
+        return (mount / path.lstrip("/")).is_relative_to(self.root)
+
+
+def join_fd(group: Path) -> int:
+    """An fd on ``group/cgroup.procs``; a child writes ``0`` to it to join (see spawn)."""
+    return os.open(group / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+
+
+def members(group: Path) -> list[int]:
+    """Pids in the group (exited processes are gone from the list at once)."""
+    try:
+        return [int(line) for line in (group / "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def populated(group: Path) -> bool:
+    try:
+        return "populated 1" in (group / "cgroup.events").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def kill(group: Path, timeout: float = _KILL_WAIT) -> bool:
+    """SIGKILL every member at once and wait until the group is empty; True if it is."""
+    try:
+        (group / "cgroup.kill").write_text("1")
+    except FileNotFoundError:
+        return True
+    deadline = time.monotonic() + timeout
+    while populated(group):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def remove(group: Path) -> None:
+    """Remove an empty group and the profile/host directories it leaves empty."""
+    for path in (group, group.parent, group.parent.parent):
+        try:
+            path.rmdir()
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT,):
+                continue
+            return  # busy (populated or not empty): leave it
