@@ -54,6 +54,10 @@ class Settings:
     """Address the metrics endpoint binds to; 127.0.0.1 keeps it local."""
     sweep_on_start: bool = True
     """The guard worker sweeps its host once when it is ready, without waiting for beat."""
+    log_max_bytes: int = 10 * 1024 * 1024
+    """A worker log larger than this is rotated (before each spawn and on every sweep)."""
+    log_backups: int = 3
+    """Rotated copies kept (``<profile>.log.1`` ...); 0 truncates without a copy."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -162,6 +166,8 @@ _SETTINGS_NUMBERS: dict[str, dict[str, Any]] = {
     "events_maxlen": {"integer": True},
     "embedded_linger": {"positive": False, "minimum": 0},
     "metrics_port": {"integer": True},
+    "log_max_bytes": {"integer": True},
+    "log_backups": {"integer": True, "positive": False, "minimum": 0},
 }
 MAX_PORT = 65535
 

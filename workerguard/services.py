@@ -17,6 +17,7 @@ from .config import Config
 from .connect import redis_url
 from .errors import ConfigError, WorkerguardError
 from .observe import Observer
+from .tasks import runtime
 from .tasks.app import BROADCAST, DEFAULT_QUEUE, host_queue, make_app, node_name
 
 log = logging.getLogger("workerguard.services")
@@ -27,9 +28,11 @@ def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> No
     observer = start_metrics(config, pool) if config.settings.metrics_port else None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
-        app.conf.workerguard_observer = observer
+        live = runtime.of(app)
+        live.observer, live.pool = observer, pool
         if config.settings.sweep_on_start:
             sweep_when_ready(app)
+        reload_on_sighup(app)
         app.worker_main([
             "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             "--hostname", node_name(config.settings.host_id), "--task-events",
@@ -56,6 +59,33 @@ def sweep_when_ready(app: Celery) -> None:
 
     def on_ready(**_: object) -> None:
         threading.Thread(target=sweep, name="startup-sweep", daemon=True).start()
+
+    worker_ready.connect(on_ready, weak=False)
+
+
+def reload_on_sighup(app: Celery) -> None:
+    """SIGHUP to the guard worker reloads its config (instead of Celery's re-exec, which a
+    broken file would turn into a dead guard). Installed once the worker is ready, over
+    Celery's own handler; the reload itself runs in a thread, off the signal handler."""
+    if sys.platform == "win32":
+        return
+    from celery.signals import worker_ready
+
+    from .tasks.reload import reload_config
+
+    def reload() -> None:
+        try:
+            result = reload_config(app, "SIGHUP")
+        except WorkerguardError as exc:
+            log.error("SIGHUP: reload refused: %s", exc)
+        else:
+            log.info("SIGHUP: %s", result["message"])
+
+    def on_sighup(signum: int, frame: object) -> None:
+        threading.Thread(target=reload, name="reload", daemon=True).start()
+
+    def on_ready(**_: object) -> None:
+        signal.signal(signal.SIGHUP, on_sighup)
 
     worker_ready.connect(on_ready, weak=False)
 
@@ -98,6 +128,7 @@ def run_flower(config: Config, address: str, port: int, flower_args: list[str]) 
         raise ConfigError("workerguard flower needs Flower: pip install 'workerguard[ops]'") from None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
+        app.set_current()  # Flower's /api/task/result looks results up on the current app
         code = app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])
         return int(code or 0)
 

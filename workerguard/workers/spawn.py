@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Profile
+from .logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, rotate_all
 from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE
 
 _BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
@@ -109,6 +110,7 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
 
 
 def spawn_instances(profile: Profile, count: int, host_id: str, log_dir: Path,
+                    log_max_bytes: int = DEFAULT_MAX_BYTES, log_backups: int = DEFAULT_BACKUPS,
                     ) -> tuple[list[Spawned], list[SpawnFailure]]:
     """Start ``count`` instances, then wait ``start_seconds`` once for all of them.
 
@@ -118,6 +120,7 @@ def spawn_instances(profile: Profile, count: int, host_id: str, log_dir: Path,
 
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_path(log_dir, profile.name)
+    rotate_all([log], log_max_bytes, log_backups)
     started: list[tuple[subprocess.Popen[bytes], Spawned]] = []
     failures: list[SpawnFailure] = []
     for _ in range(count):
