@@ -134,11 +134,11 @@ _ANSWERS: dict[str, type[WorkerguardError]] = {
 
 
 def _as_error(exc: Any) -> WorkerguardError:
-    if isinstance(exc, WorkerguardError):
-        return exc
     name = type(exc).__name__
     if name in _ANSWERS:
         return _ANSWERS[name](str(exc))
+    if isinstance(exc, WorkerguardError):
+        return exc
     return WorkerguardError(f"{name}: {exc}")
 
 

@@ -6,8 +6,9 @@ import sys
 
 import click
 
-from ..redact import redact_url
+from ..redact import redact_text, redact_url
 from .common import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     config_option,
@@ -101,8 +102,15 @@ def reload(config_file: str | None, host: str | None, as_json: bool, timeout: fl
     Same as `kill -HUP` on the guard worker process.
     """
     from ..client import reload as reload_guard
+    from ..config import load_config
+    from ..errors import ConfigError
 
-    config = load(config_file)
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:  # the guard reads the same file: it would refuse it too
+        click.echo(f"error: reload refused, the running config stays: {redact_text(str(exc))}",
+                   err=True)
+        sys.exit(EXIT_FAILED)
     with errors():
         result = reload_guard(host=host, timeout=timeout, config=config)
     emit(result, as_json)
