@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ QUEUED = [("status",), ("ensure", "demo"), ("enforce", "demo"), ("stop", "demo")
           ("reload",)]
 
 
-def cli(workspace: Workspace, *args: str):  # type: ignore[no-untyped-def]
+def cli(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli(*args, "--config", str(workspace.config_path), env=cli_env())
 
 
