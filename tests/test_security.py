@@ -128,7 +128,7 @@ def test_inspect_conf_and_flower_s_worker_page_show_no_password_and_no_profile_e
          "--port", str(port), f"--basic-auth={USER}:{FLOWER_PASSWORD}"], env=cli_env())
     page = poll_for(lambda: flower.poll() is None and _worker_page(port, harness.node),
                     timeout=60, interval=0.5, message="Flower's worker page")
-    assert "broker_url" in page  # the Config tab is there ...
+    assert isinstance(page, str) and "broker_url" in page  # the Config tab is there ...
     assert PASSWORD not in page and token not in page  # ... without the secrets
 
 

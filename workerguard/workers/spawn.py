@@ -14,9 +14,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..config import Profile
 from .logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, rotate_all
@@ -90,19 +91,25 @@ def _popen(argv: list[str], cwd: str | None, env: dict[str, str], log: Path,
             return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, close_fds=True,
                                     creationflags=_WINDOWS_FLAGS)
-        common = dict(cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                      stderr=subprocess.STDOUT, close_fds=True, start_new_session=True)
         if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
-            return subprocess.Popen(argv, **common)  # type: ignore[call-overload, no-any-return]
+            return _detached(argv, cwd, env, out)
         if threading.current_thread() is threading.main_thread():
             with _signal_swap:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 try:
-                    return subprocess.Popen(argv, **common)  # type: ignore[call-overload, no-any-return]
+                    return _detached(argv, cwd, env, out)
                 finally:
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Off the main thread we cannot swap the handler: reset it in the child instead.
-        return subprocess.Popen(argv, preexec_fn=_reset_sigint, **common)  # type: ignore[call-overload, no-any-return]  # noqa: PLW1509
+        return _detached(argv, cwd, env, out, _reset_sigint)
+
+
+def _detached(argv: list[str], cwd: str | None, env: dict[str, str], out: BinaryIO,
+              preexec: Callable[[], None] | None = None) -> subprocess.Popen[bytes]:
+    """POSIX: own session, stdin from /dev/null, output appended to the profile's log."""
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                            stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
+                            preexec_fn=preexec)  # noqa: PLW1509 (only off the main thread)
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> None:
