@@ -136,6 +136,14 @@ class CeleryHarness:
     app: Any = None
     worker: Any = None
     beats: list[Any] = field(default_factory=list)
+    watchers: list[Any] = field(default_factory=list)
+
+    def watch_events(self) -> Any:
+        """Capture the guard's Celery events from now on (``support.TaskEvents``)."""
+        from tests.support import TaskEvents
+
+        self.watchers.append(TaskEvents(self.client_app()))
+        return self.watchers[-1]
 
     def client_app(self) -> Any:
         if self.app is None:
@@ -196,6 +204,8 @@ class CeleryHarness:
         return request
 
     def close(self) -> None:
+        for watcher in self.watchers:
+            watcher.close()
         if self.app is not None:
             self.app.close()
 

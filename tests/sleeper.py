@@ -4,6 +4,7 @@
 --ignore-term    ignore SIGTERM (only SIGKILL ends it)
 --exit-code C    exit with code C at once (a worker that crashes on start)
 --tag TAG        a marker for the tests' match regexes
+--chatter N      write a line of N bytes to stdout every 5 ms (a worker that logs a lot)
 """
 
 import argparse
@@ -20,6 +21,7 @@ def main() -> None:
     parser.add_argument("--ignore-term", action="store_true")
     parser.add_argument("--exit-code", type=int, default=None)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--chatter", type=int, default=0)
     args = parser.parse_args()
     if args.exit_code is not None:
         print(f"sleeper {os.getpid()} failing with {args.exit_code}", flush=True)
@@ -33,8 +35,11 @@ def main() -> None:
     ]
     print(f"sleeper {os.getpid()} up, children {[c.pid for c in children]}, "
           f"SIGINT={signal.getsignal(signal.SIGINT)}", flush=True)
+    line = ("x" * (args.chatter - 1) + "\n").encode()
     while True:
-        time.sleep(3600)
+        if args.chatter:
+            os.write(1, line)
+        time.sleep(0.005 if args.chatter else 3600)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,41 @@ class CountingTable(HostProcesses):
         found = super().discover(*args, **kwargs)
         self.after_discover()
         return found
+class TaskEvents:
+    """The Celery events of a guard (task-received, -succeeded, -retried ...), captured by a
+    thread: tests wait on what the guard reports over the broker, not on its log lines."""
+
+    def __init__(self, app: Any) -> None:
+        import threading
+
+        self.events: list[dict[str, Any]] = []
+        self.names: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._receiver: Any = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(app,), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10), "event receiver did not start"
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            if event.get("type") == "task-received":
+                self.names[event["uuid"]] = event["name"]
+            self.events.append(event)
+
+    def _run(self, app: Any) -> None:
+        with app.connection_for_read() as connection:
+            self._receiver = app.events.Receiver(connection, handlers={"*": self._on_event})
+            self._receiver.on_iteration = self._ready.set  # called once its queue is bound
+            self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def of(self, task: str, kind: str) -> list[dict[str, Any]]:
+        """Events of type ``kind`` (``task-succeeded`` ...) of tasks named ``task``."""
+        with self._lock:
+            return [e for e in self.events
+                    if e.get("type") == kind and self.names.get(e.get("uuid", "")) == task]
+
+    def close(self) -> None:
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(5)

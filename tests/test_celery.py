@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -57,13 +58,10 @@ def test_stop_survives_sweeps_until_an_explicit_ensure(workspace: Workspace,
     assert started.result["action"] == "started"
     stopped = harness.call("workerguard.stop_all", "demo")
     assert stopped.result["action"] == "stopped_all"
+    events = harness.watch_events()
     harness.start_beat()
-
-    def sweeps_done() -> int:
-        return sum("workerguard.sweep[" in line and "succeeded" in line
-                   for line in harness.log_tail().splitlines())
-
-    poll_for(lambda: sweeps_done() >= 3, timeout=30, interval=0.2, message="three sweeps")
+    poll_for(lambda: len(events.of("workerguard.sweep", "task-succeeded")) >= 3, timeout=30,
+             interval=0.2, message="three sweeps")
     assert instances(harness) == []
     again = harness.call("workerguard.ensure", "demo")
     assert again.result["action"] == "started"
@@ -125,9 +123,9 @@ def test_a_pickle_message_is_refused_and_the_guard_keeps_serving(workspace: Work
     app.conf.accept_content = ["json", "pickle"]
     request = app.send_task("workerguard.stop_all", args=["demo"], queue=harness.queue,
                             serializer="pickle")
-    poll_for(lambda: "ContentDisallowed" in harness.log_tail() or
-             "disallowed" in harness.log_tail().lower(), timeout=20, message="a logged refusal")
-    assert request.state == "PENDING"  # never ran
+    request.get(timeout=10, propagate=False)
+    assert request.state == "FAILURE"  # answered, and it never ran:
+    assert "content type 'application/x-python-serialize' is not accepted" in str(request.result)
     assert all(p.poll() is None for p in manual)
     assert sorted(instances(harness)) == sorted(p.pid for p in manual)
 
@@ -193,19 +191,19 @@ def test_two_beats_by_mistake_do_not_double_the_sweeps(workspace: Workspace,
     workspace.add_profile()
     workspace.guard_settings["sweep_interval"] = 1.0
     harness.start_worker()
+    events = harness.watch_events()
     harness.start_beat()
     harness.start_beat()
 
-    def count(word: str) -> int:
-        return sum("workerguard.sweep" in line and word in line
-                   for line in harness.log_tail(1_000_000).splitlines())
+    def skipped() -> int:  # a skipped sweep returns [] (the host has a profile)
+        return sum(e.get("result") == "[]" for e in events.of("workerguard.sweep", "task-succeeded"))
 
-    poll_for(lambda: count("skipped") >= 3, timeout=30, interval=0.2,
+    poll_for(lambda: skipped() >= 3, timeout=30, interval=0.2,
              message="duplicate sweeps to be skipped")
-    received = count("received")
-    skipped = count("skipped")
+    received = len(events.of("workerguard.sweep", "task-received"))
+    skips = skipped()
     # Every sweep that ran had a twin that was skipped (allowing one in flight).
-    assert received - skipped <= skipped + 2, (received, skipped)
+    assert received - skips <= skips + 2, (received, skips)
     assert instances(harness) != []
 
 
@@ -216,6 +214,7 @@ def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
     workspace.add_profile()
     workspace.guard_settings["lock_timeout"] = 0.5
     harness.start_worker()
+    events = harness.watch_events()
     holder = ProfileLock(redis_client, workspace.host_id, "demo", expire=30)
     assert holder.acquire_within(1)
     try:
@@ -224,7 +223,13 @@ def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
         holder.release()
     assert request.state == "FAILURE"
     assert "still held by another caller" in str(request.result)
-    assert harness.log_tail(1_000_000).count("Retry in") == 3  # 1, 2, 4 s
+    retried = events.of("workerguard.ensure", "task-retried")
+    [failed] = poll_for(lambda: events.of("workerguard.ensure", "task-failed"), timeout=10)
+    assert len(retried) == 3
+    stamps = [e["timestamp"] for e in [*retried, failed]]
+    # Between two attempts: the countdown (1, 2, 4 s), then the 0.5 s lock wait.
+    waits = [b - a - 0.5 for a, b in itertools.pairwise(stamps)]
+    assert all(c <= w < c + 1 for c, w in zip([1, 2, 4], waits, strict=True)), waits
     assert instances(harness) == []
 
 

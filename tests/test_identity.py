@@ -143,7 +143,7 @@ def test_orphaned_helpers_never_pile_up_and_stop_leaves_none(workspace: Workspac
             restarts += 1
             [pid] = poll_for(lambda: workers(workspace), message="the worker")
             seen.add(pid)
-            poll_for(lambda pid=pid: not alive(pid), timeout=10, message="the worker to exit")
+            poll_for(lambda: not alive(pid), timeout=10, message="the worker to exit")  # noqa: B023
         assert len(helpers(workspace.token)) <= 1  # the last one's helper, at most
     assert len(seen) == 4
     guard.sweep()  # starts the next one, and ends what the last one left
@@ -156,7 +156,7 @@ def test_a_changed_command_keeps_the_running_instance_and_marks_it_outdated(
         workspace: Workspace, redis_client, mode: str):
     shapeshifter(workspace)
     [old] = workspace.guard(redis_client).ensure("demo")["started"]
-    workspace.profiles["demo"]["command"] = [*workspace.profiles["demo"]["command"], "--new-arg"]  # type: ignore[misc]
+    workspace.profiles["demo"]["command"] = [*workspace.profiles["demo"]["command"], "--new-arg"]
     guard = workspace.guard(redis_client)  # a restarted guard with the edited config
     hammer(workspace, guard)
     assert workers(workspace) == [old]

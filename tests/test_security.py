@@ -14,7 +14,16 @@ import pytest
 import trustme
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import HERE, RedisServer, cli_env, free_port, run_cli, short_tmpdir, start_redis
+from tests.support import (
+    HERE,
+    RedisServer,
+    cli_env,
+    free_port,
+    poll_for,
+    run_cli,
+    short_tmpdir,
+    start_redis,
+)
 
 PASSWORD = "s3cret-Pa55-word"
 
@@ -97,3 +106,58 @@ def test_tls_carries_lock_state_broker_and_backend(workspace: Workspace, harness
     assert json.loads(remote.stdout)["running"] == [pid]
     assert_no_secret(local.stdout, local.stderr, remote.stdout, remote.stderr,
                      harness.log_tail(1_000_000))
+
+
+def test_inspect_conf_and_flower_s_worker_page_show_no_password_and_no_profile_env(
+        workspace: Workspace, harness: CeleryHarness, secure_redis: RedisServer):
+    from tests.test_flower import PASSWORD as FLOWER_PASSWORD
+    from tests.test_flower import USER
+
+    token = "env-token-0f3c9"
+    workspace.add_profile(env={"API_TOKEN": token})
+    harness.start_worker()
+    conf = harness.client_app().control.inspect(destination=[harness.node], timeout=5).conf(
+        with_defaults=True)
+    shown = json.dumps(conf)
+    assert harness.node in conf and "broker_url" in shown
+    assert PASSWORD not in shown and token not in shown and "workerguard_" not in shown
+
+    port = free_port()
+    flower = workspace.tracker.popen(
+        [sys.executable, "-m", "workerguard.cli", "flower", "--config", str(workspace.config_path),
+         "--port", str(port), f"--basic-auth={USER}:{FLOWER_PASSWORD}"], env=cli_env())
+    page = poll_for(lambda: flower.poll() is None and _worker_page(port, harness.node),
+                    timeout=60, interval=0.5, message="Flower's worker page")
+    assert isinstance(page, str) and "broker_url" in page  # the Config tab is there ...
+    assert PASSWORD not in page and token not in page  # ... without the secrets
+
+
+def _worker_page(port: int, node: str) -> str | None:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from tests.test_flower import PASSWORD as FLOWER_PASSWORD
+    from tests.test_flower import USER
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/worker/{node}")
+    token = base64.b64encode(f"{USER}:{FLOWER_PASSWORD}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(response.read().decode())
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def test_every_queued_command_with_a_wrong_password_prints_one_line_and_exits_1(
+        workspace: Workspace, secure_redis: RedisServer):
+    workspace.add_profile()
+    workspace.redis_url = secure_redis.url.replace(PASSWORD, "wrong-" + PASSWORD)
+    config = str(workspace.write_config())
+    for command in [("status",), ("ensure", "demo"), ("enforce", "demo"), ("stop", "demo"),
+                    ("ping",), ("reload",)]:
+        done = run_cli(*command, "--config", config, env=cli_env(), timeout=30)
+        assert done.returncode == 1, (command, done.stderr)
+        assert done.stderr == "error: redis unreachable (AuthenticationError)\n", command
+        assert_no_secret(done.stdout, done.stderr)

@@ -54,6 +54,11 @@ def test_up_keeps_the_demo_alive_and_ctrl_c_stops_only_itself(home: Path,
     server = next(p for p in psutil.process_iter(["cmdline"])
                   if str(home / "redis" / "redis.sock") in " ".join(p.info["cmdline"] or []))
     tracker.adopt(server.pid)
+    second = run_cli("up", "--config", str(config), env=cli_env(), timeout=30)
+    assert second.returncode == 2
+    assert second.stderr == (f"error: another `workerguard up` (pid {up.pid}) is running with "
+                             f"home {home}; stop it first, or give this one its own "
+                             "WORKERGUARD_HOME and host_id\n")
     up.send_signal(signal.SIGINT)
     assert up.wait(60) == 0
     for child in children:

@@ -6,15 +6,28 @@ Another service needs nothing of this module: plain Celery works too, see the RE
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import kombu.exceptions
+import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from .config import Config, load_config
-from .connect import redis_url
-from .errors import ActionFailed, InvalidRequest, UnknownProfile, WorkerguardError
+from .connect import redis_client, redis_url
+from .errors import (
+    ActionFailed,
+    InvalidRequest,
+    RedisUnavailable,
+    UnknownProfile,
+    WorkerguardError,
+)
+from .tasks import validate
 from .tasks.app import host_queue, make_app, node_name
 
 ANSWER_TIMEOUT = 10.0
@@ -48,7 +61,7 @@ def wait(async_result: Any, queue: str, timeout: float,
         if async_result.state == "PENDING":
             raise NoGuardAnswered(
                 f"no guard answered on {queue} within {min(answer_timeout, timeout):g} s "
-                "(is `workerguard worker` running for that host?)") from None
+                "(is `workerguard up` or `workerguard worker` running for that host?)") from None
         remaining = max(0.1, timeout - (time.monotonic() - started))
         try:
             value = async_result.get(timeout=remaining, propagate=False)
@@ -63,38 +76,124 @@ def wait(async_result: Any, queue: str, timeout: float,
     return value
 
 
+_TRANSPORT_ERRORS = (redis.exceptions.RedisError, kombu.exceptions.OperationalError, OSError,
+                     RuntimeError)
+"""What Celery and kombu raise when the broker or the result store cannot be reached (the
+backend gives up with a ``RuntimeError``, "Retry limit exceeded ... must be restarted")."""
+
+
+def reachable(url: str) -> None:
+    """Fail fast and in one line (``RedisUnavailable``) if Redis does not answer a PING.
+
+    Celery's own client retries for ages and then dumps a traceback; one PING with the
+    short timeouts of ``redis_client`` answers in milliseconds (refused, wrong password)
+    or a few seconds (unroutable).
+    """
+    client = redis_client(url)
+    try:
+        client.ping()
+    except redis.exceptions.RedisError as exc:
+        raise RedisUnavailable(f"redis unreachable ({type(exc).__name__})") from None
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _transport() -> Iterator[None]:
+    """Redis lost between the PING and the answer: the same one line."""
+    try:
+        yield
+    except WorkerguardError:
+        raise
+    except _TRANSPORT_ERRORS as exc:
+        raise RedisUnavailable(f"redis unreachable ({type(exc).__name__})") from None
+
+
+def check_request(config: Config, task: str, args: list[Any], host: str | None) -> None:
+    """Refuse at once what the guard would refuse: a profile this host does not configure.
+
+    Only for this host's own queue: another host may configure other profiles.
+    """
+    if host not in (None, config.settings.host_id):
+        return
+    if task in ("workerguard.ensure", "workerguard.enforce", "workerguard.stop_all") and args:
+        validate.profile_name(config, args[0])
+    elif task == "workerguard.status" and args:
+        validate.optional_profile(config, args[0])
+
+
 _ANSWERS: dict[str, type[WorkerguardError]] = {
     "UnknownProfile": UnknownProfile,
     "InvalidRequest": InvalidRequest,
     "TypeError": InvalidRequest,  # wrong argument count or an unknown keyword
     "ActionFailed": ActionFailed,
+    "RedisUnavailable": RedisUnavailable,
+    "ConfigError": WorkerguardError,  # a reload refused: the guard's config is not ours to fix
 }
 """A failed task's exception, by class name, as the error the CLI maps to an exit code."""
 
 
 def _as_error(exc: Any) -> WorkerguardError:
-    if isinstance(exc, WorkerguardError):
-        return exc
     name = type(exc).__name__
     if name in _ANSWERS:
         return _ANSWERS[name](str(exc))
+    if isinstance(exc, WorkerguardError):
+        return exc
     return WorkerguardError(f"{name}: {exc}")
 
 
 def call_and_wait(config: Config, task: str, args: list[Any], kwargs: dict[str, Any],
                   host: str | None = None, timeout: float | None = None) -> Result:
     """Send one request to a host's queue and return its result dict."""
+    check_request(config, task, args, host)
     timeout = timeout or default_timeout(config)
     queue = host_queue(host or config.settings.host_id)
-    with redis_url(config.settings) as url:
-        app = make_app(config, url)
-        try:
+    with redis_url(config.settings) as url, _sender(config, url) as app:
+        reachable(url)
+        with _transport():
             # Expire with our patience: a request nobody took in time never runs later.
             request = send(app, config, task, args, kwargs, host,
                            expires=min(ANSWER_TIMEOUT, timeout))
             return wait(request, queue, timeout)
+
+
+_apps: dict[str, Celery] = {}
+_apps_lock = threading.Lock()
+MAX_CACHED_APPS = 4
+
+
+@contextlib.contextmanager
+def _sender(config: Config, url: str) -> Iterator[Celery]:
+    """A Celery app to send with: cached per configured ``redis_url`` (its connection pools
+    are reused by every call), built and closed per call for the embedded server, whose
+    URL lives only as long as the command."""
+    if url != config.settings.redis_url:
+        app = make_app(config, url)
+        try:
+            yield app
         finally:
             app.close()
+        return
+    yield cached_app(config, url)
+
+
+def cached_app(config: Config, url: str) -> Celery:
+    """One app per Redis URL for the life of the process (at most ``MAX_CACHED_APPS``)."""
+    with _apps_lock:
+        app = _apps.get(url)
+        if app is None:
+            if len(_apps) >= MAX_CACHED_APPS:
+                _apps.pop(next(iter(_apps))).close()
+            app = _apps[url] = make_app(config, url)
+        return app
+
+
+@atexit.register
+def close() -> None:
+    """Close the cached apps (also run at exit)."""
+    with _apps_lock:
+        while _apps:
+            _apps.popitem()[1].close()
 
 
 def _call(task: str, args: list[Any], kwargs: dict[str, Any], host: str | None, wait_: bool,
@@ -102,10 +201,13 @@ def _call(task: str, args: list[Any], kwargs: dict[str, Any], host: str | None, 
     config = config or load_config()
     if wait_:
         return call_and_wait(config, task, args, kwargs, host=host, timeout=timeout)
-    if not config.settings.redis_url:
+    url = config.settings.redis_url
+    if not url:
         raise WorkerguardError("wait=False needs a redis_url: the embedded server is per command")
-    app = make_app(config, config.settings.redis_url)
-    return send(app, config, task, args, kwargs, host)
+    check_request(config, task, args, host)
+    reachable(url)
+    with _transport():
+        return send(cached_app(config, url), config, task, args, kwargs, host)
 
 
 def ensure(profile: str, host: str | None = None, wait: bool = True, timeout: float | None = None,
@@ -134,15 +236,24 @@ def status(profile: str | None = None, host: str | None = None, wait: bool = Tru
                  config)
 
 
+def reload(host: str | None = None, timeout: float | None = None,
+           config: Config | None = None) -> Result:
+    """Ask the guard of ``host`` to reload its config file and sweep once.
+
+    A refused reload (broken file, a restart-only setting changed) raises
+    ``WorkerguardError`` with the guard's reason; the guard keeps its running config.
+    """
+    result: Result = _call("workerguard.reload", [], {}, host, True, timeout, config)
+    return result
+
+
 def ping(config: Config, host: str | None = None, timeout: float = 5.0) -> str:
     """The node name of the host's guard worker if it answers a Celery ping within ``timeout``."""
     node = node_name(host or config.settings.host_id)
-    with redis_url(config.settings) as url:
-        app = make_app(config, url)
-        try:
+    with redis_url(config.settings) as url, _sender(config, url) as app:
+        reachable(url)
+        with _transport():
             replies = app.control.ping(destination=[node], timeout=timeout)
-        finally:
-            app.close()
     if not any(node in reply for reply in replies or []):
         raise WorkerguardError(f"{node} did not answer a ping within {timeout:g} s")
     return node

@@ -62,6 +62,10 @@ class Settings:
     cgroup_root: Path | None = None
     """The cgroup v2 directory instance groups go under (default: <cgroup2 mount>/workerguard
     for root, a ``workerguard`` group beside the guard's own otherwise)."""
+    log_max_bytes: int = 10 * 1024 * 1024
+    """A worker log larger than this is rotated (before each spawn and on every sweep)."""
+    log_backups: int = 3
+    """Rotated copies kept (``<profile>.log.1`` ...); 0 truncates without a copy."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -177,6 +181,8 @@ _SETTINGS_NUMBERS: dict[str, dict[str, Any]] = {
     "events_maxlen": {"integer": True},
     "embedded_linger": {"positive": False, "minimum": 0},
     "metrics_port": {"integer": True},
+    "log_max_bytes": {"integer": True},
+    "log_backups": {"integer": True, "positive": False, "minimum": 0},
 }
 MAX_PORT = 65535
 

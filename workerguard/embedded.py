@@ -36,6 +36,7 @@ MAX_SOCKET_PATH = 100
 """Linux truncates unix socket paths beyond 107 bytes silently; stay well below."""
 START_TIMEOUT = 15.0
 DEFAULT_LINGER = 5.0
+POSIX_ONLY = "the embedded server needs a POSIX host; set redis_url"
 
 
 def server_dir(home: Path) -> Path:
@@ -78,6 +79,8 @@ def ping(sock: Path) -> bool:
 
 @contextlib.contextmanager
 def _flock(path: Path, mode: int) -> Iterator[int]:
+    if sys.platform == "win32":
+        raise EmbeddedRedisError(POSIX_ONLY)
     import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -92,7 +95,7 @@ def _flock(path: Path, mode: int) -> Iterator[int]:
 def embedded_redis(home: Path, linger: float = DEFAULT_LINGER) -> Iterator[str]:
     """Use (starting if needed) the embedded server; yield its redis-py URL."""
     if sys.platform == "win32":
-        raise EmbeddedRedisError("the embedded server needs a POSIX host; set redis_url")
+        raise EmbeddedRedisError(POSIX_ONLY)
     import fcntl
 
     directory = server_dir(home)
@@ -107,6 +110,8 @@ def embedded_redis(home: Path, linger: float = DEFAULT_LINGER) -> Iterator[str]:
 
 def _supervisor_alive(directory: Path) -> bool:
     """A supervisor holds ``supervisor.lock`` for its whole life; the kernel drops it at exit."""
+    if sys.platform == "win32":
+        raise EmbeddedRedisError(POSIX_ONLY)
     import fcntl
 
     fd = os.open(directory / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -163,6 +168,8 @@ def _exit_on_signal(signum: int, frame: object) -> None:
 
 def serve(directory: Path, linger: float) -> int:
     """The supervisor: run redis-server until nobody has used it for ``linger`` seconds."""
+    if sys.platform == "win32":
+        raise EmbeddedRedisError(POSIX_ONLY)
     import fcntl
 
     sock = directory / "redis.sock"

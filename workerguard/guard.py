@@ -70,7 +70,8 @@ class Guard:
         self.observer = observer or NULL_OBSERVER
         self.table = table or HostProcesses(
             self.host, registry_dir=self.settings.registry_dir, log_dir=self.settings.log_dir,
-            identity=self.settings.identity, cgroup_root=self.settings.cgroup_root)
+            identity=self.settings.identity, cgroup_root=self.settings.cgroup_root,
+            log_max_bytes=self.settings.log_max_bytes, log_backups=self.settings.log_backups)
         self.on_exit = on_exit
         self._flights: Coalescer[Result] = Coalescer()
         self._exits = ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit") if on_exit else None

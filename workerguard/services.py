@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 from celery import Celery
 
@@ -17,6 +18,7 @@ from .config import Config
 from .connect import redis_url
 from .errors import ConfigError, WorkerguardError
 from .observe import Observer
+from .tasks import runtime
 from .tasks.app import BROADCAST, DEFAULT_QUEUE, host_queue, make_app, node_name
 
 log = logging.getLogger("workerguard.services")
@@ -27,9 +29,11 @@ def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> No
     observer = start_metrics(config, pool) if config.settings.metrics_port else None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
-        app.conf.workerguard_observer = observer
+        live = runtime.of(app)
+        live.observer, live.pool = observer, pool
         if config.settings.sweep_on_start:
             sweep_when_ready(app)
+        reload_on_sighup(app)
         app.worker_main([
             "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             "--hostname", node_name(config.settings.host_id), "--task-events",
@@ -56,6 +60,33 @@ def sweep_when_ready(app: Celery) -> None:
 
     def on_ready(**_: object) -> None:
         threading.Thread(target=sweep, name="startup-sweep", daemon=True).start()
+
+    worker_ready.connect(on_ready, weak=False)
+
+
+def reload_on_sighup(app: Celery) -> None:
+    """SIGHUP to the guard worker reloads its config (instead of Celery's re-exec, which a
+    broken file would turn into a dead guard). Installed once the worker is ready, over
+    Celery's own handler; the reload itself runs in a thread, off the signal handler."""
+    if sys.platform == "win32":
+        return
+    from celery.signals import worker_ready
+
+    from .tasks.reload import reload_config
+
+    def reload() -> None:
+        try:
+            result = reload_config(app, "SIGHUP")
+        except WorkerguardError as exc:
+            log.error("SIGHUP: reload refused: %s", exc)
+        else:
+            log.info("SIGHUP: %s", result["message"])
+
+    def on_sighup(signum: int, frame: object) -> None:
+        threading.Thread(target=reload, name="reload", daemon=True).start()
+
+    def on_ready(**_: object) -> None:
+        signal.signal(signal.SIGHUP, on_sighup)
 
     worker_ready.connect(on_ready, weak=False)
 
@@ -98,6 +129,7 @@ def run_flower(config: Config, address: str, port: int, flower_args: list[str]) 
         raise ConfigError("workerguard flower needs Flower: pip install 'workerguard[ops]'") from None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
+        app.set_current()  # Flower's /api/task/result looks results up on the current app
         code = app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])
         return int(code or 0)
 
@@ -111,6 +143,38 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def run_up(config: Config, loglevel: str) -> int:
     """Run embedded Redis, the guard worker and beat until Ctrl-C or SIGTERM."""
+    with one_up(config):
+        return _run_up(config, loglevel)
+
+
+@contextlib.contextmanager
+def one_up(config: Config) -> Iterator[None]:
+    """One ``workerguard up`` per home: a second would share the beat schedule file and
+    run a second guard under the same node name. Held by a kernel lock (no stale file)."""
+    if sys.platform == "win32":
+        yield
+        return
+    import fcntl
+
+    home = config.settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ConfigError(f"another `workerguard up` (pid {other}) is running with home "
+                              f"{home}; stop it first, or give this one its own "
+                              "WORKERGUARD_HOME and host_id") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run_up(config: Config, loglevel: str) -> int:
     stopping = False
 
     def request_stop(signum: int, frame: object) -> None:
@@ -123,14 +187,17 @@ def run_up(config: Config, loglevel: str) -> int:
         env = {**os.environ, "WORKERGUARD_REDIS_URL": url}
         base = [sys.executable, "-m", "workerguard.cli"]
         common = ["--config", config.source, "--loglevel", loglevel]
+        # Own sessions: the terminal's Ctrl-C reaches only `up`, which stops each child
+        # once (else each printed its warm shutdown twice); PDEATHSIG still ties them to us.
         children = [
-            subprocess.Popen([*base, "worker", *common], env=env,
+            subprocess.Popen([*base, "worker", *common], env=env, start_new_session=True,
                              preexec_fn=_die_with_parent),  # noqa: PLW1509 (no threads yet)
-            subprocess.Popen([*base, "beat", *common], env=env,
+            subprocess.Popen([*base, "beat", *common], env=env, start_new_session=True,
                              preexec_fn=_die_with_parent),  # noqa: PLW1509
         ]
+        embedded = not config.settings.redis_url
         print(f"workerguard up: worker pid {children[0].pid}, beat pid {children[1].pid}, "
-              f"redis {'embedded' if not config.settings.redis_url else 'configured'}; "
+              f"redis {'embedded at ' + url if embedded else 'configured'}; "
               "Ctrl-C stops them (managed workers keep running)", flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
@@ -144,4 +211,7 @@ def run_up(config: Config, loglevel: str) -> int:
             if child.poll() is None:
                 child.kill()
                 child.wait()
+    if embedded:
+        print(f"workerguard up: stopped; the embedded Redis stops once unused for "
+              f"{config.settings.embedded_linger:g} s", flush=True)
     return 0 if stopping else 1

@@ -6,8 +6,18 @@ import sys
 
 import click
 
-from ..redact import redact_url
-from .common import EXIT_OK, EXIT_USAGE, config_option, errors, host_option, json_option, load
+from ..redact import redact_text, redact_url
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_option,
+    emit,
+    errors,
+    host_option,
+    json_option,
+    load,
+)
 
 
 @click.command()
@@ -80,6 +90,34 @@ def ping(config_file: str | None, host: str | None, timeout: float) -> None:
 
 @click.command()
 @config_option
+@host_option
+@json_option
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="How long to wait for the guard's answer.")
+def reload(config_file: str | None, host: str | None, as_json: bool, timeout: float | None) -> None:
+    """Make the guard of this host (or --host) re-read its config file, then sweep once.
+
+    A broken file, or one that changes redis_url, host_id, home or the metrics
+    listener, is refused: the guard keeps its running config and this exits 1.
+    Same as `kill -HUP` on the guard worker process.
+    """
+    from ..client import reload as reload_guard
+    from ..config import load_config
+    from ..errors import ConfigError
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:  # the guard reads the same file: it would refuse it too
+        click.echo(f"error: reload refused, the running config stays: {redact_text(str(exc))}",
+                   err=True)
+        sys.exit(EXIT_FAILED)
+    with errors():
+        result = reload_guard(host=host, timeout=timeout, config=config)
+    emit(result, as_json)
+
+
+@click.command()
+@config_option
 def check(config_file: str | None) -> None:
     """Validate the config and print the profiles; exit 2 on any error."""
     config = load(config_file)
@@ -92,7 +130,7 @@ def check(config_file: str | None) -> None:
         click.echo("no profiles configured", err=True)
         sys.exit(EXIT_USAGE)
     for p in config.profiles.values():
-        match = f"  match={p.match!r}" if p.match else ""
+        match = f"  match={p.match}" if p.match else ""
         click.echo(f"  {p.name}: {' '.join(p.command)}  workers {p.min_workers}..{p.max_workers}"
                    f"  keep={p.keep}{match}")
     click.echo("ok")

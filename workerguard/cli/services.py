@@ -63,4 +63,7 @@ def up(config_file: str | None, loglevel: str) -> None:
     """
     from ..services import run_up
 
-    sys.exit(run_up(load(config_file), loglevel))
+    config = load(config_file)
+    with errors():
+        code = run_up(config, loglevel)
+    sys.exit(code)

@@ -21,6 +21,7 @@ def __getattr__(name: str) -> Any:
         config = load_config()
         url = config.settings.redis_url or url_for(socket_path(config.settings.home))
         built = make_app(config, url)
+        built.set_current()  # for `celery -A workerguard.tasks flower`: results by id
         globals()["app"] = globals()["celery"] = built
         return built
     raise AttributeError(name)

@@ -13,6 +13,7 @@ from kombu.entity import Exchange, Queue
 
 from ..config import Config
 from ..connect import celery_url
+from . import runtime
 
 DEFAULT_QUEUE = "workerguard"
 BROADCAST = "workerguard.broadcast"
@@ -86,8 +87,8 @@ def make_app(config: Config, redis_url: str) -> Celery:
             }
         },
     )
-    app.conf.workerguard_config = config
-    app.conf.workerguard_redis_url = redis_url
+    # Never in app.conf: inspect and Flower publish it (see runtime).
+    runtime.attach(app, runtime.Runtime(config, redis_url))
     from .handlers import register
 
     register(app)

@@ -7,38 +7,36 @@ checks, the retry policy and the translation of a failed action into a failed ta
 from __future__ import annotations
 
 import logging
-import os
-import threading
 from typing import Any
 
 from celery import Celery, Task
 
-from ..config import Config
-from ..connect import redis_client
-from ..errors import ActionFailed, InvalidRequest, LockTimeout, RedisUnavailable, UnknownProfile
+from ..errors import (
+    ActionFailed,
+    ConfigError,
+    InvalidRequest,
+    LockTimeout,
+    RedisUnavailable,
+    UnknownProfile,
+)
 from ..guard import Guard
-from . import validate
+from . import refused, runtime, validate  # noqa: F401 (refused answers rejected messages)
 from .healing import exit_listener, register_healing
+from .reload import reload_config, rotate_logs
 
 log = logging.getLogger("workerguard.tasks")
 RETRY_ON = (LockTimeout, RedisUnavailable)
 MAX_RETRIES = 3
-EXPECTED = (InvalidRequest, UnknownProfile, ActionFailed)
+RETRY = {"autoretry_for": RETRY_ON, "max_retries": MAX_RETRIES, "retry_backoff": 1,
+         "retry_backoff_max": 2 ** MAX_RETRIES, "retry_jitter": False}
+"""A lock wait that timed out or Redis unreachable: retried 3 times, after 1, 2 and 4 s."""
+EXPECTED = (InvalidRequest, UnknownProfile, ActionFailed, ConfigError)
 """Failures that are answers, not bugs: logged without a traceback (Celery's ``throws``)."""
-_guards: dict[tuple[int, int], Guard] = {}
-_guards_lock = threading.Lock()
 
 
 def guard_for(app: Celery) -> Guard:
-    """One guard (and Redis pool) per app per process: never share sockets across a fork."""
-    key = (id(app), os.getpid())
-    with _guards_lock:
-        if key not in _guards:
-            config: Config = app.conf.workerguard_config
-            _guards[key] = Guard(redis_client(app.conf.workerguard_redis_url), config,
-                                 observer=app.conf.get("workerguard_observer"),
-                                 on_exit=exit_listener(app, config.settings.host_id))
-        return _guards[key]
+    """This process's guard for the app's current config (see ``runtime``)."""
+    return runtime.of(app).guard()
 
 
 def _who(task: Task, requested_by: str | None) -> str:
@@ -46,54 +44,54 @@ def _who(task: Task, requested_by: str | None) -> str:
     return f"{requested_by or 'task'} (task {task.request.id} from {origin})"
 
 
-def _run(task: Task, action: Any) -> dict[str, Any]:
-    try:
-        result: dict[str, Any] = action()
-    except RETRY_ON as exc:
-        if task.request.retries >= MAX_RETRIES:
-            raise
-        raise task.retry(exc=exc, countdown=2 ** task.request.retries,
-                         max_retries=MAX_RETRIES) from exc
+def _checked(result: dict[str, Any]) -> dict[str, Any]:
     if not result.get("ok", True):
         raise ActionFailed(result["message"])
     return result
 
 
 def register(app: Celery) -> None:
-    config: Config = app.conf.workerguard_config
-    register_healing(app, guard_for, _run, _who, EXPECTED)
+    state = runtime.of(app)
+    state.on_exit = exit_listener(app, state.config.settings.host_id)
+    register_healing(app, guard_for, _who, _checked, EXPECTED, RETRY)
 
-    @app.task(name="workerguard.ensure", bind=True, throws=EXPECTED)
+    @app.task(name="workerguard.ensure", bind=True, throws=EXPECTED, **RETRY)
     def ensure(self: Task, profile: Any, dry_run: Any = False, force: Any = False,
                requested_by: Any = None) -> dict[str, Any]:
-        name = validate.profile_name(config, profile)
+        guard = guard_for(app)
+        name = validate.profile_name(guard.config, profile)
         dry, forced = validate.flag("dry_run", dry_run), validate.flag("force", force)
         who = _who(self, validate.requester(requested_by))
-        return _run(self, lambda: guard_for(app).ensure(name, dry_run=dry, force=forced,
-                                                        requested_by=who))
+        return _checked(guard.ensure(name, dry_run=dry, force=forced, requested_by=who))
 
-    @app.task(name="workerguard.enforce", bind=True, throws=EXPECTED)
+    @app.task(name="workerguard.enforce", bind=True, throws=EXPECTED, **RETRY)
     def enforce(self: Task, profile: Any, max_workers: Any = None, dry_run: Any = False,
                 requested_by: Any = None) -> dict[str, Any]:
-        name = validate.profile_name(config, profile)
+        guard = guard_for(app)
+        name = validate.profile_name(guard.config, profile)
         limit = validate.max_workers(max_workers)
         dry = validate.flag("dry_run", dry_run)
         who = _who(self, validate.requester(requested_by))
-        return _run(self, lambda: guard_for(app).enforce(name, max_workers=limit, dry_run=dry,
-                                                         requested_by=who))
+        return _checked(guard.enforce(name, max_workers=limit, dry_run=dry, requested_by=who))
 
-    @app.task(name="workerguard.stop_all", bind=True, throws=EXPECTED)
+    @app.task(name="workerguard.stop_all", bind=True, throws=EXPECTED, **RETRY)
     def stop_all(self: Task, profile: Any, dry_run: Any = False,
                  requested_by: Any = None) -> dict[str, Any]:
-        name = validate.profile_name(config, profile)
+        guard = guard_for(app)
+        name = validate.profile_name(guard.config, profile)
         dry = validate.flag("dry_run", dry_run)
         who = _who(self, validate.requester(requested_by))
-        return _run(self, lambda: guard_for(app).stop_all(name, dry_run=dry, requested_by=who))
+        return _checked(guard.stop_all(name, dry_run=dry, requested_by=who))
 
-    @app.task(name="workerguard.status", bind=True, throws=EXPECTED)
+    @app.task(name="workerguard.status", bind=True, throws=EXPECTED, **RETRY)
     def status(self: Task, profile: Any = None) -> dict[str, Any]:
-        name = validate.optional_profile(config, profile)
-        return _run(self, lambda: guard_for(app).status(name))
+        guard = guard_for(app)
+        name = validate.optional_profile(guard.config, profile)
+        return _checked(guard.status(name))
+
+    @app.task(name="workerguard.reload", bind=True, throws=EXPECTED)
+    def reload(self: Task, requested_by: Any = None) -> dict[str, Any]:
+        return reload_config(app, _who(self, validate.requester(requested_by)))
 
     @app.task(name="workerguard.sweep", bind=True, ignore_result=True)
     def sweep(self: Task) -> list[dict[str, Any]]:
@@ -102,4 +100,5 @@ def register(app: Celery) -> None:
             log.info("workerguard.sweep[%s] skipped: another sweep ran on %s this interval",
                      self.request.id, guard.host)
             return []
+        rotate_logs(guard)
         return guard.sweep(requested_by=_who(self, "beat"))

@@ -56,23 +56,21 @@ def schedule_retry(app: Celery, guard: Guard, result: dict[str, Any]) -> float |
 
 
 def register_healing(app: Celery, guard_for: Callable[[Celery], Guard],
-                     run: Callable[[Task, Callable[[], dict[str, Any]]], dict[str, Any]],
-                     who: Callable[[Task, str | None], str], throws: tuple[type[Exception], ...]) -> None:
-    @app.task(name=HEAL_TASK, bind=True, throws=throws)
+                     who: Callable[[Task, str | None], str],
+                     checked: Callable[[dict[str, Any]], dict[str, Any]],
+                     throws: tuple[type[Exception], ...], retry: dict[str, Any]) -> None:
+    """The tasks ``workerguard.heal`` and ``workerguard.prune`` (same checks as the others)."""
+
+    @app.task(name=HEAL_TASK, bind=True, throws=throws, **retry)
     def heal(self: Task, profile: Any, requested_by: Any = None) -> dict[str, Any]:
         guard = guard_for(app)
         name = validate.profile_name(guard.config, profile)
-        requester = who(self, validate.requester(requested_by))
+        result = guard.heal(name, requested_by=who(self, validate.requester(requested_by)))
+        schedule_retry(app, guard, result)
+        return checked(result)
 
-        def converge() -> dict[str, Any]:
-            result = guard.heal(name, requested_by=requester)
-            schedule_retry(app, guard, result)
-            return result
-
-        return run(self, converge)
-
-    @app.task(name="workerguard.prune", bind=True, throws=throws)
+    @app.task(name="workerguard.prune", bind=True, throws=throws, **retry)
     def prune(self: Task, dry_run: Any = False, requested_by: Any = None) -> dict[str, Any]:
         dry = validate.flag("dry_run", dry_run)
         requester = who(self, validate.requester(requested_by))
-        return run(self, lambda: guard_for(app).prune(dry_run=dry, requested_by=requester))
+        return checked(guard_for(app).prune(dry_run=dry, requested_by=requester))

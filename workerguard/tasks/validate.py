@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import MAX_WORKERS_LIMIT, PROFILE_NAME, Config
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, UnknownProfile
 
 MAX_REQUESTER = 200
 
@@ -20,7 +20,9 @@ def profile_name(config: Config, value: Any) -> str:
         raise InvalidRequest(f"profile must be a string, got {type(value).__name__} {_shown(value)}")
     if not PROFILE_NAME.fullmatch(value):
         raise InvalidRequest(f"profile must match {PROFILE_NAME.pattern}, got {_shown(value)}")
-    config.profile(value)  # raises UnknownProfile naming the configured ones
+    if value not in config.profiles:  # named without the config's path: callers see this
+        known = ", ".join(sorted(config.profiles)) or "none"
+        raise UnknownProfile(f"unknown profile {value!r} (configured: {known})")
     return value
 
 

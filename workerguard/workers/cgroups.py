@@ -131,7 +131,7 @@ class CgroupTree:
 
 def join_fd(group: Path) -> int:
     """An fd on ``group/cgroup.procs``; a child writes ``0`` to it to join (see spawn)."""
-    return os.open(group / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+    return os.open(group / "cgroup.procs", os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
 
 
 def members(group: Path) -> list[int]:

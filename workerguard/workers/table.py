@@ -23,6 +23,7 @@ from ..config import Profile
 from . import cgroups, spawn
 from .cgroups import CgroupTree
 from .discover import Discovery, Scan, identify, read_mark, scan_processes, verify_known
+from .logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, rotate_all
 from .model import Instance, Leftover, same_start
 from .registry import Record, Registry
 from .spawn import Launched
@@ -52,10 +53,12 @@ class HostProcesses:
 
     def __init__(self, host_id: str, *, registry_dir: Path, log_dir: Path,
                  identity: Identity = "auto", cgroup_root: Path | None = None,
-                 watcher: ExitWatcher | None = None) -> None:
+                 watcher: ExitWatcher | None = None, log_max_bytes: int = DEFAULT_MAX_BYTES,
+                 log_backups: int = DEFAULT_BACKUPS) -> None:
         self.host = host_id
         self.registry = Registry(registry_dir)
         self.log_dir = log_dir
+        self.log_limits = (log_max_bytes, log_backups)
         self.watcher = watcher or shared_watcher()
         self.cgroups = self._choose_cgroups(identity, cgroup_root)
 
@@ -118,6 +121,7 @@ class HostProcesses:
             outcome.failures = [spawn.start_failure(profile, exc, self.log_dir)] * count
             return outcome
         log_file = spawn.log_path(self.log_dir, profile.name)
+        rotate_all([log_file], *self.log_limits)
         launched: list[Launched] = []
         records: dict[str, Record] = {}
         fingerprint = command_fingerprint(profile)

@@ -16,10 +16,12 @@ import logging
 import os
 import select
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -67,7 +69,9 @@ class ExitWatcher:
         self._lock = threading.Lock()
         self._by_pid: dict[int, _Entry] = {}
         self._codes: dict[int, int] = {}
-        self._epoll = select.epoll() if hasattr(select, "epoll") and hasattr(os, "pidfd_open") else None
+        self._epoll: Any = None
+        if sys.platform == "linux":
+            self._epoll = select.epoll()
         self._by_fd: dict[int, _Entry] = {}
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
@@ -118,7 +122,7 @@ class ExitWatcher:
             entry = self._by_pid.get(pid)
             if entry is None:
                 fd = None
-                if self._epoll is not None:
+                if sys.platform == "linux" and self._epoll is not None:
                     try:
                         fd = os.pidfd_open(pid)
                     except ProcessLookupError:
@@ -130,7 +134,7 @@ class ExitWatcher:
                 if not gone:
                     entry = _Entry(pid, fd)
                     self._by_pid[pid] = entry
-                    if fd is not None and self._epoll is not None:
+                    if sys.platform == "linux" and fd is not None and self._epoll is not None:
                         self._by_fd[fd] = entry
                         self._epoll.register(fd, select.EPOLLIN)
             if entry is not None:
