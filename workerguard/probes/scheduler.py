@@ -85,7 +85,7 @@ class _Lane:
 
 
 UnhealthyCallback = Callable[[str, Hashable, ProbeResult], None]
-ResultCallback = Callable[[str, ProbeResult], None]
+ResultCallback = Callable[[str, Hashable | None, ProbeResult], None]
 
 
 class Prober:
@@ -93,7 +93,8 @@ class Prober:
 
     ``on_unhealthy(profile, key, result)`` is called once per watched instance, when its
     failures in a row reach the threshold (again only after it is watched anew).
-    ``on_result(profile, result)`` is called after every probe (for metrics). Both run
+    ``on_result(profile, key, result)`` is called after every probe, for metrics (``key``
+    is None for a readiness probe of ``wait_ready``). Both run
     on a worker thread: they must return quickly and their exceptions are logged, not
     raised.
     """
@@ -142,7 +143,8 @@ class Prober:
             self._watches.pop(key, None)
 
     def pause(self, profile: str) -> None:
-        """Probe no instance of ``profile`` until ``resume`` (probes in flight finish)."""
+        """Probe no instance of ``profile`` until ``resume``. A probe in flight finishes,
+        unreported (unless it was already reporting when ``pause`` was called)."""
         with self._lock:
             self._paused.add(profile)
 
@@ -173,7 +175,7 @@ class Prober:
         while True:
             result = run_probe(spec, target, timeout=min(spec.timeout, end - time.time()),
                                cancel=self._stopping)
-            self._report(profile, result)
+            self._report(profile, None, result)
             pause = spec.start_interval - result.duration
             if result.ok or self._stopping.is_set() or time.time() + max(pause, 0.0) >= end:
                 return result
@@ -265,14 +267,16 @@ class Prober:
             while lane.waiting and lane.running < self._per_profile:
                 lane.running += 1
                 self._hand_over(lane.waiting.popleft())
-            current = self._watches.get(watch.key)
-            if current is not watch or self._stopping.is_set():
+            if self._watches.get(watch.key) is not watch or self._stopping.is_set():
+                return  # forgotten or watched anew meanwhile: the result is stale
+            if watch.profile in self._paused:
+                watch.parked = True  # paused meanwhile: the result is dropped
                 return
             now = time.monotonic()
             fire = self._record(watch, result, now)
             step = watch.spec.start_interval if watch.in_start(now) else watch.spec.interval
             self._push(watch, max(now, watch.due + step))
-        self._report(watch.profile, result)
+        self._report(watch.profile, watch.key, result)
         if fire and self._on_unhealthy is not None:
             _call(self._on_unhealthy, watch.profile, watch.key, result)
 
@@ -292,9 +296,9 @@ class Prober:
         fire, watch.reported = not watch.reported, True
         return fire
 
-    def _report(self, profile: str, result: ProbeResult) -> None:
+    def _report(self, profile: str, key: Hashable | None, result: ProbeResult) -> None:
         if self._on_result is not None:
-            _call(self._on_result, profile, result)
+            _call(self._on_result, profile, key, result)
 
 
 def _call(callback: Callable[..., None], *args: Any) -> None:
