@@ -64,16 +64,6 @@ def consecutive_free_ports(count: int) -> int:
     raise AssertionError("no run of free ports")
 
 
-def kill_pids(pids: list[int]) -> None:
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc = psutil.Process(pid)
-            proc.kill()
-            procs.append(proc)
-    psutil.wait_procs(procs, timeout=10)
-
-
 def gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -242,6 +232,13 @@ def test_a_heartbeat_probe_fails_once_touching_stops(tracker: ProcessTracker, tm
     assert "max_age 0.5 s" in stale.output
 
 
+def adopt_pids(tracker: ProcessTracker, pidfile: Path) -> None:
+    """Let the tracker end what a hanging probe started, should the test have failed."""
+    if pidfile.exists():
+        for pid in pidfile.read_text().split():
+            tracker.adopt(int(pid))
+
+
 def _hang_pids(pidfile: Path) -> list[int]:
     def written() -> list[int]:
         return [int(p) for p in pidfile.read_text().split()] if pidfile.exists() else []
@@ -249,7 +246,8 @@ def _hang_pids(pidfile: Path) -> list[int]:
     return poll_for(written, 10, message="the hanging probe's pids")
 
 
-def test_a_hanging_probe_is_killed_with_its_whole_group_at_its_timeout(tmp_path: Path) -> None:
+def test_a_hanging_probe_is_killed_with_its_whole_group_at_its_timeout(
+        tracker: ProcessTracker, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     spec = probe(kind="command", command=[sys.executable, str(WORKERS), "hang", str(pidfile)], timeout=1.5)
     try:
@@ -261,8 +259,7 @@ def test_a_hanging_probe_is_killed_with_its_whole_group_at_its_timeout(tmp_path:
         assert len(pids) == 2
         poll_for(lambda: all(gone(pid) for pid in pids), 5, message="the probe and its child to be gone")
     finally:
-        if pidfile.exists():
-            kill_pids([int(p) for p in pidfile.read_text().split()])
+        adopt_pids(tracker, pidfile)
 
 
 # --- the scheduler ---------------------------------------------------------------------
@@ -382,14 +379,15 @@ def test_of_three_instances_only_the_unhealthy_one_is_reported(
         {"i0": "healthy", "i1": "unhealthy", "i2": "healthy"}
 
 
-def _lateness(results: list[ProbeResult], interval: float) -> float:
-    """How far the latest probe of an instance ran behind its fixed cadence."""
+def _lateness(results: list[ProbeResult], watched_at: float, interval: float) -> float:
+    """How far the latest probe of an instance ran behind its fixed cadence from the
+    moment it was watched (probe n is due ``n * interval`` after that)."""
     starts = sorted(r.started_at for r in results)
-    return max(t - starts[0] - n * interval for n, t in enumerate(starts))
+    return max(t - watched_at - n * interval for n, t in enumerate(starts))
 
 
 def test_hanging_probes_do_not_delay_the_other_instances_or_profiles(
-        prober: Callable[..., tuple[Prober, Recorder]], tmp_path: Path) -> None:
+        tracker: ProcessTracker, prober: Callable[..., tuple[Prober, Recorder]], tmp_path: Path) -> None:
     (tmp_path / "beat").touch()
     interval = 0.2
     fast = probe(kind="heartbeat", path=str(tmp_path / "beat"), max_age=3600, interval=interval)
@@ -401,20 +399,25 @@ def test_hanging_probes_do_not_delay_the_other_instances_or_profiles(
                             timeout=30, interval=interval)
             watcher.watch(f"hang{i}", "fast" if i == 0 else "hung", hanging, target(os.getpid(), index=i))
         poll_for(lambda: sum(p.exists() for p in pidfiles) == 5, 20, message="the hanging probes to run")
+        watched_at = {}
         for i in range(1, 50):
+            watched_at[i] = time.time()
             watcher.watch(f"fast{i}", "fast", fast, target(os.getpid(), index=i))
         poll_for(lambda: min(len(seen.of(f"fast{i}")) for i in range(1, 50)) >= 15, 30,
                  message="15 probes of each fast instance")
-        late = max(_lateness(seen.of(f"fast{i}")[:15], interval) for i in range(1, 50))
+        late = max(_lateness(seen.of(f"fast{i}")[:15], watched_at[i], interval) for i in range(1, 50))
         print(f"worst lateness of 49 instances over 15 probes each: {late * 1000:.1f} ms")
         assert late < 0.25, late
         assert not seen.of("hang0") and not seen.unhealthy, "the hanging probes are still running"
         assert sum(p.exists() for p in pidfiles) == 5, "the hung profile runs 4 at once, never more"
-    finally:
         pids = [int(p) for f in pidfiles if f.exists() for p in f.read_text().split()]
+        begun = time.monotonic()
         watcher.stop()
+        assert time.monotonic() - begun < 2.0, "stop() cancels probes that would run for 30 s"
         poll_for(lambda: all(gone(pid) for pid in pids), 5, message="stop() to kill running probes")
-        kill_pids(pids)
+    finally:
+        for pidfile in pidfiles:
+            adopt_pids(tracker, pidfile)
 
 
 def test_wait_ready_returns_at_the_first_pass(
@@ -447,8 +450,7 @@ def test_wait_ready_gives_up_at_the_start_timeout_with_the_last_output(
         pids = _hang_pids(pidfile)
         poll_for(lambda: all(gone(pid) for pid in pids), 5, message="the probe and its child to be gone")
     finally:
-        if pidfile.exists():
-            kill_pids([int(p) for p in pidfile.read_text().split()])
+        adopt_pids(tracker, pidfile)
 
 
 def test_forget_drops_an_instance_and_a_failing_callback_stops_nothing(
