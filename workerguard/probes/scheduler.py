@@ -259,18 +259,16 @@ class Prober:
             self._probe(watch)
 
     def _probe(self, watch: _Watch) -> None:
-        result = run_probe(watch.spec, watch.target, cancel=self._stopping)
-        fire = False
+        with self._lock:
+            live = self._live(watch)
+        result = run_probe(watch.spec, watch.target, cancel=self._stopping) if live else None
         with self._lock:
             lane = self._lanes[watch.profile]
             lane.running -= 1
             while lane.waiting and lane.running < self._per_profile:
                 lane.running += 1
                 self._hand_over(lane.waiting.popleft())
-            if self._watches.get(watch.key) is not watch or self._stopping.is_set():
-                return  # forgotten or watched anew meanwhile: the result is stale
-            if watch.profile in self._paused:
-                watch.parked = True  # paused meanwhile: the result is dropped
+            if result is None or not self._live(watch):
                 return
             now = time.monotonic()
             fire = self._record(watch, result, now)
@@ -279,6 +277,17 @@ class Prober:
         self._report(watch.profile, watch.key, result)
         if fire and self._on_unhealthy is not None:
             _call(self._on_unhealthy, watch.profile, watch.key, result)
+
+    def _live(self, watch: _Watch) -> bool:
+        """Whether ``watch`` is still to be probed and its result recorded; the lock is held.
+        Not when it was forgotten or watched anew, nor when its profile was paused
+        meanwhile (then it waits for ``resume``)."""
+        if self._watches.get(watch.key) is not watch or self._stopping.is_set():
+            return False
+        if watch.profile in self._paused:
+            watch.parked = True
+            return False
+        return True
 
     @staticmethod
     def _record(watch: _Watch, result: ProbeResult, now: float) -> bool:
