@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..guard import Guard
 from . import refused, runtime, validate  # noqa: F401 (refused answers rejected messages)
-from .healing import exit_listener, register_healing
+from .healing import exit_listener, register_healing, schedule_retry
 from .reload import reload_config, rotate_logs
 
 log = logging.getLogger("workerguard.tasks")
@@ -62,7 +62,10 @@ def register(app: Celery) -> None:
         name = validate.profile_name(guard.config, profile)
         dry, forced = validate.flag("dry_run", dry_run), validate.flag("force", force)
         who = _who(self, validate.requester(requested_by))
-        return _checked(guard.ensure(name, dry_run=dry, force=forced, requested_by=who))
+        result = guard.ensure(name, dry_run=dry, force=forced, requested_by=who)
+        if not dry:
+            schedule_retry(app, guard, result)  # a crash loop goes on, paced by its backoff
+        return _checked(result)
 
     @app.task(name="workerguard.enforce", bind=True, throws=EXPECTED, **RETRY)
     def enforce(self: Task, profile: Any, max_workers: Any = None, dry_run: Any = False,
