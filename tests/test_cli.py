@@ -36,7 +36,7 @@ def test_twenty_simultaneous_ensure_commands_leave_exactly_one_instance(workspac
 
 
 def test_human_output_follows_the_original_script(workspace: Workspace):
-    workspace.add_profile()
+    workspace.add_profile(stop_adopted=True)
     workspace.write_config()
     started = cli(workspace, "ensure", "demo", "--local")
     assert started.returncode == 0
@@ -46,9 +46,11 @@ def test_human_output_follows_the_original_script(workspace: Workspace):
     manual = workspace.hand_started()
     poll_for(lambda: str(manual.pid) in cli(workspace, "status", "--local").stdout)
     enforce = cli(workspace, "enforce", "demo", "--local", "--max-workers", "1")
-    assert enforce.stdout == f"demo: keeping {manual.pid}, stopping {pid}\n"
+    # the instance workerguard started survives; the hand-started one is stopped
+    # (stop_adopted = true; without it an adopted process is never stopped)
+    assert enforce.stdout == f"demo: keeping {pid}, stopping {manual.pid}\n"
     stop = cli(workspace, "stop", "demo", "--local")
-    assert stop.stdout == f"demo: stopped {manual.pid}; paused until the next ensure\n"
+    assert stop.stdout == f"demo: stopped {pid}; paused until the next ensure\n"
     assert cli(workspace, "stop", "demo", "--local").stdout == "demo: no instances to stop\n"
     assert cli(workspace, "status", "--local").stdout == "demo: paused (PIDs: -)\n"
 
