@@ -20,7 +20,7 @@ def events(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]
 
 
 def test_events_lists_real_actions_oldest_first_with_filters(workspace: Workspace, redis_client):
-    workspace.add_profile()
+    workspace.add_profile(stop_adopted=True)
     guard = workspace.guard(redis_client)
     started = guard.ensure("demo", requested_by="test-ensure")
     manual = workspace.hand_started()

@@ -43,7 +43,7 @@ def run_to_stage(workspace: Workspace, stage: str, *extra: str) -> subprocess.Po
 ])
 def test_a_guard_sigkilled_at_any_stage_leaves_no_duplicate_and_the_next_sweep_converges(
         workspace: Workspace, redis_client, stage: str, hand_started: int, survivor: str):
-    workspace.add_profile(start_seconds=0.3)
+    workspace.add_profile(start_seconds=0.3, stop_adopted=True)
     manual = [workspace.hand_started() for _ in range(hand_started)]
     poll_for(lambda: len(local_instances(workspace)) == hand_started)
     victim = run_to_stage(workspace, stage)

@@ -42,7 +42,7 @@ def reachable(port: int) -> Samples | None:
 @pytest.mark.celery
 def test_a_guard_worker_serves_metrics_of_its_actions_and_sweeps(workspace: Workspace,
                                                                  harness: CeleryHarness):
-    workspace.add_profile(min_workers=1, max_workers=1)
+    workspace.add_profile(min_workers=1, max_workers=1, stop_adopted=True)
     port = free_port()
     harness.start_worker(WORKERGUARD_METRICS_PORT=str(port))
     poll_for(lambda: reachable(port), timeout=20, message="the metrics endpoint")
