@@ -34,10 +34,11 @@ def test_events_lists_real_actions_oldest_first_with_filters(workspace: Workspac
     assert [(e["host"], e["action"], e["pids"], e["requested_by"]) for e in listed] == [
         (workspace.host_id, "started", started["started"], "test-ensure"),
         (workspace.host_id, "stopped_extras", enforced["stopped"], "test-enforce"),
-        (workspace.host_id, "stopped_all", [manual.pid], "test-stop"),
+        (workspace.host_id, "stopped_all", started["started"], "test-stop"),
         ("elsewhere", "started", [4242], "another guard"),
     ]
-    assert enforced["stopped"] == started["started"] and stopped["stopped"] == [manual.pid]
+    # the spawned instance survives the enforce; the adopted one goes (stop_adopted)
+    assert enforced["stopped"] == [manual.pid] and stopped["stopped"] == started["started"]
     assert all(e["profile"] == "demo" and e["time"] > 0 and e["id"] for e in listed)
 
     mine = events(workspace, "demo", "--host", workspace.host_id, "--json")
@@ -51,7 +52,8 @@ def test_events_lists_real_actions_oldest_first_with_filters(workspace: Workspac
             .stdout.splitlines()] == [last_id]
 
     [latest] = events(workspace, "-n", "1", "--host", workspace.host_id).stdout.splitlines()
-    assert f"  {workspace.host_id}  demo  stopped_all  pids {manual.pid}  by test-stop" in latest
+    [pid] = started["started"]
+    assert f"  {workspace.host_id}  demo  stopped_all  pids {pid}  by test-stop" in latest
 
     bad = events(workspace, "--since", "yesterday-ish")
     assert bad.returncode == 2 and "--since" in bad.stderr
