@@ -141,11 +141,14 @@ class ProcessTracker:
         return found
 
     def end_groups(self) -> None:
-        """Kill and remove the instance cgroups and records of this test's host ids."""
+        """Kill the instances of this test's host ids by their cgroups and registry records
+        (a worker that wiped its environment carries no mark), then remove both."""
         import shutil
 
         from workerguard.config import Settings
         from workerguard.workers import cgroups
+        from workerguard.workers.discover import alive
+        from workerguard.workers.registry import Registry
 
         root = cgroups.default_root()
         for host in self.host_ids:
@@ -153,6 +156,16 @@ class ProcessTracker:
                 for _, _, group in cgroups.CgroupTree(root).instances(host):
                     cgroups.kill(group)
                     cgroups.remove(group)
+            recorded = []
+            for record in Registry(Settings().registry_dir).records(host):
+                for pid, created in record.members:
+                    if alive(pid, created):
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            recorded.append(psutil.Process(pid))
+            for proc in recorded:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            psutil.wait_procs(recorded, timeout=10)
             shutil.rmtree(Settings().registry_dir / host, ignore_errors=True)
 
     def end_all(self) -> None:

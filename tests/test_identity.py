@@ -12,14 +12,13 @@ import os
 import re
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.conftest import Workspace
 from tests.support import HERE, poll_for
-from workerguard.workers import cgroups
+from workerguard.workers import HostProcesses, cgroups
 
 SHAPESHIFTER = HERE / "shapeshifter.py"
 CGROUPS_USABLE = (cgroups.default_root() is not None
@@ -204,23 +203,17 @@ def test_a_process_marked_for_another_host_is_never_counted_or_killed(
 def test_a_bystander_hit_by_match_is_never_kept_over_a_spawned_worker(
         workspace: Workspace, redis_client, mode: str):
     # The README's old example `match = "rpa_worker"` also hits `tail -f rpa_worker.notes`.
-    notes = workspace.home / f"{workspace.token}.notes"
-    notes.write_text("")
-    bystander = workspace.tracker.popen(["tail", "-f", str(notes)])
-    poll_for(lambda: psutil.Process(bystander.pid).cmdline()[:1] == ["tail"])
     shapeshifter(workspace, match=re.escape(workspace.token))
     guard = workspace.guard(redis_client)
-    guard.ensure("demo")  # the bystander counts as adopted: nothing needed starting ...
-    spawned = guard.ensure("demo", force=True)
-    assert bystander.poll() is None
-    # ... an operator starts one for real; the spawned one is always the survivor
-    workspace.profiles["demo"]["max_workers"] = 1
-    guard = workspace.guard(redis_client)
-    before = workers(workspace)
+    [spawned] = guard.ensure("demo")["started"]
+    notes = workspace.home / f"{workspace.token}.notes"
+    notes.write_text("")
+    bystander = workspace.tracker.popen(["tail", "-f", str(notes)])  # newer than the worker
+    poll_for(lambda: bystander.pid in guard.status("demo")["running"], message="the bystander")
     hammer(workspace, guard, 2)
+    assert guard.ensure("demo")["kept"] == [spawned]  # the spawned worker is the survivor
+    assert workers(workspace) == [spawned]
     assert bystander.poll() is None  # never stopped: adopted and stop_adopted is false
-    assert workers(workspace) == before
-    del spawned
 
 
 def test_the_fallback_mode_is_forced_by_the_environment(workspace: Workspace, redis_client,
@@ -229,7 +222,10 @@ def test_the_fallback_mode_is_forced_by_the_environment(workspace: Workspace, re
 
     monkeypatch.setenv("WORKERGUARD_IDENTITY", "registry")
     shapeshifter(workspace)
-    config = load_config(workspace.write_config())
-    assert config.settings.identity == "registry"
-    assert workspace.table().mode in ("cgroup", "registry")
-    assert Path(config.settings.registry_dir).name == "workerguard-registry"
+    settings = load_config(workspace.write_config()).settings
+    assert settings.identity == "registry"
+    table = HostProcesses(workspace.host_id, registry_dir=settings.registry_dir,
+                          log_dir=settings.log_dir, identity=settings.identity)
+    assert table.mode == "registry"
+    [started] = table.spawn(load_config(workspace.config_path).profile("demo"), 1).started
+    assert started.cgroup is None and started.instance_id is not None

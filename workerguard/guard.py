@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
@@ -43,7 +44,7 @@ from .lock import REDIS_ERRORS, ProfileLock, host_fence
 from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
 from .state import Backoff, State
-from .workers import Exit, HostProcesses, Instance, SpawnOutcome, describe_exit
+from .workers import Exit, HostProcesses, Instance, Leftover, SpawnOutcome, describe_exit
 from .workers.discover import Discovery
 
 log = logging.getLogger("workerguard.guard")
@@ -143,13 +144,12 @@ class Guard:
         pending = []
         for profile in profiles:
             instances = found.instances[profile.name]
+            plan = self._plan(profile, "heal", instances)
             if paused[profile.name]:
                 results[profile.name] = report.paused_result(self.host, profile.name, instances,
                                                              paused[profile.name] or {})
-            elif self._plan(profile, "heal", instances).is_noop and not self._leftovers(found, profile):
-                results[profile.name] = report.result(self.host, profile.name, "already_running",
-                                                      running=instances,
-                                                      kept=[i.pid for i in instances])
+            elif plan.is_noop and not self._leftovers(found, profile):
+                results[profile.name] = self._already_running(profile, plan, instances)
                 refresh.append((profile, known[profile.name], instances))
             else:
                 pending.append(profile)
@@ -230,7 +230,7 @@ class Guard:
                          may_start=False, stop_adopted=profile.stop_adopted or intent == "stop_all")
 
     def _act(self, lock: ProfileLock, profile: Profile, plan: Plan,
-             leftovers: Sequence[Any]) -> Acted:
+             leftovers: Sequence[Leftover]) -> Acted:
         acted = Acted()
         if plan.is_noop and not leftovers:
             return acted
@@ -288,11 +288,16 @@ class Guard:
         """``already_running`` from the verified known instances, or None."""
         known = decode_known(profile, raw)
         verified = self.table.verify(known) if known else None
-        if not verified or not self._plan(profile, "ensure", verified).is_noop:
+        plan = self._plan(profile, "ensure", verified) if verified else None
+        if not verified or plan is None or not plan.is_noop:
             return None
         self._watch(verified)
-        return report.result(self.host, profile.name, "already_running", running=verified,
-                             kept=[i.pid for i in verified], now=self.clock())
+        return self._already_running(profile, plan, verified)
+
+    def _already_running(self, profile: Profile, plan: Plan, running: list[Instance]) -> Result:
+        return report.result(self.host, profile.name, "already_running", running=running,
+                             kept=[i.pid for i in plan.keep], spare=[i.pid for i in plan.spare],
+                             now=self.clock())
 
     # exits ---------------------------------------------------------------------------
     def _watch(self, instances: Sequence[Instance]) -> None:
@@ -344,13 +349,13 @@ class Guard:
         return self.table.discover(profiles, self.config.profiles.values())
 
     @staticmethod
-    def _leftovers(found: Discovery, profile: Profile) -> list[Any]:
+    def _leftovers(found: Discovery, profile: Profile) -> list[Leftover]:
         return [left for left in found.leftovers if left.profile == profile.name]
 
     def _isolated(self, profile: Profile, requested_by: str) -> Result:
         try:
             return self._converge(profile, "heal", requested_by=requested_by)
-        except (LockTimeout, LockLost, RedisUnavailable, WorkerguardError) as exc:
+        except WorkerguardError as exc:
             return report.error_result(self.host, profile.name, exc)
         except Exception as exc:
             log.exception("%s: unexpected error in sweep", profile.name)
@@ -429,13 +434,13 @@ class Guard:
             log.warning("%s: could not record %s event: %s", profile, action, exc)
 
 
+@dataclass
 class Acted:
     """What ``_act`` did."""
 
-    def __init__(self) -> None:
-        self.stopped: list[int] = []
-        self.cleaned: list[int] = []
-        self.spawned = SpawnOutcome()
+    stopped: list[int] = field(default_factory=list)
+    cleaned: list[int] = field(default_factory=list)
+    spawned: SpawnOutcome = field(default_factory=SpawnOutcome)
 
     @property
     def changed(self) -> bool:

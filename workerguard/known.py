@@ -75,7 +75,8 @@ def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | 
         if data["fp"] != fingerprint(profile):
             return None
         return [Instance(profile=profile.name, pid=int(pid), create_time=float(created),
-                         instance_id=instance_id, tree=(int(pid),))
+                         instance_id=instance_id, tree=(int(pid),),
+                         origin="spawned" if instance_id else "adopted")
                 for pid, created, instance_id in data["instances"]]
     except (ValueError, KeyError, TypeError):
         return None

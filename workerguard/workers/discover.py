@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -110,10 +110,11 @@ Mark = tuple[str, str, str]
 class BoundedCache(Generic[K, V]):
     """An LRU cache bounded by entries and by the bytes of its keys (``size(key)``)."""
 
-    def __init__(self, max_entries: int, max_bytes: int, size: object = None) -> None:
+    def __init__(self, max_entries: int, max_bytes: int,
+                 size: Callable[[K], int] = lambda _key: 64) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._size = size if callable(size) else (lambda _key: 64)
+        self._size = size
         self._data: OrderedDict[K, V] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
@@ -130,10 +131,10 @@ class BoundedCache(Generic[K, V]):
             if key in self._data:
                 return
             self._data[key] = value
-            self._bytes += int(self._size(key))
+            self._bytes += self._size(key)
             while self._data and (len(self._data) > self.max_entries or self._bytes > self.max_bytes):
                 old, _ = self._data.popitem(last=False)
-                self._bytes -= int(self._size(old))
+                self._bytes -= self._size(old)
 
     @property
     def bytes(self) -> int:
@@ -311,9 +312,8 @@ def _main_process(scan: Scan, record: Record | None, live: list[int]) -> int | N
 
 def _look(scan: Scan, host_id: str, wanted: Sequence[Profile], configured: Mapping[str, str],
           claimed: set[int], children: Mapping[int, list[int]], tree: CgroupTree | None,
-          found: Discovery, place: object) -> None:
+          found: Discovery, place: Callable[[Instance], None]) -> None:
     """Steps 3 and 4: marks of lost records, then adoption through ``match``."""
-    assert callable(place)
     classify = _classifier(wanted)
     protected = {os.getpid(), *scan.ancestors(os.getpid())}
     recovered: dict[tuple[str, str], list[int]] = {}
@@ -326,7 +326,7 @@ def _look(scan: Scan, host_id: str, wanted: Sequence[Profile], configured: Mappi
             continue
         mark = read_mark(info)
         if mark is not None:
-            if mark[1] == host_id and mark[2] and (mark[0] in configured or mark[0] in looks):
+            if mark[1] == host_id and mark[2] and mark[0] in configured:
                 recovered.setdefault((mark[0], mark[2]), []).append(info.pid)
             continue  # marked processes are never adopted through ``match``
         if matches and tree is not None and tree.in_any_group(info.pid):

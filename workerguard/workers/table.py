@@ -9,6 +9,8 @@ Tests hand the guard a subclass to count or fail calls; nothing patches module g
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import subprocess
 import uuid
@@ -22,9 +24,9 @@ import psutil
 from ..config import Profile
 from . import cgroups, spawn
 from .cgroups import CgroupTree
-from .discover import Discovery, Scan, identify, read_mark, scan_processes, verify_known
+from .discover import Discovery, Scan, alive, identify, read_mark, scan_processes, verify_known
 from .logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, rotate_all
-from .model import Instance, Leftover, same_start
+from .model import Instance, Leftover
 from .registry import Record, Registry
 from .spawn import Launched
 from .stop import StopOutcome, stop_instances
@@ -35,9 +37,7 @@ Identity = Literal["auto", "cgroup", "registry"]
 
 
 def command_fingerprint(profile: Profile) -> str:
-    import hashlib
-    import json
-
+    """What decides whether a running instance is ``outdated``: its argv."""
     raw = json.dumps(list(profile.command)).encode()
     return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:16]
 
@@ -144,12 +144,12 @@ class HostProcesses:
             self._write(record)
             launched.append(item)
 
-        def alive(item: Launched) -> bool:
+        def still_there(item: Launched) -> bool:
             live = self._members(item, records[item.instance_id])
             records[item.instance_id] = records[item.instance_id].with_members(live)
             return bool(live)
 
-        spawn.wait_window(launched, profile.start_seconds, alive)
+        spawn.wait_window(launched, profile.start_seconds, still_there)
         for item in launched:
             self._judge(profile, item, records[item.instance_id], log_file, outcome)
         return outcome
@@ -159,7 +159,7 @@ class HostProcesses:
         if item.group is not None:
             pids = cgroups.members(item.group)
         else:
-            pids = [pid for pid, created in record.members if _alive(pid, created)]
+            pids = [pid for pid, created in record.members if alive(pid, created)]
             with contextlib.suppress(psutil.NoSuchProcess):
                 if item.popen.poll() is None:
                     pids += [c.pid for c in psutil.Process(item.popen.pid).children(recursive=True)]
@@ -257,10 +257,3 @@ class HostProcesses:
         if group is not None:
             cgroups.remove(group)
 
-
-def _alive(pid: int, created: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return same_start(proc.create_time(), created) and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

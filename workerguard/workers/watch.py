@@ -5,7 +5,7 @@ set: the kernel wakes the thread the moment a process exits, for any process, no
 only our children, and a pidfd pins its process so PID reuse cannot fool it. The
 same thread reaps the children this process spawned (no zombie under a long-lived
 guard, no thread per child) and so knows their exit code or signal. Elsewhere the
-thread polls every ``fallback_interval`` seconds (one ``psutil.pid_exists`` per
+thread polls every ``fallback_interval`` seconds (one ``psutil`` status read per
 watched process and poll).
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from .model import same_start
+from .discover import alive
 
 log = logging.getLogger("workerguard.watch")
 _CODES_KEPT = 4096
@@ -86,8 +86,14 @@ class ExitWatcher:
 
         ``key`` names the watch (an instance id): watching a key again replaces it.
         A process that is already gone (or whose PID now names another process) is
-        reported at once.
+        reported at once. Watching the same key on the same process again costs a
+        dictionary lookup (every fast-path ensure re-watches what it verified).
         """
+        with self._lock:
+            entry = self._by_pid.get(pid)
+            if entry is not None and key in entry.callbacks:
+                entry.callbacks[key] = callback
+                return
         self.unwatch(key)
         self._add(pid, (key, callback), create_time=create_time)
 
@@ -127,7 +133,7 @@ class ExitWatcher:
                         fd = os.pidfd_open(pid)
                     except ProcessLookupError:
                         gone = True
-                if not gone and create_time is not None and not _started_at(pid, create_time):
+                if not gone and create_time is not None and not alive(pid, create_time):
                     gone = True  # the PID names another process now
                     if fd is not None:
                         os.close(fd)
@@ -206,14 +212,6 @@ class ExitWatcher:
             callback(event)
         except Exception:
             log.exception("exit callback for pid %s failed", event.pid)
-
-
-def _started_at(pid: int, create_time: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return same_start(proc.create_time(), create_time) and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _exited(entry: _Entry) -> bool:
