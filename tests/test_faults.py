@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 import pytest
+from celery.exceptions import TimeoutError as CeleryTimeout
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import HERE, RedisServer, cli_env, poll_for, run_cli, short_tmpdir, start_redis
@@ -103,7 +104,10 @@ def first_answer(harness: CeleryHarness, task: str, *args: Any) -> Any:
     """Send ``task`` until the guard, reconnecting to Redis, answers it; return the result."""
 
     def answered() -> Any:
-        request = harness.call(task, *args, timeout=10)
+        try:
+            request = harness.call(task, *args, timeout=10)
+        except CeleryTimeout:  # still reconnecting (Celery backs off): send another
+            return False
         return request.state == "SUCCESS" and request.result
 
     return poll_for(answered, timeout=90, interval=0.5, message="the guard to reconnect")
