@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tempfile
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,6 +17,7 @@ from typing import Any, Literal
 
 from .errors import ConfigError
 from .redact import redact_url
+from .runtime import default_runtime_dir
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 HOST_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -66,6 +66,8 @@ class Settings:
     """A worker log larger than this is rotated (before each spawn and on every sweep)."""
     log_backups: int = 3
     """Rotated copies kept (``<profile>.log.1`` ...); 0 truncates without a copy."""
+    runtime_dir: Path = field(default_factory=default_runtime_dir)
+    """Host-wide private directory of fences (see ``runtime``); absolute."""
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -80,13 +82,13 @@ class Settings:
     @property
     def fence_dir(self) -> Path:
         """Host-wide, not under ``home``: every guard of this host must share the fences,
-        whatever its ``WORKERGUARD_HOME``."""
-        return Path(tempfile.gettempdir()) / "workerguard-fences"
+        whatever its ``WORKERGUARD_HOME`` or ``TMPDIR``."""
+        return self.runtime_dir / "fences"
 
     @property
     def registry_dir(self) -> Path:
         """Host-wide like the fences: every guard of the host reads the same records."""
-        return self.fence_dir.parent / "workerguard-registry"
+        return self.runtime_dir / "registry"
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,10 @@ def parse_settings(raw: Mapping[str, Any], where: str) -> Settings:
     for key, value in raw.items():
         if key in _SETTINGS_NUMBERS:
             values[key] = check.number(key, value, **_SETTINGS_NUMBERS[key])
-        elif key == "home":
+        elif key in ("home", "runtime_dir"):
             values[key] = Path(check.string(key, value)).expanduser()
+            if key == "runtime_dir" and not values[key].is_absolute():
+                raise check.fail(key, f"must be an absolute path, got {value!r}")
         elif key == "redis_url":
             url = check.string(key, value)
             if not re.match(r"^(rediss?|redis\+socket|unix)://", url):

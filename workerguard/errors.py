@@ -35,3 +35,11 @@ class RedisUnavailable(WorkerguardError):
 
 class EmbeddedRedisError(WorkerguardError):
     """The embedded redis-server could not be started."""
+
+
+class HostError(WorkerguardError):
+    """The host refused something workerguard needs (a directory, a file, disk space)."""
+
+
+class FenceTimeout(LockTimeout):
+    """The host fence was still held by another process when the request's deadline passed."""

@@ -38,9 +38,10 @@ import redis_lock
 from . import report
 from .config import Config, Profile
 from .errors import LockLost, LockTimeout, RedisUnavailable, WorkerguardError
+from .fence import host_fence
 from .flight import Coalescer
 from .known import decode_known
-from .lock import REDIS_ERRORS, ProfileLock, host_fence
+from .lock import REDIS_ERRORS, ProfileLock
 from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
 from .state import Backoff, State
@@ -169,7 +170,8 @@ class Guard:
 
     def prune(self, *, dry_run: bool = False, requested_by: str = "unknown") -> Result:
         """Stop the orphans of this host: instances of profiles no longer configured."""
-        with host_fence(self.settings.fence_dir, f"{self.host}.-orphans-"):
+        deadline = time.monotonic() + self.settings.lock_timeout
+        with host_fence(self.settings.fence_dir, f"{self.host}.-orphans-", deadline):
             found = self._discover([])
             stopped: list[int] = []
             if found.orphans and not dry_run:
@@ -191,6 +193,7 @@ class Guard:
         fast = self._fast_path(profile) if intent == "ensure" and not dry_run else None
         if fast is not None:
             return fast
+        deadline = time.monotonic() + self.settings.lock_timeout  # the lock's, then the fence's
         with self._locked(profile) as lock:
             with self._redis():
                 snapshot = self.state.snapshot(profile.name)
@@ -199,7 +202,7 @@ class Guard:
                 if fast is not None:  # the converge we waited for has just done it
                     return fast
             lock.start_renewal()  # from here on the hold may take a while
-            with host_fence(self.settings.fence_dir, f"{self.host}.{profile.name}"):
+            with host_fence(self.settings.fence_dir, f"{self.host}.{profile.name}", deadline):
                 found = self._discover([profile])
                 instances = found.instances[profile.name]
                 if intent == "heal" and snapshot.paused:

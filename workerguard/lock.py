@@ -13,22 +13,14 @@ with three changes:
   ``start_renewal()``): a hold that only reads (the fast path of an ensure, well under
   a millisecond) does not pay for starting and joining a thread.
 
-``host_fence`` is a host-local OS lock (``flock``) held only while acting. A Redis
-lock with a TTL is an efficiency lock: after a long pause or a failover two holders
-can believe they own it. The kernel releases the fence when its holder dies, so it
-needs no stale timeout at all.
+The host fence, held inside the Redis lock while acting, is in ``fence``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from threading import Event
 from typing import Any
 
@@ -104,36 +96,3 @@ class ProfileLock(redis_lock.Lock):  # type: ignore[misc]
             except REDIS_ERRORS as exc:
                 log.warning("renewing lock %s failed: %s; retrying", name, exc)
             del lock
-
-
-@contextmanager
-def host_fence(directory: Path, name: str) -> Iterator[None]:
-    """Hold an exclusive OS lock on ``directory/<name>.lock`` for the block."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if sys.platform == "win32":  # untested here: no Windows host in CI
-            import msvcrt
-
-            while True:
-                try:
-                    msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:
-                    continue
-            try:
-                yield
-            finally:
-                os.lseek(fd, 0, os.SEEK_SET)
-                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

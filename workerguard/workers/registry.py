@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..runtime import private_dir
+
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -57,6 +59,7 @@ class Registry:
 
     def write(self, record: Record) -> None:
         path = self._path(record.host, record.profile, record.instance_id)
+        private_dir(self.directory)  # host-wide and private, like the fences (see runtime)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = path.with_suffix(f".{os.getpid()}.tmp")
         data = asdict(record)
