@@ -83,6 +83,12 @@ class Workspace:
         return cls(self.host_id, registry_dir=settings.registry_dir, log_dir=settings.log_dir,
                    identity=settings.identity, cgroup_root=settings.cgroup_root)
 
+    def running(self, profile: str = "demo") -> list[int]:
+        """Pids of ``profile``'s instances as the process table shows them (no Redis involved)."""
+        config = self.config()
+        found = self.table().discover([config.profile(profile)], config.profiles.values())
+        return [i.pid for i in found.instances[profile]]
+
     def hand_started(self, *extra_args: str) -> Any:
         """A worker started by hand, outside workerguard (found through ``match``)."""
         return self.tracker.sleeper("--tag", self.token, *extra_args)

@@ -20,12 +20,6 @@ from tests.support import HERE, RedisServer, cli_env, poll_for, run_cli, short_t
 FAILPOINT = HERE / "failpoint_guard.py"
 
 
-def local_instances(workspace: Workspace) -> list[int]:
-    """Instances as the process table shows them (no Redis involved)."""
-    config = workspace.config()
-    return [i.pid for i in workspace.table().discover([config.profile("demo")],
-                                                      config.profiles.values()).instances["demo"]]
-
 
 def run_to_stage(workspace: Workspace, stage: str, *extra: str) -> subprocess.Popen[str]:
     proc = workspace.tracker.popen(
@@ -46,14 +40,14 @@ def test_a_guard_sigkilled_at_any_stage_leaves_no_duplicate_and_the_next_sweep_c
         workspace: Workspace, redis_client, stage: str, hand_started: int, survivor: str):
     workspace.add_profile(start_seconds=0.3, stop_adopted=True)
     manual = [workspace.hand_started() for _ in range(hand_started)]
-    poll_for(lambda: len(local_instances(workspace)) == hand_started)
+    poll_for(lambda: len(workspace.running()) == hand_started)
     victim = run_to_stage(workspace, stage)
-    before_kill = local_instances(workspace)
+    before_kill = workspace.running()
     victim.send_signal(signal.SIGKILL)
     victim.wait(5)
     [result] = workspace.guard(redis_client).sweep()
     assert result["ok"], result
-    final = local_instances(workspace)
+    final = workspace.running()
     assert len(final) == 1, (stage, final)
     if manual:
         assert final == [manual[-1].pid]
@@ -75,14 +69,14 @@ def test_two_guards_on_one_host_never_act_at_once_even_when_the_redis_lock_is_lo
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
     poll_for(lambda: redis_client.exists(key), timeout=20,
              message="the second guard to take the Redis lock the first one lost")
-    assert local_instances(workspace) == []  # the second is blocked on the fence, not spawning
+    assert workspace.running() == []  # the second is blocked on the fence, not spawning
     go.touch()
     out, err = first.communicate(timeout=30)
     assert "RESULT started" in out, err
     second_out, second_err = second.communicate(timeout=30)
     assert second.returncode == 0, second_err
     assert '"action": "already_running"' in second_out
-    assert len(local_instances(workspace)) == 1
+    assert len(workspace.running()) == 1
 
 
 @pytest.fixture
@@ -118,7 +112,7 @@ def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconne
     workspace.add_profile(start_seconds=3)
     harness.start_worker()
     harness.client_app().send_task("workerguard.ensure", args=["demo"], queue=harness.queue)
-    [spawned] = poll_for(lambda: local_instances(workspace), timeout=20,
+    [spawned] = poll_for(lambda: workspace.running(), timeout=20,
                          message="the guard to spawn (and sit in the start window)")
     own_redis.process.send_signal(signal.SIGKILL)  # mid start window, lock held
     own_redis.process.wait(5)
@@ -126,7 +120,7 @@ def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconne
     try:
         result = first_answer(harness, "workerguard.ensure", "demo")
         assert result["action"] == "already_running" and result["running"] == [spawned]
-        assert local_instances(workspace) == [spawned]
+        assert workspace.running() == [spawned]
         assert harness.worker.poll() is None
     finally:
         revived.stop()

@@ -23,14 +23,9 @@ from tests.conftest import Workspace
 from tests.support import HERE, cli_env, poll_for, run_cli, short_tmpdir
 from workerguard.config import Settings
 from workerguard.runtime import default_runtime_dir
-from workerguard.workers import discover
 
 FAILPOINT = HERE / "failpoint_guard.py"
 
-
-def instances(workspace: Workspace) -> list[int]:
-    config = workspace.config()
-    return [i.pid for i in discover(config.profiles.values(), workspace.host_id)["demo"]]
 
 
 def private_env(base: Path, name: str) -> dict[str, str]:
@@ -89,7 +84,7 @@ def test_two_guards_with_different_tmpdir_and_home_share_one_fence_bounded_by_th
         assert line, refused.stderr
         assert float(line[1]) < 3.5  # fence wait + lock wait end at the 3 s lock deadline
         assert waited < 3 + 10, waited  # the deadline, plus the CLI's own start
-        assert instances(workspace) == []  # B did not act while A held the fence
+        assert workspace.running() == []  # B did not act while A held the fence
         redis_client.delete(f"workerguard:lock:{workspace.host_id}:demo")
         waiting = workspace.tracker.popen(
             [sys.executable, "-m", "workerguard.cli", "ensure", "demo", "--local", "--config",
@@ -102,7 +97,7 @@ def test_two_guards_with_different_tmpdir_and_home_share_one_fence_bounded_by_th
         out, err = waiting.communicate(timeout=60)
         assert waiting.returncode == 0, err
         assert "started" in out
-        assert len(instances(workspace)) == 1
+        assert len(workspace.running()) == 1
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -147,7 +142,7 @@ def test_a_symlink_planted_in_the_fence_directory_is_refused_and_its_target_unto
     fences.symlink_to(runtime_dir.parent)  # the fence directory itself replaced by a link
     assert_refused(local_ensure(workspace, cli_env()),
                    f"error: refusing directory {fences}: it is a symlink")
-    assert instances(workspace) == []
+    assert workspace.running() == []
 
 
 def test_a_fence_directory_with_a_wrong_mode_or_owner_is_refused_with_a_clear_message(
@@ -166,11 +161,11 @@ def test_a_fence_directory_with_a_wrong_mode_or_owner_is_refused_with_a_clear_me
     assert_refused(local_ensure(workspace, cli_env()),
                    f"error: refusing directory {runtime_dir}: owned by uid 65534, not by this "
                    "user (uid 0)")
-    assert instances(workspace) == []
+    assert workspace.running() == []
     os.chown(runtime_dir, 0, 0)
     done = local_ensure(workspace, cli_env())
     assert done.returncode == 0, done.stderr
-    assert len(instances(workspace)) == 1
+    assert len(workspace.running()) == 1
 
 
 @contextlib.contextmanager
@@ -199,4 +194,4 @@ def test_a_full_disk_gives_a_one_line_error_naming_the_fence(workspace: Workspac
         assert_refused(local_ensure(workspace, cli_env()),
                        f"error: cannot open host fence {full}/fences/{workspace.host_id}.demo.lock:"
                        " No space left on device")
-        assert instances(workspace) == []
+        assert workspace.running() == []

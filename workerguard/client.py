@@ -255,5 +255,6 @@ def ping(config: Config, host: str | None = None, timeout: float = 5.0) -> str:
         with _transport():
             replies = app.control.ping(destination=[node], timeout=timeout)
     if not any(node in reply for reply in replies or []):
-        raise WorkerguardError(f"{node} did not answer a ping within {timeout:g} s")
+        raise WorkerguardError(f"no guard answered: {node} did not answer a ping within "
+                               f"{timeout:g} s (it is down, or cannot reach the broker)")
     return node

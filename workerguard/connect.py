@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
@@ -13,18 +14,61 @@ from redis.retry import Retry
 from .config import Settings
 from .embedded import embedded_redis
 
+SOCKET_TIMEOUT = 5.0
+"""Seconds any read or write on a Redis connection may take. Every blocking command of
+ours waits less (the lock's BLPOP slices and ``events --follow``'s XREAD: 1 s; kombu's
+BRPOP: 1 s), so only a dead or black-holed connection ever reaches it."""
+HEALTH_CHECK_INTERVAL = 5
+"""redis-py PINGs a connection idle this long before using it; kombu checks its BRPOP
+and pub/sub connections this often and drops one whose reply is overdue."""
+SOCKET_OPTIONS: dict[str, Any] = {
+    "socket_timeout": SOCKET_TIMEOUT,
+    "socket_connect_timeout": SOCKET_TIMEOUT,
+    "socket_keepalive": True,
+    "health_check_interval": HEALTH_CHECK_INTERVAL,
+}
+"""The same for every connection a guard opens: its own clients, the broker's and the
+result backend's (kombu's Redis transport has none of them by default, PITFALLS.md)."""
+
 
 def redis_client(url: str) -> redis.Redis:
-    """A client for the lock and state. Short timeouts: a dead Redis fails fast.
+    """A client for the lock and state, with ``SOCKET_OPTIONS``: a dead Redis (or a path
+    that silently drops packets) fails within ``SOCKET_TIMEOUT``, and the next command
+    reconnects.
 
-    The lock waits in BLPOP slices of at most 1 s, well below ``socket_timeout``.
     Only connection errors are retried (twice, briefly): a command that timed out may
     have run, and re-sending ``SET NX`` would make us wait on our own lock.
     """
     retry = Retry(ExponentialBackoff(cap=0.25, base=0.05), 2,
                   supported_errors=(redis.exceptions.ConnectionError,))
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5,
-                                health_check_interval=30, retry=retry)
+    return redis.Redis.from_url(url, retry=retry, **socket_options(url))
+
+
+def socket_options(url: str) -> dict[str, Any]:
+    """``SOCKET_OPTIONS`` for ``url``: a unix socket has no TCP keepalive (and redis-py's
+    unix connection refuses the keyword)."""
+    options = dict(SOCKET_OPTIONS)
+    if urlsplit(url).scheme in ("unix", "redis+socket"):
+        del options["socket_keepalive"]
+    return options
+
+
+def result_backend_settings(url: str) -> dict[str, Any]:
+    """``socket_options`` as Celery settings of its Redis result backend, which reads
+    ``redis_*`` keys, not ``result_backend_transport_options``.
+
+    ``retry_on_timeout``: a pooled connection that died silently (a NAT losing state) is
+    replaced on its first use instead of failing the task that used it; result writes
+    are idempotent, so a retried one is harmless.
+    """
+    options = socket_options(url)
+    return {
+        "redis_retry_on_timeout": True,
+        "redis_socket_timeout": options["socket_timeout"],
+        "redis_socket_connect_timeout": options["socket_connect_timeout"],
+        "redis_socket_keepalive": options.get("socket_keepalive", False),
+        "redis_backend_health_check_interval": options["health_check_interval"],
+    }
 
 
 def celery_url(url: str) -> str:

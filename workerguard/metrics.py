@@ -24,6 +24,7 @@ from .config import Config
 Result = dict[str, Any]
 LABELS = ("host", "profile")
 LOCK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BROKER_PROBE_INTERVAL = 2.0
 SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -71,6 +72,9 @@ class GuardMetrics:
         self.sweep_interval = Gauge("workerguard_sweep_interval_seconds", "Configured "
                                     "sweep_interval.", ("host",), registry=r)
         self.sweep_interval.labels(self.host).set(config.settings.sweep_interval)
+        self.broker_up = Gauge("workerguard_broker_up", "1 while this guard reaches its Redis "
+                               "broker (a PING every few seconds answered within the socket "
+                               "timeout), else 0.", ("host",), registry=r)
         for profile in config.profiles.values():
             labels = (self.host, profile.name)
             self.min_workers.labels(*labels).set(profile.min_workers)
@@ -113,6 +117,29 @@ class GuardMetrics:
         self.last_sweep.labels(self.host).set(time.time())
         for result in results:
             self.acted("sweep", result)
+
+    def watch_broker(self, url: str, interval: float = BROKER_PROBE_INTERVAL) -> None:
+        """PING the broker every ``interval`` s from a daemon thread; set ``broker_up``.
+
+        The same Redis, the same network path and the same socket options as the Celery
+        connections: when this fails, the guard cannot hear requests either.
+        """
+        from .connect import redis_client
+        from .lock import REDIS_ERRORS
+
+        client = redis_client(url)
+        gauge = self.broker_up.labels(self.host)
+
+        def probe() -> None:
+            while True:
+                try:
+                    client.ping()
+                    gauge.set(1)
+                except REDIS_ERRORS:
+                    gauge.set(0)
+                time.sleep(interval)
+
+        threading.Thread(target=probe, name="broker-probe", daemon=True).start()
 
     # helpers -----------------------------------------------------------------------------
     def _refresh(self, labels: tuple[str, str], result: Result) -> None:

@@ -11,15 +11,18 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
 from .config import Config
 from .connect import redis_url
 from .errors import ConfigError, WorkerguardError
-from .observe import Observer
 from .tasks import runtime
 from .tasks.app import BROADCAST, DEFAULT_QUEUE, host_queue, make_app, node_name
+
+if TYPE_CHECKING:
+    from .metrics import GuardMetrics
 
 log = logging.getLogger("workerguard.services")
 
@@ -31,6 +34,8 @@ def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> No
         app = make_app(config, url)
         live = runtime.of(app)
         live.observer, live.pool = observer, pool
+        if observer is not None:
+            observer.watch_broker(url)
         if config.settings.sweep_on_start:
             sweep_when_ready(app)
         reload_on_sighup(app)
@@ -91,7 +96,7 @@ def reload_on_sighup(app: Celery) -> None:
     worker_ready.connect(on_ready, weak=False)
 
 
-def start_metrics(config: Config, pool: str) -> Observer:
+def start_metrics(config: Config, pool: str) -> GuardMetrics:
     """Serve metrics from this (the main) process; refuse prefork, whose children count alone."""
     if pool == "prefork":
         raise ConfigError(

@@ -12,7 +12,7 @@ from kombu.common import Broadcast
 from kombu.entity import Exchange, Queue
 
 from ..config import Config
-from ..connect import celery_url
+from ..connect import celery_url, result_backend_settings, socket_options
 from . import runtime
 
 DEFAULT_QUEUE = "workerguard"
@@ -75,8 +75,16 @@ def make_app(config: Config, redis_url: str) -> Celery:
         task_create_missing_queues=True,
         # A guard holds a task for a long time (lock waits, start windows): no hoarding.
         worker_prefetch_multiplier=1,
+        # Never deaf: socket timeouts, keepalive and health checks on every connection
+        # (connect.SOCKET_OPTIONS), and reconnect for ever. (broker_heartbeat is AMQP only.)
+        # retry_on_timeout: a pooled broker connection that died silently is replaced at
+        # once; without it the write that records a just-popped message times out and
+        # the message is lost (measured with tests/blackhole.py).
+        **result_backend_settings(url),
+        broker_transport_options={**socket_options(url), "retry_on_timeout": True,
+                                  "visibility_timeout": 3600},
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_connection_max_retries=None,
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
         beat_schedule={
             "workerguard-sweep": {
