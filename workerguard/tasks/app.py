@@ -7,6 +7,8 @@ so each guard receives every sweep and sweeps only its own host.
 
 from __future__ import annotations
 
+import math
+
 from celery import Celery
 from kombu.common import Broadcast
 from kombu.entity import Exchange, Queue
@@ -37,6 +39,23 @@ def direct_queue(name: str) -> Queue:
 
 def sweep_queue() -> Broadcast:
     return Broadcast(BROADCAST, routing_key=BROADCAST)
+
+
+RESTORE_INTERVAL = 2
+"""Seconds between the guard's scans for requests whose guard died (kombu's restore)."""
+VISIBILITY_MARGIN = 10.0
+
+
+def visibility_timeout(config: Config) -> int:
+    """Seconds after which a request taken by a guard that never acked it is redelivered.
+
+    Longer than the longest legitimate request: the lock wait (``lock_timeout``, which
+    also bounds the fence wait), then a stop and a start window of the slowest profile,
+    plus one ``lock_expire`` and a margin. A shorter one would run a live request twice.
+    """
+    s = config.settings
+    act = max((p.stop_timeout + p.start_seconds for p in config.profiles.values()), default=0.0)
+    return math.ceil(s.lock_timeout + act + s.lock_expire + VISIBILITY_MARGIN)
 
 
 def make_app(config: Config, redis_url: str) -> Celery:
@@ -75,6 +94,13 @@ def make_app(config: Config, redis_url: str) -> Celery:
         task_create_missing_queues=True,
         # A guard holds a task for a long time (lock waits, start windows): no hoarding.
         worker_prefetch_multiplier=1,
+        # Requests survive a guard's death: a request is acked when it has finished, so
+        # one in flight when its guard dies is redelivered visibility_timeout after it
+        # was taken (converge is idempotent); one that expired meanwhile is answered
+        # REVOKED. Sweeps are not redelivered: the next guard sweeps at start anyway.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_annotations={SWEEP_TASK: {"acks_late": False}},
         # Never deaf: socket timeouts, keepalive and health checks on every connection
         # (connect.SOCKET_OPTIONS), and reconnect for ever. (broker_heartbeat is AMQP only.)
         # retry_on_timeout: a pooled broker connection that died silently is replaced at
@@ -82,7 +108,9 @@ def make_app(config: Config, redis_url: str) -> Celery:
         # the message is lost (measured with tests/blackhole.py).
         **result_backend_settings(url),
         broker_transport_options={**socket_options(url), "retry_on_timeout": True,
-                                  "visibility_timeout": 3600},
+                                  "visibility_timeout": visibility_timeout(config),
+                                  "unacked_restore_interval": RESTORE_INTERVAL,
+                                  "unacked_restore_throttle": 1},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
