@@ -195,3 +195,13 @@ def test_a_full_disk_gives_a_one_line_error_naming_the_fence(workspace: Workspac
                        f"error: cannot open host fence {full}/fences/{workspace.host_id}.demo.lock:"
                        " No space left on device")
         assert workspace.running() == []
+
+
+def test_runtime_dir_comes_from_the_environment_and_must_be_absolute():
+    from workerguard.config import parse_config
+    from workerguard.errors import ConfigError
+
+    config = parse_config({}, "t.toml", environ={"WORKERGUARD_RUNTIME_DIR": "/srv/wg-run"})
+    assert config.settings.fence_dir == Path("/srv/wg-run/fences")
+    with pytest.raises(ConfigError, match=r"runtime_dir: must be an absolute path, got 'run'"):
+        parse_config({"guard": {"runtime_dir": "run"}}, "t.toml", environ={})
