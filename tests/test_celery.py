@@ -240,5 +240,7 @@ def test_a_starting_guard_sweeps_its_host_at_once_without_beat(workspace: Worksp
     workspace.guard_settings["sweep_on_start"] = True
     harness.start_worker()
     [pid] = poll_for(lambda: instances(harness), timeout=30, message="the startup sweep")
-    assert "startup sweep: demo: started" in harness.log_tail(1_000_000)
+    # The sweep logs its result after the start window, a moment after the spawn.
+    poll_for(lambda: "startup sweep: demo: started" in harness.log_tail(1_000_000), timeout=10,
+             message="the startup sweep's log line")
     assert psutil.pid_exists(pid)
