@@ -17,16 +17,11 @@ from tests.conftest import CeleryHarness, Workspace
 from tests.support import poll_for
 from workerguard.lock import ProfileLock
 from workerguard.tasks.app import RESTORE_INTERVAL, visibility_timeout
-from workerguard.workers import discover
 
 pytestmark = pytest.mark.celery
 
 FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 
-
-def instances(workspace: Workspace) -> list[int]:
-    config = workspace.config()
-    return [i.pid for i in discover(config.profiles.values(), workspace.host_id)["demo"]]
 
 
 def test_requests_in_flight_when_the_guard_is_sigkilled_end_in_a_final_state(
@@ -61,6 +56,6 @@ def test_requests_in_flight_when_the_guard_is_sigkilled_end_in_a_final_state(
     states = [r.state for r in requests]
     assert [r.state for r in short] == ["REVOKED", "REVOKED"], states  # expired while down
     assert all(r.state == "SUCCESS" for r in ordinary), states
-    assert len(instances(workspace)) == 1
+    assert len(workspace.running()) == 1
     print(f"\nvisibility_timeout {vt} s: all {len(requests)} requests final {took:.1f} s "
           f"after the SIGKILL: {states}")
