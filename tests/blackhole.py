@@ -62,6 +62,9 @@ class BlackHoleProxy:
             except OSError:
                 return
             with self._lock:
+                if self._closed.is_set():  # close() ran while this accept was returning
+                    client.close()
+                    return
                 if self._holed.is_set():  # accepted, then silence
                     link = _Link(client, None)
                     link.dead.set()
@@ -75,6 +78,10 @@ class BlackHoleProxy:
                 continue
             link = _Link(client, upstream)
             with self._lock:
+                if self._closed.is_set():
+                    client.close()
+                    upstream.close()
+                    return
                 self._links.append(link)
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(link, src, dst), daemon=True).start()
