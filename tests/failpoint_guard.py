@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workerguard import keys
 from workerguard.config import load_config
 from workerguard.connect import redis_client
 from workerguard.guard import Guard
-from workerguard.lock import lock_key
 from workerguard.workers import HostProcesses
 
 
@@ -78,7 +78,7 @@ def main() -> None:
     client = redis_client(config.settings.redis_url or "")
     settings = config.settings
     table = FailpointTable(stage, go_file,
-                           lambda: client.delete(lock_key(settings.host_id, "demo")),
+                           lambda: client.delete(keys.lock(settings.host_id, "demo")),
                            settings.host_id, registry_dir=settings.registry_dir,
                            log_dir=settings.log_dir, identity=settings.identity,
                            cgroup_root=settings.cgroup_root)

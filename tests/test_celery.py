@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import HERE, cli_env, poll_for, run_cli
+from workerguard import keys
 
 pytestmark = pytest.mark.celery
 
@@ -137,7 +138,7 @@ def test_a_guard_sigkilled_while_holding_the_lock_leaves_no_duplicate(workspace:
     harness.start_worker()
     app = harness.client_app()
     app.send_task("workerguard.ensure", args=["demo"], queue=harness.queue)
-    key = f"workerguard:lock:{workspace.host_id}:demo"
+    key = keys.lock(workspace.host_id, "demo")
     guard = workspace.guard(redis_client)
     poll_for(lambda: redis_client.exists(key) and guard.status("demo")["running"], timeout=30,
              message="the guard to hold the lock with a worker spawned")

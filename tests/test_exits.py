@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import poll_for
+from workerguard import keys
 
 pytestmark = pytest.mark.celery
 
@@ -33,7 +34,7 @@ def sleepers(ws: Workspace) -> list[int]:
 
 
 def events(redis_client, action: str) -> list[dict[bytes, bytes]]:
-    return [e for _, e in redis_client.xrange("workerguard:events") if e[b"action"] == action.encode()]
+    return [e for _, e in redis_client.xrange(keys.EVENTS) if e[b"action"] == action.encode()]
 
 
 def test_a_worker_killed_20_times_gets_exactly_one_replacement_each_time(

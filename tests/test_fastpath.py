@@ -14,9 +14,10 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import CountingTable, poll_for
+from workerguard import keys
 from workerguard.flight import Coalescer
 from workerguard.guard import Guard
-from workerguard.known import encode_known, known_key
+from workerguard.known import encode_known
 from workerguard.lock import ProfileLock
 from workerguard.workers.discover import alive
 from workerguard.workers.model import Instance
@@ -28,7 +29,7 @@ def running(guard: Guard, profile: str = "demo") -> list[int]:
 
 def forge_known(workspace: Workspace, redis_client, guard: Guard, instances: list[Instance]):
     profile = guard.config.profile("demo")
-    redis_client.set(known_key(workspace.host_id, "demo"), encode_known(profile, instances))
+    redis_client.set(keys.known(workspace.host_id, "demo"), encode_known(profile, instances))
 
 
 def test_ensure_answers_from_the_known_instances_without_scanning(workspace: Workspace,

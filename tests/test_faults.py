@@ -16,6 +16,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import HERE, RedisServer, cli_env, poll_for, run_cli, short_tmpdir, start_redis
+from workerguard import keys
 
 FAILPOINT = HERE / "failpoint_guard.py"
 
@@ -62,7 +63,7 @@ def test_two_guards_on_one_host_never_act_at_once_even_when_the_redis_lock_is_lo
     workspace.add_profile(start_seconds=0.3)
     go = workspace.home / "go"
     first = run_to_stage(workspace, "lose_lock_at_spawn", str(go))
-    key = f"workerguard:lock:{workspace.host_id}:demo"
+    key = keys.lock(workspace.host_id, "demo")
     second = workspace.tracker.popen(
         [sys.executable, "-m", "workerguard.cli", "ensure", "demo", "--local", "--json",
          "--config", str(workspace.config_path)],

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import HERE, cli_env, poll_for, run_cli, short_tmpdir
+from workerguard import keys
 from workerguard.config import Settings
 from workerguard.runtime import default_runtime_dir
 
@@ -73,7 +74,7 @@ def test_two_guards_with_different_tmpdir_and_home_share_one_fence_bounded_by_th
     try:
         holder = hold_fence(workspace, private_env(base, "a"))
         fence = Settings().fence_dir / f"{workspace.host_id}.demo.lock"
-        redis_client.delete(f"workerguard:lock:{workspace.host_id}:demo")  # A's Redis lock is lost
+        redis_client.delete(keys.lock(workspace.host_id, "demo"))  # A's Redis lock is lost
         began = time.monotonic()
         refused = local_ensure(workspace, private_env(base, "b"))
         waited = time.monotonic() - began
@@ -85,12 +86,12 @@ def test_two_guards_with_different_tmpdir_and_home_share_one_fence_bounded_by_th
         assert float(line[1]) < 3.5  # fence wait + lock wait end at the 3 s lock deadline
         assert waited < 3 + 10, waited  # the deadline, plus the CLI's own start
         assert workspace.running() == []  # B did not act while A held the fence
-        redis_client.delete(f"workerguard:lock:{workspace.host_id}:demo")
+        redis_client.delete(keys.lock(workspace.host_id, "demo"))
         waiting = workspace.tracker.popen(
             [sys.executable, "-m", "workerguard.cli", "ensure", "demo", "--local", "--config",
              str(workspace.config_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=private_env(base, "c"))
-        poll_for(lambda: redis_client.exists(f"workerguard:lock:{workspace.host_id}:demo"),
+        poll_for(lambda: redis_client.exists(keys.lock(workspace.host_id, "demo")),
                  timeout=20, message="the third guard to take the Redis lock")
         holder.send_signal(signal.SIGKILL)  # the kernel releases A's fence
         holder.wait(10)

@@ -12,11 +12,11 @@ import redis
 
 from tests.conftest import Workspace
 from tests.support import CountingTable, free_port, poll_for
-from workerguard import events
+from workerguard import events, keys
 from workerguard.connect import redis_client as redis_client_for
 from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
 from workerguard.guard import Guard
-from workerguard.lock import ProfileLock, lock_key
+from workerguard.lock import ProfileLock
 
 
 def read_events(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
@@ -151,7 +151,7 @@ def test_a_lock_lost_before_acting_touches_nothing(workspace: Workspace, redis_c
     manual = [workspace.hand_started() for _ in range(2)]
     poll_for(lambda: len(running(guard)) == 2)
     # the lock expires between the scan and the action
-    table.after_discover = lambda: redis_client.delete(lock_key(workspace.host_id, "demo"))
+    table.after_discover = lambda: redis_client.delete(keys.lock(workspace.host_id, "demo"))
     with pytest.raises(LockLost, match="nothing was touched"):
         guard.enforce("demo")
     assert all(p.poll() is None for p in manual)
@@ -174,7 +174,7 @@ def test_unknown_profile_is_refused_before_anything_happens(workspace: Workspace
     guard = workspace.guard(redis_client)
     with pytest.raises(UnknownProfile, match="unknown profile 'nope'"):
         guard.ensure("nope")
-    assert redis_client.keys("workerguard:*") == []
+    assert redis_client.keys(keys.ALL) == []
 
 
 def test_a_sigkilled_lock_holder_delays_the_next_caller_by_at_most_lock_expire(
@@ -184,7 +184,7 @@ def test_a_sigkilled_lock_holder_delays_the_next_caller_by_at_most_lock_expire(
     config_path = workspace.write_config()
     holder = workspace.tracker.popen([sys.executable, "-m", "workerguard.cli", "ensure", "demo",
                                       "--local", "--config", str(config_path)])
-    key = f"workerguard:lock:{workspace.host_id}:demo"
+    key = keys.lock(workspace.host_id, "demo")
     guard = workspace.guard(redis_client)
     poll_for(lambda: redis_client.exists(key) and running(guard), timeout=20,
              message="holder to take the lock and spawn")

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import HERE, poll_for
+from workerguard import keys
 from workerguard.workers import HostProcesses, cgroups
 
 SHAPESHIFTER = HERE / "shapeshifter.py"
@@ -174,7 +175,7 @@ def test_a_renamed_profile_leaves_a_reported_orphan_that_prune_stops(workspace: 
     assert [o["pid"] for o in status["orphans"]] == [old]
     assert "orphaned" in status["message"] and "prune" in status["message"]
     guard.sweep()
-    events = [e for _, e in redis_client.xrange("workerguard:events")]
+    events = [e for _, e in redis_client.xrange(keys.EVENTS)]
     assert any(e[b"action"] == b"orphaned" and e[b"profile"] == b"old-name" for e in events)
     assert guard.prune(dry_run=True)["orphans"][0]["pid"] == old and alive(old)
     assert guard.prune()["stopped"] == [old]

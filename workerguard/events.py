@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from .state import EVENTS_KEY
+from . import keys
 
 Event = tuple[str, dict[str, str]]
 PAGE = 500
@@ -68,7 +68,7 @@ def since(client: redis.Redis, start: str, wanted: EventFilter, until: str = "+"
     """Every matching event from the stream id ``start`` to ``until``, oldest first."""
     low = start
     while True:
-        page = _decode(client.xrange(EVENTS_KEY, min=low, max=until, count=PAGE))
+        page = _decode(client.xrange(keys.EVENTS, min=low, max=until, count=PAGE))
         yield from ((eid, f) for eid, f in page if wanted(f))
         if len(page) < PAGE:
             return
@@ -81,7 +81,7 @@ def latest(client: redis.Redis, count: int, wanted: EventFilter, until: str = "+
     found: list[Event] = []
     high = until
     while len(found) < count:
-        page = _decode(client.xrevrange(EVENTS_KEY, max=high, min="-", count=PAGE))
+        page = _decode(client.xrevrange(keys.EVENTS, max=high, min="-", count=PAGE))
         found += [(eid, f) for eid, f in page if wanted(f)][: count - len(found)]
         if len(page) < PAGE:
             break
@@ -90,7 +90,7 @@ def latest(client: redis.Redis, count: int, wanted: EventFilter, until: str = "+
 
 
 def last_id(client: redis.Redis) -> str:
-    newest = _decode(client.xrevrange(EVENTS_KEY, count=1))
+    newest = _decode(client.xrevrange(keys.EVENTS, count=1))
     return newest[0][0] if newest else "0-0"
 
 
@@ -99,7 +99,7 @@ def follow(client: redis.Redis, after: str, wanted: EventFilter,
     """New matching events after the stream id ``after``, as they are written."""
     cursor = after
     while keep_going():
-        reply: Any = client.xread({EVENTS_KEY: cursor}, count=PAGE, block=FOLLOW_BLOCK_MS)
+        reply: Any = client.xread({keys.EVENTS: cursor}, count=PAGE, block=FOLLOW_BLOCK_MS)
         for _stream, entries in reply or []:
             for eid, fields in _decode(entries):
                 cursor = eid

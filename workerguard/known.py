@@ -1,6 +1,6 @@
 """The known instances of a profile: what the last full scan under the lock found.
 
-Stored as JSON under ``workerguard:known:<host>:<profile>`` with a fingerprint of
+Stored as JSON under ``keys.known(host, profile)`` with a fingerprint of
 the profile's ``command`` and ``match``, so a record made for another definition is
 never trusted. The Lua scripts make every read and write of the record atomic with
 respect to the profile's lock (see the fast path in ``guard``).
@@ -15,11 +15,6 @@ from collections.abc import Sequence
 
 from .config import Profile
 from .workers.model import Instance
-
-
-def known_key(host: str, profile: str) -> str:
-    return f"workerguard:known:{host}:{profile}"
-
 
 # Read pause flag and known instances only if nobody holds the profile's lock: atomic, so
 # it is the same as taking the lock, reading and releasing it, in one round trip.

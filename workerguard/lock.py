@@ -27,21 +27,21 @@ from typing import Any
 import redis
 import redis_lock
 
+from . import keys
+
 log = logging.getLogger("workerguard.lock")
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _SLICE = 1.0
 
 
-def lock_key(host: str, profile: str) -> str:
-    return f"workerguard:lock:{host}:{profile}"
 
 
 class ProfileLock(redis_lock.Lock):  # type: ignore[misc]
     def __init__(self, client: redis.Redis, host: str, profile: str, expire: int) -> None:
         super().__init__(client, f"{host}:{profile}", expire=expire, auto_renewal=True,
                          strict=False)
-        self._name = lock_key(host, profile)
-        self._signal = f"workerguard:lock-signal:{host}:{profile}"
+        self._name = keys.lock(host, profile)
+        self._signal = keys.lock_signal(host, profile)
 
     @property
     def key(self) -> str:

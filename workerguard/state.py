@@ -15,19 +15,10 @@ from typing import Any
 
 import redis
 
+from . import keys
 from .config import Profile
-from .known import READ_IF_UNLOCKED, SET_IF_OWNER, SET_IF_UNCHANGED, encode_known, known_key
+from .known import READ_IF_UNLOCKED, SET_IF_OWNER, SET_IF_UNCHANGED, encode_known
 from .workers.model import Instance
-
-EVENTS_KEY = "workerguard:events"
-
-
-def pause_key(host: str, profile: str) -> str:
-    return f"workerguard:paused:{host}:{profile}"
-
-
-def backoff_key(host: str, profile: str) -> str:
-    return f"workerguard:backoff:{host}:{profile}"
 
 
 @dataclass(frozen=True)
@@ -85,20 +76,18 @@ class State:
     def snapshot(self, profile: str) -> Snapshot:
         """Pause flag, backoff and known instances of one profile, pipelined."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.get(pause_key(self.host, profile))
-        pipe.hgetall(backoff_key(self.host, profile))
-        pipe.get(known_key(self.host, profile))
+        pipe.get(keys.paused(self.host, profile))
+        pipe.hgetall(keys.backoff(self.host, profile))
+        pipe.get(keys.known(self.host, profile))
         paused, backoff, known = pipe.execute()
         return Snapshot(_pause_info(paused), _backoff(backoff), known)
 
     def snapshot_if_unlocked(self, profile: str) -> Unlocked | None:
         """Pause info and raw known instances read atomically while nobody holds the
         profile's lock, or None if somebody does. One round trip."""
-        from .lock import lock_key
-
         busy, paused, known = self._read_if_unlocked(
-            keys=[lock_key(self.host, profile), pause_key(self.host, profile),
-                  known_key(self.host, profile)])
+            keys=[keys.lock(self.host, profile), keys.paused(self.host, profile),
+                  keys.known(self.host, profile)])
         if busy:
             return None
         return Unlocked(_pause_info(paused), known)
@@ -108,7 +97,7 @@ class State:
                  lock_id: str) -> bool:
         """Store what a full scan under the lock found, if we still own the lock."""
         return bool(self._set_if_owner(
-            keys=[known_key(self.host, profile.name), lock_key],
+            keys=[keys.known(self.host, profile.name), lock_key],
             args=[lock_id, encode_known(profile, instances), self.known_ttl_ms]))
 
     def paused_and_known(self, profiles: Sequence[str],
@@ -117,8 +106,8 @@ class State:
         if not profiles:
             return {}, {}
         pipe = self.client.pipeline(transaction=False)
-        pipe.mget([pause_key(self.host, p) for p in profiles])
-        pipe.mget([known_key(self.host, p) for p in profiles])
+        pipe.mget([keys.paused(self.host, p) for p in profiles])
+        pipe.mget([keys.known(self.host, p) for p in profiles])
         paused, known = pipe.execute()
         return ({p: _pause_info(v) for p, v in zip(profiles, paused, strict=True)},
                 dict(zip(profiles, known, strict=True)))
@@ -135,7 +124,7 @@ class State:
                 continue  # the same record and the same scan result as last time
             encoded = encode_known(profile, instances)
             if previous is None or previous.decode() != encoded:
-                changed.append((known_key(self.host, profile.name), previous or b"", encoded))
+                changed.append((keys.known(self.host, profile.name), previous or b"", encoded))
             else:
                 self._seen[profile.name] = seen
         if changed:
@@ -149,16 +138,16 @@ class State:
     # pause ---------------------------------------------------------------------------
     def pause(self, profile: str, requested_by: str) -> None:
         value = json.dumps({"since": time.time(), "by": requested_by})
-        self.client.set(pause_key(self.host, profile), value)
+        self.client.set(keys.paused(self.host, profile), value)
 
     def unpause(self, profile: str) -> bool:
-        return bool(self.client.delete(pause_key(self.host, profile)))
+        return bool(self.client.delete(keys.paused(self.host, profile)))
 
     def paused(self, profiles: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         """Pause info per profile, in one round trip."""
         if not profiles:
             return {}
-        values = self.client.mget([pause_key(self.host, p) for p in profiles])
+        values = self.client.mget([keys.paused(self.host, p) for p in profiles])
         return {p: _pause_info(v) for p, v in zip(profiles, values, strict=True)}
 
     # backoff -------------------------------------------------------------------------
@@ -167,13 +156,13 @@ class State:
             return {}
         pipe = self.client.pipeline(transaction=False)
         for p in profiles:
-            pipe.hgetall(backoff_key(self.host, p))
+            pipe.hgetall(keys.backoff(self.host, p))
         return {p: _backoff(raw) for p, raw in zip(profiles, pipe.execute(), strict=True)}
 
     def record_failure(self, profile: str, start_retries: int, backoff_max: float,
                        now: float) -> Backoff:
         """Count a failed start; after ``start_retries`` in a row, delay 1, 2, 4 ... s."""
-        key = backoff_key(self.host, profile)
+        key = keys.backoff(self.host, profile)
         failures = int(self.client.hincrby(key, "failures", 1))
         delay = 0.0
         if failures >= start_retries:
@@ -183,7 +172,7 @@ class State:
         return backoff
 
     def reset_backoff(self, profile: str) -> None:
-        self.client.delete(backoff_key(self.host, profile))
+        self.client.delete(keys.backoff(self.host, profile))
 
     # sweeps --------------------------------------------------------------------------
     def claim_sweep(self, interval: float) -> bool:
@@ -192,20 +181,20 @@ class State:
         Two beats running by mistake send each sweep twice, milliseconds apart; the
         second finds the key and is skipped.
         """
-        key = f"workerguard:sweep:{self.host}"
+        key = keys.sweep(self.host)
         return bool(self.client.set(key, "1", nx=True, px=max(1, int(interval * 500))))
 
     # exits ---------------------------------------------------------------------------
     def claim_exit(self, key: str, ttl: int = 3600) -> bool:
         """True for the first claim of an instance's exit on this host: a guard that stops
         an instance claims it first, so no exit watcher reports that exit as a crash."""
-        return bool(self.client.set(f"workerguard:exit:{self.host}:{key}", "1", nx=True, ex=ttl))
+        return bool(self.client.set(keys.exit_claim(self.host, key), "1", nx=True, ex=ttl))
 
     # action log ----------------------------------------------------------------------
     def record(self, profile: str, action: str, pids: Iterable[int], requested_by: str,
                detail: str = "") -> None:
         self.client.xadd(
-            EVENTS_KEY,
+            keys.EVENTS,
             {
                 "time": f"{time.time():.3f}",
                 "host": self.host,

@@ -18,6 +18,7 @@ from typing import Any
 
 from celery import Celery, Task
 
+from .. import keys
 from ..guard import ExitListener, Guard
 from . import validate
 from .app import host_queue
@@ -47,7 +48,7 @@ def schedule_retry(app: Celery, guard: Guard, result: dict[str, Any]) -> float |
     backoff = result.get("backoff") or {}
     delay = min(max(0.0, float(backoff.get("next_attempt", 0)) - time.time()), spec.backoff_max)
     delay = max(delay, 0.05)
-    key = f"workerguard:retry:{guard.host}:{profile}"
+    key = keys.retry(guard.host, profile)
     if not guard.client.set(key, "1", nx=True, px=int(delay * 1000) + 500):
         return None
     app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": "backoff retry"},
