@@ -1,9 +1,9 @@
 """The two locks around a converge.
 
 ``ProfileLock`` is python-redis-lock's ``Lock`` (same keys protocol, same Lua scripts)
-with three changes:
+with four changes:
 
-* keys live under ``workerguard:`` instead of ``lock:``;
+* keys live under ``workerguard:`` instead of ``lock:`` (``keys.lock``, ``keys.lock_signal``);
 * ``acquire_within`` waits in short ``BLPOP`` slices bounded by the holder's remaining
   TTL, so a crashed holder delays the next caller by at most ``expire`` + ~0.1 s
   (the stock wait can miss the expiry: redis-py 8's socket timeout, PITFALLS.md);
@@ -14,6 +14,12 @@ with three changes:
   a millisecond) does not pay for starting and joining a thread.
 
 The host fence, held inside the Redis lock while acting, is in ``fence``.
+
+``ProfileLock`` reads and writes private attributes of ``redis_lock.Lock`` (``_client``,
+``_name``, ``_signal``, ``_id``, ``_expire``, ``_lock_renewal_thread``,
+``_start_lock_renewer``, ``_lock_renewer``): pyproject pins python-redis-lock to
+``>=4.0.1,<5`` (4.0.0's renewal thread was not a daemon), so a new major version is
+adopted only after these are checked again.
 """
 
 from __future__ import annotations
