@@ -31,6 +31,7 @@ from pathlib import Path
 import redis
 
 from .errors import EmbeddedRedisError
+from .pdeathsig import die_with_parent
 
 MAX_SOCKET_PATH = 100
 """Linux truncates unix socket paths beyond 107 bytes silently; stay well below."""
@@ -155,13 +156,6 @@ def _start_supervisor(directory: Path, linger: float) -> None:
         time.sleep(0.005)
 
 
-def _die_with_parent() -> None:  # runs in redis-server between fork and exec
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 def _exit_on_signal(signum: int, frame: object) -> None:
     raise SystemExit(0)  # runs the finally of serve(): the server is shut down
 
@@ -184,7 +178,7 @@ def serve(directory: Path, linger: float) -> int:
             "--unixsocketperm", "700", "--dir", str(directory), "--appendonly", "yes",
             "--save", "", "--daemonize", "no", "--logfile", str(directory / "redis-server.log")]
     server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
-                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509 (single-threaded)
+                              preexec_fn=die_with_parent)  # noqa: PLW1509 (single-threaded)
     signal.signal(signal.SIGTERM, _exit_on_signal)
     users = os.open(directory / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
     idle_since: float | None = None

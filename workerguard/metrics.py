@@ -4,7 +4,7 @@ The guard reports through the small observer hook of ``observe``; this module tu
 those calls into metrics in a registry of its own and serves them over HTTP from the
 guard worker's main process. That is right for the ``threads`` and ``solo`` pools
 (one process). With ``prefork`` the tasks run in pool children whose counters the
-main process never sees, so ``services.run_worker`` refuses metrics with prefork
+main process never sees, so ``runners.run_worker`` refuses metrics with prefork
 rather than serve numbers that are silently wrong.
 """
 

@@ -1,4 +1,7 @@
-"""The long-running commands: ``workerguard worker``, ``beat`` and ``up``."""
+"""What the long-running commands run: ``workerguard worker``, ``beat``, ``flower`` and ``up``.
+
+The click commands are in ``cli/services.py``; this module holds no click.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +21,14 @@ from celery import Celery
 from .config import Config
 from .connect import redis_url
 from .errors import ConfigError, WorkerguardError
+from .pdeathsig import die_with_parent
 from .tasks import runtime
 from .tasks.app import BROADCAST, DEFAULT_QUEUE, host_queue, make_app, node_name
 
 if TYPE_CHECKING:
     from .metrics import GuardMetrics
 
-log = logging.getLogger("workerguard.services")
+log = logging.getLogger("workerguard.runners")
 
 
 def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> None:
@@ -139,13 +143,6 @@ def run_flower(config: Config, address: str, port: int, flower_args: list[str]) 
         return int(code or 0)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 def run_up(config: Config, loglevel: str) -> int:
     """Run embedded Redis, the guard worker and beat until Ctrl-C or SIGTERM."""
     with one_up(config):
@@ -196,9 +193,9 @@ def _run_up(config: Config, loglevel: str) -> int:
         # once (else each printed its warm shutdown twice); PDEATHSIG still ties them to us.
         children = [
             subprocess.Popen([*base, "worker", *common], env=env, start_new_session=True,
-                             preexec_fn=_die_with_parent),  # noqa: PLW1509 (no threads yet)
+                             preexec_fn=die_with_parent),  # noqa: PLW1509 (no threads yet)
             subprocess.Popen([*base, "beat", *common], env=env, start_new_session=True,
-                             preexec_fn=_die_with_parent),  # noqa: PLW1509
+                             preexec_fn=die_with_parent),  # noqa: PLW1509
         ]
         embedded = not config.settings.redis_url
         print(f"workerguard up: worker pid {children[0].pid}, beat pid {children[1].pid}, "
