@@ -1,7 +1,8 @@
-"""Reading the action log: the capped Redis stream ``workerguard:events``.
+"""The action log: the capped Redis stream ``keys.EVENTS`` (``workerguard:events``).
 
-Every host writes to the one stream (``State.record``); here are the filters, the
-``--since`` parsing, the human line and the bounded ``XREAD`` loop of ``--follow``.
+Every host writes to the one stream (``record``, ``XADD MAXLEN ~``; each entry names its
+host); here are also the readers: the filters, the ``--since`` parsing, the human line
+and the bounded ``XREAD`` loop of ``--follow``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,26 @@ Ctrl-C is answered within a second and a dead Redis is noticed."""
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
+
+
+def record(client: redis.Redis, host: str, profile: str, action: str, pids: Iterable[int],
+           requested_by: str, detail: str = "", *, maxlen: int = 10_000) -> None:
+    """Append one entry (``detail`` is cut to 500 characters); the stream is capped near
+    ``maxlen`` entries."""
+    client.xadd(
+        keys.EVENTS,
+        {
+            "time": f"{time.time():.3f}",
+            "host": host,
+            "profile": profile,
+            "action": action,
+            "pids": ",".join(str(p) for p in pids),
+            "requested_by": requested_by,
+            "detail": detail[:500],
+        },
+        maxlen=maxlen,
+        approximate=True,
+    )
 
 
 def parse_since(value: str, now: float | None = None) -> str:

@@ -30,7 +30,7 @@ def paused(host: str, profile: str) -> str:
 
 
 def backoff(host: str, profile: str) -> str:
-    """Crash-loop state, a hash: ``failures``, ``next_attempt``."""
+    """Crash-loop state, a hash: ``failures``, ``next_attempt``, ``delay``."""
     return f"{PREFIX}backoff:{host}:{profile}"
 
 

@@ -3,7 +3,7 @@
 Stored as JSON under ``keys.known(host, profile)`` with a fingerprint of
 the profile's ``command`` and ``match``, so a record made for another definition is
 never trusted. The Lua scripts make every read and write of the record atomic with
-respect to the profile's lock (see the fast path in ``guard``).
+respect to the profile's lock (see the fast path in ``guard``); ``KnownStore`` runs them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import hashlib
 import json
 from collections.abc import Sequence
 
+import redis
+
+from . import keys
 from .config import Profile
 from .workers.model import Instance
 
@@ -75,3 +78,57 @@ def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | 
                 for pid, created, instance_id in data["instances"]]
     except (ValueError, KeyError, TypeError):
         return None
+
+
+class KnownStore:
+    """The reads and writes of the known instances of one host's profiles.
+
+    Holds the scripts registered on its client and, per profile, what the last
+    ``refresh`` found unchanged, so an unchanged profile costs no encoding.
+    """
+
+    def __init__(self, client: redis.Redis, host: str, ttl: float) -> None:
+        self.client = client
+        self.host = host
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self._read_if_unlocked = client.register_script(READ_IF_UNLOCKED)
+        self._set_if_owner = client.register_script(SET_IF_OWNER)
+        self._set_if_unchanged = client.register_script(SET_IF_UNCHANGED)
+        self._seen: dict[str, tuple[bytes | None, tuple[tuple[int, float], ...]]] = {}
+
+    def read_if_unlocked(self, profile: str, lock_key: str,
+                         ) -> tuple[bytes | None, bytes | None] | None:
+        """(raw pause flag, raw known instances) read atomically while nobody holds the
+        profile's lock, or None if somebody does. One round trip."""
+        busy, paused, known = self._read_if_unlocked(
+            keys=[lock_key, keys.paused(self.host, profile), keys.known(self.host, profile)])
+        return None if busy else (paused, known)
+
+    def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
+                 lock_id: str) -> bool:
+        """Store what a full scan under the lock found, if we still own the lock."""
+        return bool(self._set_if_owner(
+            keys=[keys.known(self.host, profile.name), lock_key],
+            args=[lock_id, encode_known(profile, instances), self.ttl_ms]))
+
+    def refresh(self, updates: Sequence[tuple[Profile, bytes | None, Sequence[Instance]]]) -> int:
+        """After a lock-free scan: store each profile's instances where they differ from
+        what we read before the scan (``previous``), unless a converge wrote its own since
+        (compare-and-set), in one round trip. Returns how many differed."""
+        changed = []
+        for profile, previous, instances in updates:
+            seen = (previous, tuple((i.pid, i.create_time) for i in instances))
+            if previous is not None and self._seen.get(profile.name) == seen:
+                continue  # the same record and the same scan result as last time
+            encoded = encode_known(profile, instances)
+            if previous is None or previous.decode() != encoded:
+                changed.append((keys.known(self.host, profile.name), previous or b"", encoded))
+            else:
+                self._seen[profile.name] = seen
+        if changed:
+            pipe = self.client.pipeline(transaction=False)
+            for key, previous, encoded in changed:
+                self._set_if_unchanged(keys=[key], args=[previous, encoded, self.ttl_ms],
+                                       client=pipe)
+            pipe.execute()
+        return len(changed)
