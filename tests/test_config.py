@@ -130,3 +130,37 @@ def test_passwords_never_appear_in_repr_or_check_output(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "s3cr3t-pw" not in done.stdout + done.stderr
     assert "redis://:***@127.0.0.1:1/0" in done.stdout
+
+
+def test_an_override_that_breaks_a_check_names_the_variable_not_the_file() -> None:
+    with pytest.raises(ConfigError, match=r"^environment: WORKERGUARD_LOCK_EXPIRE: must be > 0"):
+        parse_config({"guard": {"lock_expire": 10}}, "x.toml", environ={"WORKERGUARD_LOCK_EXPIRE": "0"})
+    with pytest.raises(ConfigError) as info:
+        parse_config({}, "x.toml", environ={"WORKERGUARD_REDIS_URL": "http://:s3cr3t@h"})
+    assert str(info.value).startswith("environment: WORKERGUARD_REDIS_URL: must start with")
+    assert "s3cr3t" not in str(info.value)
+    unrelated = {"WORKERGUARD_CONFIG": "x", "WORKERGUARD_PROFILE": "rpa", "WORKERGUARD_HOME": ""}
+    assert parse_config({}, "x.toml", environ=unrelated).settings.home.name == "workerguard"
+
+
+@pytest.mark.parametrize(("table", "expected"), [
+    ("[guard]\nlock_expire = 10.0", "x.toml: [guard]: lock_expire: must be a whole number, got 10.0"),
+    ("[guard]\nhost_id = 3", "x.toml: [guard]: host_id: must be a non-empty string, got 3"),
+    ("[guard]\nhome = ''", "x.toml: [guard]: home: must be a non-empty string, got ''"),
+    ("guard = 3", "x.toml: [guard]: must be a table, got 3"),
+    (GOOD + "name = 'other'", "x.toml: profile 'rpa': name: unknown key"),
+    (GOOD + "cwd = 3", "x.toml: profile 'rpa': cwd: must be a non-empty string, got 3"),
+])
+def test_types_are_strict_and_every_error_names_its_place(table: str, expected: str) -> None:
+    import tomllib
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(table), "x.toml", environ={})
+    assert str(info.value).startswith(expected)
+
+
+def test_unknown_keys_list_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"profiles": {"rpa": {"command": ["x"], "max_worker": 2}}}, "x.toml", environ={})
+    assert "profile 'rpa': max_worker: unknown key (allowed: backoff_max, command, cwd," in str(info.value)
+    assert "name" not in str(info.value).split("allowed:")[1]
