@@ -34,7 +34,8 @@ from pydantic import (
     WrapValidator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
 
 from .config_errors import explain
 from .errors import ConfigError
@@ -136,7 +137,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Count = Annotated[int, Field(ge=0)]
 Command = Annotated[tuple[Text, ...], Field(min_length=1),
                     _as_whole("must be a non-empty list of non-empty strings")]
-Environment = Annotated[dict[str, str], _as_whole("must be a table of string values")]
+Environment = Annotated[dict[str, str], _as_whole("must be a table of string values"),
+                        Field(json_schema_extra={"propertyNames": {"not": {"pattern": f"^{ENV_PREFIX}"}}})]
 HomePath = Annotated[Path, BeforeValidator(_path), Field(json_schema_extra={"type": "string"})]
 AbsolutePath = Annotated[HomePath, AfterValidator(_absolute)]
 
@@ -155,7 +157,7 @@ class Settings(Table):
     wins). ``redis_url`` is redacted in ``repr``."""
 
     redis_url: Annotated[Text, AfterValidator(_redis_url),
-                         Field(pattern=REDIS_SCHEMES.pattern)] | None = None
+                         Field(json_schema_extra={"pattern": REDIS_SCHEMES.pattern})] | None = None
     """redis://, rediss:// or unix:// URL of the broker and lock server; absent: the embedded server."""
     host_id: Annotated[str, StringConstraints(pattern=f"^{HOST_ID.pattern}$")] = Field(
         default_factory=socket.gethostname)
@@ -238,7 +240,7 @@ class Profile(Table):
     min_workers: Count = 1
     """ensure starts instances up to this."""
     max_workers: Annotated[int, _within(1, MAX_WORKERS_LIMIT),
-                           Field(ge=1, le=MAX_WORKERS_LIMIT)] = 1
+                           Field(json_schema_extra={"minimum": 1, "maximum": MAX_WORKERS_LIMIT})] = 1
     """ensure/enforce stop instances beyond this (default: max(1, min_workers))."""
     keep: Keep = "newest"
     """Which instances survive when there are too many."""
@@ -307,14 +309,22 @@ class ConfigFile(Table):
 
     guard: Settings = Field(default_factory=Settings)
     """Settings of this host's guard."""
-    profiles: Annotated[dict[Name, Profile], BeforeValidator(_name_profiles)] = Field(default_factory=dict)
+    profiles: Annotated[dict[Name, Profile], BeforeValidator(_name_profiles)] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False})
     """The worker definitions, by name: [profiles.NAME]."""
 
 
+class _TomlSchema(GenerateJsonSchema):
+    """TOML has no null: an optional key is one that may be left out."""
+
+    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
+        return self.generate_inner(schema["schema"])
+
+
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the config file (for taplo / Even Better TOML, `#:schema`)."""
+    """The JSON Schema of the config file (for taplo / Even Better TOML, ``#:schema``)."""
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            **ConfigFile.model_json_schema()}
+            **ConfigFile.model_json_schema(schema_generator=_TomlSchema)}
 
 
 @dataclass(frozen=True)

@@ -22,5 +22,6 @@ def main() -> None:
 
 for command in (actions.ensure, actions.enforce, actions.stop, actions.status, actions.prune,
                 operations.events, operations.ping, operations.check, operations.reload,
+                operations.schema,
                 services.worker, services.beat, services.flower, services.up):
     main.add_command(command)

@@ -1,4 +1,4 @@
-"""Commands to watch and check a deployment: events, ping, check."""
+"""Commands to watch and check a deployment: events, ping, check, schema."""
 
 from __future__ import annotations
 
@@ -134,3 +134,17 @@ def check(config_file: str | None) -> None:
         click.echo(f"  {p.name}: {' '.join(p.command)}  workers {p.min_workers}..{p.max_workers}"
                    f"  keep={p.keep}{match}")
     click.echo("ok")
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of the config file (for editors: taplo, Even Better TOML).
+
+    Save it (workerguard schema > workerguard.schema.json) and start the TOML file with
+    `#:schema ./workerguard.schema.json`; the editor then completes and checks keys.
+    """
+    import json
+
+    from ..config import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
