@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -87,8 +87,8 @@ class Runtime:
 
 def changes(old: Config, new: Config) -> list[str]:
     """What differs, for the reload's answer: ``settings.X`` and ``profiles.NAME``."""
-    names = [f"settings.{f.name}" for f in fields(old.settings)
-             if getattr(old.settings, f.name) != getattr(new.settings, f.name)]
+    names = [f"settings.{name}" for name in type(old.settings).model_fields
+             if getattr(old.settings, name) != getattr(new.settings, name)]
     names += [f"profiles.{name}" for name in sorted(set(old.profiles) | set(new.profiles))
               if old.profiles.get(name) != new.profiles.get(name)]
     return names
