@@ -1,5 +1,8 @@
 """Stand-in workers for the probe tests; each prints "ready" once it serves.
 
+Started by workerguard, ``{instance}`` and ``{index}`` in a path are this instance's, and
+a PORT is the first instance's: instance N uses PORT + N.
+
 http PORT FLAG [--delay S]   answer GET / with 200, or with 500 while FLAG exists;
                              start listening only after S seconds (a slow start)
 tcp PORT FLAG                accept connections until FLAG exists, then close the port
@@ -22,6 +25,17 @@ import time
 from pathlib import Path
 
 POLL = 0.05
+
+
+def mine(text: str) -> str:
+    """``{instance}`` and ``{index}`` of this instance (from workerguard's environment)."""
+    return (text.replace("{instance}", os.environ.get("WORKERGUARD_INSTANCE", "none"))
+            .replace("{index}", os.environ.get("WORKERGUARD_INDEX", "0")))
+
+
+def my_port(base: int) -> int:
+    """Instance N of a profile listens on ``base + N``."""
+    return base + int(os.environ.get("WORKERGUARD_INDEX", "0"))
 
 
 def live_on() -> None:
@@ -95,6 +109,11 @@ def main() -> None:
     p = sub.add_parser("hang")
     p.add_argument("pidfile", type=Path)
     args = parser.parse_args()
+    for name in ("flag", "path", "stop", "pidfile"):
+        if hasattr(args, name):
+            setattr(args, name, Path(mine(str(getattr(args, name)))))
+    if hasattr(args, "port"):
+        args.port = my_port(args.port)
     if args.mode == "http":
         serve_http(args.port, args.flag, args.delay)
     elif args.mode == "tcp":

@@ -23,18 +23,38 @@ def test_table_shows_profile_host_state_pids_uptime_command(workspace: Workspace
     assert lines[0].strip() == f"workerguard status: {workspace.host_id}"
     [header] = [line for line in lines if "profile" in line]
     assert [cell.strip() for cell in header.strip("┃ ").split("┃")] == [
-        "profile", "host", "state", "pids", "uptime", "command"]
+        "profile", "host", "state", "pids", "uptime", "health", "command"]
     [demo] = [line for line in lines if line.startswith("│ demo ")]
     cells = [cell.strip() for cell in demo.strip("│ ").split("│")]
     assert cells[:4] == ["demo", workspace.host_id, "running", str(pid)]
-    assert cells[4].endswith("s") and cells[5].endswith(f"sleeper.py --tag {workspace.token}")
+    assert cells[4].endswith("s") and cells[5] == "-"  # not probed (and --local: no prober)
+    assert cells[6].endswith(f"sleeper.py --tag {workspace.token}")
     [idle] = [line for line in lines if line.startswith("│ idle ")]
-    assert [cell.strip() for cell in idle.strip("│ ").split("│")][2:5] == ["stopped", "-", "-"]
+    assert [cell.strip() for cell in idle.strip("│ ").split("│")][2:6] == ["stopped", "-", "-", "-"]
 
     piped = run_cli("status", "--local", "--config", config, env=cli_env())
     assert piped.stdout == f"demo: running (PIDs: {pid})\nidle: stopped (PIDs: -)\n"
     plain = run_cli("status", "--local", "--plain", "--config", config, env=cli_env())
     assert plain.stdout == piped.stdout
+
+
+def test_table_shows_each_instances_health():
+    from rich.console import Console
+
+    from workerguard.table import status_table
+
+    def instance(pid: int, health: dict[str, object] | None) -> dict[str, object]:
+        return {"pid": pid, "uptime": 5.0, **({"health": health} if health else {})}
+
+    result = {"host": "h1", "profiles": {"bot": {"state": "running", "command": ["bot"], "instances": [
+        instance(1, {"state": "healthy", "failures": 0}),
+        instance(2, {"state": "unhealthy", "failures": 3}),
+        instance(3, {"state": "starting", "failures": 0}),
+        instance(4, None)]}}}
+    console = Console(width=200, record=True)
+    console.print(status_table(result))
+    [row] = [line for line in console.export_text().splitlines() if line.startswith("│ bot ")]
+    assert row.split("│")[6].strip() == "healthy, unhealthy (3 failed), starting, -"
 
 
 def test_watch_refreshes_until_interrupted(workspace: Workspace, tracker):

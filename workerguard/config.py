@@ -39,6 +39,7 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from .config_errors import explain
 from .errors import ConfigError
+from .probes.spec import ProbeSpec
 from .redact import redact_url
 from .runtime import default_runtime_dir
 
@@ -258,6 +259,10 @@ class Profile(Table):
     """Cap of the exponential delay (1, 2, 4 ... s) between starts of a crash-looping worker."""
     stop_adopted: bool = False
     """May stop processes adopted through ``match`` when there are too many (never by default)."""
+    probe: ProbeSpec | None = None
+    """Health probe ([profiles.NAME.probe], ``kind`` = command | http | tcp | heartbeat): a new
+    instance counts as started once it passes; one that fails it ``failure_threshold``
+    times in a row is replaced."""
 
     @model_validator(mode="before")
     @classmethod

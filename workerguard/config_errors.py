@@ -23,12 +23,24 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from .errors import ConfigError
+from .probes.spec import PROBE_KINDS
 from .redact import redact_text
 
 _NUMBER_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing"}
 _BOUNDS = {"greater_than": (">", "gt"), "greater_than_equal": (">=", "ge"),
            "less_than": ("<", "lt"), "less_than_equal": ("<=", "le")}
 _TABLE_ERRORS = {"dict_type", "model_type", "model_attributes_type"}
+_TAG_ERRORS = {"union_tag_invalid", "union_tag_not_found"}
+
+
+def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the tag pydantic puts in the location of an error inside a tagged union
+    (``probe.heartbeat.path`` -> ``probe.path``): the user wrote ``kind``, not a table."""
+    out = list(loc)
+    for i in range(len(out) - 1, 0, -1):
+        if out[i - 1] == "probe" and out[i] in PROBE_KINDS:
+            del out[i]
+    return tuple(out)
 
 
 def explain(exc: ValidationError, where: str, *, root: type[BaseModel],
@@ -39,7 +51,16 @@ def explain(exc: ValidationError, where: str, *, root: type[BaseModel],
     errors = exc.errors()
     first = errors[0]
     loc = prefix + tuple(str(p) if not isinstance(p, int) else p for p in first["loc"])
-    field = (first.get("ctx") or {}).get("field")
+    loc = _without_tags(loc)
+    ctx = first.get("ctx") or {}
+    field = ctx.get("field")
+    if first["type"] == "value_error":  # "url: must start with ...": the field is named first
+        named, sep, rest = str(ctx.get("error", first["msg"])).partition(": ")
+        if sep and re.fullmatch(r"[a-z_]+", named):
+            field = None if loc and loc[-1] == named else named
+            first = {**first, "type": "workerguard", "msg": rest}
+    if first["type"] in _TAG_ERRORS:
+        field = str(ctx.get("discriminator", "kind")).strip("'")
     if field:
         loc = (*loc, field)
     problem = _problem(first, root, loc[len(prefix):])
@@ -103,6 +124,10 @@ def _problem(error: ErrorDetails, root: type[BaseModel], loc: tuple[Any, ...]) -
         return f"must be {op} {ctx[key]:g}, got {value!r}"
     if kind in _TABLE_ERRORS:
         return f"must be a table, got {value!r}"
+    if kind == "union_tag_invalid":
+        return f"must be one of {', '.join(PROBE_KINDS)}, got {ctx.get('tag')!r}"
+    if kind == "union_tag_not_found":
+        return f"is required (one of {', '.join(PROBE_KINDS)})"
     msg = error["msg"]
     return f"{msg[:1].lower()}{msg[1:]}, got {value!r}"
 

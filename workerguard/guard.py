@@ -40,28 +40,36 @@ from .config import Config, Profile
 from .errors import LockLost, LockTimeout, RedisUnavailable, WorkerguardError
 from .fence import host_fence
 from .flight import Coalescer
+from .health import Health, Unhealthy
 from .known import decode_known
 from .lock import REDIS_ERRORS, ProfileLock
 from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
+from .probes import ProbeResult
+from .readiness import await_ready, not_ready
 from .state import Backoff, State
 from .workers import Exit, HostProcesses, Instance, Leftover, SpawnOutcome, describe_exit
 from .workers.discover import Discovery
+from .workers.spawn import log_path, tail
 
 log = logging.getLogger("workerguard.guard")
-Intent = Literal["ensure", "heal", "enforce", "stop_all"]
+Intent = Literal["ensure", "heal", "replace", "enforce", "stop_all"]
 """ensure: start and stop, clears a pause. heal: the same for sweeps and exit events,
-but a paused profile stays stopped. enforce: only stop extras. stop_all: stop and pause."""
+but a paused profile stays stopped. replace: heal, after stopping one unhealthy instance
+(counted toward backoff). enforce: only stop extras. stop_all: stop and pause."""
 Result = dict[str, Any]
 ExitListener = Callable[[str, str], None]
 """(profile, reason): an instance of ``profile`` exited and the guard did not cause it."""
+ReplaceListener = Callable[[Unhealthy], None]
+"""An instance failed its probe ``failure_threshold`` times in a row: ask for ``replace``."""
 _PARALLEL_CONVERGES = 16
 
 
 class Guard:
     def __init__(self, client: redis.Redis, config: Config, *, clock: Callable[[], float] = time.time,
                  observer: Observer | None = None, table: HostProcesses | None = None,
-                 on_exit: ExitListener | None = None) -> None:
+                 on_exit: ExitListener | None = None, health: Health | None = None,
+                 on_replace: ReplaceListener | None = None) -> None:
         self.client = client
         self.config = config
         self.settings = config.settings
@@ -75,8 +83,11 @@ class Guard:
             identity=self.settings.identity, cgroup_root=self.settings.cgroup_root,
             log_max_bytes=self.settings.log_max_bytes, log_backups=self.settings.log_backups)
         self.on_exit = on_exit
+        self.health = health
+        self.on_replace = on_replace
         self._flights: Coalescer[Result] = Coalescer()
-        self._exits = ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit") if on_exit else None
+        self._exits = (ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit")
+                       if on_exit or health else None)
 
     def __repr__(self) -> str:
         return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
@@ -98,6 +109,15 @@ class Guard:
         """Converge like a sweep does for one profile: a paused profile stays stopped."""
         return self._observed("heal", self._converge(self.config.profile(profile), "heal",
                                                      requested_by=requested_by))
+
+    def replace(self, profile: str, instance_id: str, *, reason: str = "",
+                requested_by: str = "probe") -> Result:
+        """Stop the unhealthy instance ``instance_id`` (gracefully, then its whole group) and
+        heal: a start follows unless backoff holds it. Counts toward crash-loop backoff.
+        An instance already gone, or a paused profile, is just healed (or left paused)."""
+        return self._observed("replace", self._converge(
+            self.config.profile(profile), "replace", victim=instance_id, reason=reason,
+            requested_by=requested_by))
 
     def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
                 requested_by: str = "unknown") -> Result:
@@ -123,7 +143,8 @@ class Guard:
             backoffs = self.state.backoffs(names)
         return report.status_result(self.host, profile, profiles, found.instances, paused,
                                     backoffs, self.clock(), orphans=found.orphans,
-                                    identity=self.table.mode)
+                                    identity=self.table.mode,
+                                    health=self.health.snapshot() if self.health else None)
 
     def sweep(self, *, requested_by: str = "beat") -> list[Result]:
         """Heal every profile of this host, with one process scan.
@@ -146,6 +167,8 @@ class Guard:
         for profile in profiles:
             instances = found.instances[profile.name]
             plan = self._plan(profile, "heal", instances)
+            if self.health is not None:
+                self.health.pause(profile.name, bool(paused[profile.name]))
             if paused[profile.name]:
                 results[profile.name] = report.paused_result(self.host, profile.name, instances,
                                                              paused[profile.name] or {})
@@ -189,6 +212,7 @@ class Guard:
     # the converge ----------------------------------------------------------------------
     def _converge(self, profile: Profile, intent: Intent, *, dry_run: bool = False,
                   force: bool = False, max_workers: int | None = None,
+                  victim: str | None = None, reason: str = "",
                   requested_by: str = "unknown") -> Result:
         fast = self._fast_path(profile) if intent == "ensure" and not dry_run else None
         if fast is not None:
@@ -205,11 +229,13 @@ class Guard:
             with host_fence(self.settings.fence_dir, f"{self.host}.{profile.name}", deadline):
                 found = self._discover([profile])
                 instances = found.instances[profile.name]
-                if intent == "heal" and snapshot.paused:
+                if intent in ("heal", "replace") and snapshot.paused:
                     return report.paused_result(self.host, profile.name, instances, snapshot.paused)
-                plan = self._plan(profile, intent, instances, max_workers)
+                plan = self._plan(profile, intent, instances, max_workers, victim)
                 now = self.clock()
-                backoff = snapshot.backoff if intent in ("ensure", "heal") and not force else Backoff()
+                backoff = snapshot.backoff if intent != "enforce" and not force else Backoff()
+                if intent == "replace" and plan.stop:
+                    backoff = self._count_replacement(profile, plan.stop[0], backoff, now)
                 blocked = bool(plan.start) and backoff.active(now, profile.backoff_max)
                 if dry_run:
                     return report.dry_run_result(self.host, profile.name, intent, plan,
@@ -220,10 +246,15 @@ class Guard:
                 after = self._discover([profile]).instances[profile.name] if acted.changed else instances
                 self._remember(lock, profile, after)
                 return self._conclude(profile, intent, plan, acted, after, backoff if blocked else None,
-                                      now, requested_by)
+                                      now, requested_by, reason)
 
     def _plan(self, profile: Profile, intent: Intent, instances: list[Instance],
-              max_workers: int | None = None) -> Plan:
+              max_workers: int | None = None, victim: str | None = None) -> Plan:
+        if intent == "replace":  # the victim goes; the rest is planned as a heal
+            gone = [i for i in instances if i.instance_id == victim]
+            plan = self._plan(profile, "heal", [i for i in instances if i not in gone])
+            return Plan(keep=plan.keep, stop=(*gone, *plan.stop), start=plan.start,
+                        spare=plan.spare)
         if intent in ("ensure", "heal"):
             return make_plan(instances, min_workers=profile.min_workers,
                              max_workers=profile.max_workers, keep=profile.keep,
@@ -242,34 +273,73 @@ class Guard:
             acted.cleaned = self.table.clean(leftovers)
         if plan.stop:
             self._claim_exits(plan.stop)
+            if self.health is not None:
+                self.health.forget(plan.stop)
             outcome = self.table.stop(plan.stop, profile.stop_signal, profile.stop_timeout)
             acted.stopped = outcome.stopped
             if outcome.survivors:
                 log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
         if plan.start:
-            acted.spawned = self.table.spawn(profile, plan.start)
+            survivors = [*plan.keep, *plan.spare]
+            acted.spawned = self.table.spawn(profile, plan.start,
+                                             taken=[i.index for i in survivors if i.instance_id])
+            if profile.probe is not None:
+                acted.spawned = self._ready(profile, acted.spawned)
         return acted
+
+    def _ready(self, profile: Profile, spawned: SpawnOutcome) -> SpawnOutcome:
+        """Keep the instances that passed their probe; stop the rest, as failed starts."""
+        ready, failures = [], list(spawned.failures)
+        late = []
+        def observed(result: ProbeResult) -> None:
+            self.observer.probed(profile.name, result.ok, result.duration)
+
+        for instance, result in await_ready(self.host, profile, spawned.started, observed):
+            if result.ok:
+                ready.append(instance)
+            else:
+                failures.append(not_ready(profile, instance, result,
+                                          tail(log_path(self.table.log_dir, profile.name))))
+                late.append(instance)
+        if late:
+            self._claim_exits(late)
+            self.table.stop(late, profile.stop_signal, profile.stop_timeout)
+        return SpawnOutcome(started=ready, failures=failures)
+
+    def _count_replacement(self, profile: Profile, victim: Instance, backoff: Backoff,
+                           now: float) -> Backoff:
+        """A replacement counts as a failed start. An instance that ran ``backoff_max`` or
+        longer starts the count afresh (as Kubernetes resets CrashLoopBackOff after a
+        good run), so a worker that hangs once a week is replaced at once."""
+        with self._redis():
+            if now - victim.create_time >= profile.backoff_max:
+                self.state.reset_backoff(profile.name)
+            return self.state.record_failure(profile.name, profile.start_retries,
+                                             profile.backoff_max, now)
 
     def _conclude(self, profile: Profile, intent: Intent, plan: Plan, acted: Acted,
                   after: list[Instance], blocked_by: Backoff | None, now: float,
-                  requested_by: str) -> Result:
+                  requested_by: str, reason: str = "") -> Result:
         """Crash-loop state and the action log, still under the lock; then the result."""
         name = profile.name
         started, failures = acted.spawned.started, acted.spawned.failures
         worker_failures = [f for f in failures if not f.host_error]
         backoff = blocked_by
         try:
-            if worker_failures:
+            if worker_failures:  # the delay runs from the failure, not from the plan
                 backoff = self.state.record_failure(name, profile.start_retries,
-                                                    profile.backoff_max, now)
-            elif started:
+                                                    profile.backoff_max, self.clock())
+            elif started and intent != "replace":  # a replacement stays counted
                 self.state.reset_backoff(name)
         except REDIS_ERRORS as exc:
             log.warning("%s: could not update crash-loop state: %s", name, exc)
         action = report.action_for(intent, plan, acted.stopped, started, failures, bool(after))
         if blocked_by is not None and not acted.stopped:
             action = "backoff"
-        if action in ("started", "stopped_extras", "stopped_all", "start_failed"):
+        if intent == "replace" and acted.stopped:
+            self._record(name, "replaced", [*acted.stopped, *(s.pid for s in started)],
+                         requested_by, "; ".join([reason, *(f.describe() for f in failures)]))
+        elif action in ("started", "stopped_extras", "stopped_all", "start_failed"):
             self._record(name, action, [*acted.stopped, *(s.pid for s in started)], requested_by,
                          "; ".join(f.describe() for f in failures))
         self._watch(after)
@@ -304,7 +374,11 @@ class Guard:
 
     # exits ---------------------------------------------------------------------------
     def _watch(self, instances: Sequence[Instance]) -> None:
-        """Watch every instance this guard sees (the guard worker only: ``on_exit``)."""
+        """Watch (and probe) every instance this guard sees (the guard worker only)."""
+        if self.health is not None and instances:
+            profile = self.config.profiles.get(instances[0].profile)
+            if profile is not None:
+                self.health.watch(profile, instances)
         if self.on_exit is None:
             return
         for instance in instances:
@@ -321,6 +395,8 @@ class Guard:
 
     def _handle_exit(self, instance: Instance, event: Exit) -> None:
         """An exit this guard did not cause: record it once per host, then heal."""
+        if self.health is not None:
+            self.health.forget([instance])
         uptime = max(0.0, event.at - instance.create_time)
         reason = f"pid {instance.pid} {describe_exit(event.returncode)} after {uptime:.1f} s"
         try:
@@ -334,6 +410,23 @@ class Guard:
         log.info("%s: %s", instance.profile, reason)
         if self.on_exit is not None and instance.profile in self.config.profiles:
             self.on_exit(instance.profile, reason)
+
+    def unhealthy(self, event: Unhealthy) -> None:
+        """``Health`` found ``event``'s instance unhealthy: record it, ask for its replacement.
+        Called on a probe thread: handed over at once."""
+        if self._exits is not None:
+            self._exits.submit(self._handle_unhealthy, event)
+
+    def _handle_unhealthy(self, event: Unhealthy) -> None:
+        spec = self.config.profiles.get(event.profile)
+        threshold = spec.probe.failure_threshold if spec is not None and spec.probe else "?"
+        reason = (f"pid {event.pid} failed its probe {threshold} times in a row: "
+                  f"{event.output}")
+        self._record(event.profile, "unhealthy", [event.pid], "probe", reason)
+        self.observer.unhealthy(event.profile)
+        log.warning("%s: %s", event.profile, reason)
+        if self.on_replace is not None and spec is not None:
+            self.on_replace(event)
 
     def _claim_exits(self, instances: Sequence[Instance]) -> None:
         """Before stopping on purpose: no watcher of this host reports these exits."""

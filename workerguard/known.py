@@ -60,7 +60,8 @@ def _fingerprint(command: tuple[str, ...], match: str | None) -> str:
 
 def encode_known(profile: Profile, instances: Sequence[Instance]) -> str:
     return json.dumps({"fp": fingerprint(profile),
-                       "instances": [[i.pid, i.create_time, i.instance_id] for i in instances]},
+                       "instances": [[i.pid, i.create_time, i.instance_id, i.index]
+                                     for i in instances]},
                       separators=(",", ":"))
 
 
@@ -74,8 +75,9 @@ def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | 
             return None
         return [Instance(profile=profile.name, pid=int(pid), create_time=float(created),
                          instance_id=instance_id, tree=(int(pid),),
-                         origin="spawned" if instance_id else "adopted")
-                for pid, created, instance_id in data["instances"]]
+                         origin="spawned" if instance_id else "adopted",
+                         index=int(rest[0]) if rest else 0)
+                for pid, created, instance_id, *rest in data["instances"]]
     except (ValueError, KeyError, TypeError):
         return None
 

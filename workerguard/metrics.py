@@ -25,6 +25,7 @@ Result = dict[str, Any]
 LABELS = ("host", "profile")
 LOCK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BROKER_PROBE_INTERVAL = 2.0
+PROBE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -61,6 +62,13 @@ class GuardMetrics:
         self.orphans = Gauge("workerguard_orphaned_instances", "Instances of profiles that are no "
                              "longer configured, seen by the last status or sweep.", ("host",),
                              registry=r)
+        self.probes = Counter("workerguard_probes", "Probes run (readiness and liveness), by "
+                              "result (ok / failed).", (*LABELS, "result"), registry=r)
+        self.probe_duration = Histogram("workerguard_probe_duration_seconds", "Duration of a "
+                                        "probe.", LABELS, buckets=PROBE_BUCKETS, registry=r)
+        self.unhealthy_instances = Counter("workerguard_unhealthy", "Instances that failed their "
+                                           "probe failure_threshold times in a row (each is "
+                                           "replaced).", LABELS, registry=r)
         self.lock_wait = Histogram("workerguard_lock_wait_seconds", "Time a request waited "
                                    "for its profile's lock.", LABELS, buckets=LOCK_BUCKETS,
                                    registry=r)
@@ -80,8 +88,11 @@ class GuardMetrics:
             self.min_workers.labels(*labels).set(profile.min_workers)
             self.max_workers.labels(*labels).set(profile.max_workers)
             for family in (self.starts, self.stops, self.failed_starts, self.errors, self.pauses,
-                           self.exits):
+                           self.exits, self.unhealthy_instances):
                 family.labels(*labels)  # present at 0 from the start: rate() needs a base
+            if profile.probe is not None:
+                for outcome in ("ok", "failed"):
+                    self.probes.labels(*labels, outcome)
         self._lock = threading.Lock()
 
     # observe.Observer --------------------------------------------------------------------
@@ -111,6 +122,13 @@ class GuardMetrics:
 
     def orphaned(self, count: int) -> None:
         self.orphans.labels(self.host).set(count)
+
+    def probed(self, profile: str, ok: bool, seconds: float) -> None:
+        self.probes.labels(self.host, profile, "ok" if ok else "failed").inc()
+        self.probe_duration.labels(self.host, profile).observe(seconds)
+
+    def unhealthy(self, profile: str) -> None:
+        self.unhealthy_instances.labels(self.host, profile).inc()
 
     def swept(self, results: Sequence[Result], seconds: float) -> None:
         self.sweep_duration.labels(self.host).observe(seconds)

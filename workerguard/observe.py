@@ -28,6 +28,12 @@ class Observer(Protocol):
     def orphaned(self, count: int) -> None:
         """A sweep saw ``count`` instances of profiles that are no longer configured."""
 
+    def probed(self, profile: str, ok: bool, seconds: float) -> None:
+        """A probe of an instance of ``profile`` passed (or not) in ``seconds``."""
+
+    def unhealthy(self, profile: str) -> None:
+        """An instance of ``profile`` failed its probe ``failure_threshold`` times in a row."""
+
 
 class NullObserver:
     def lock_waited(self, profile: str, seconds: float) -> None:
@@ -43,6 +49,12 @@ class NullObserver:
         pass
 
     def orphaned(self, count: int) -> None:
+        pass
+
+    def probed(self, profile: str, ok: bool, seconds: float) -> None:
+        pass
+
+    def unhealthy(self, profile: str) -> None:
         pass
 
 

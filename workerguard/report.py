@@ -29,6 +29,8 @@ def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[
     """The contract's ``action`` for what a converge of ``mode`` (an intent) did."""
     if mode == "stop_all":
         return "stopped_all" if plan.stop else "nothing_to_stop"
+    if mode == "replace" and stopped and not failures:
+        return "replaced"
     if failures:
         return "start_failed"
     if started:
@@ -51,6 +53,12 @@ def _message(profile: str, action: str, r: Result) -> str:
         return f"{profile}: already running (PIDs: {running})"
     if action == "started":
         return f"{profile}: started (PIDs: {_pids(r['started'])})"
+    if action == "replaced":
+        then = (f"started {_pids(r['started'])}" if r["started"] else
+                f"in backoff after {r['backoff']['failures']} failures, next start in "
+                f"{max(0.0, r['backoff']['next_attempt'] - r['time']):.0f} s" if r.get("backoff")
+                else "no start needed")
+        return f"{profile}: replaced unhealthy {stopped}; {then}"
     if action == "stopped_extras":
         return f"{profile}: keeping {kept or 'none'}, stopping {stopped}"
     if action == "stopped_all":
@@ -138,14 +146,19 @@ def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
     return r
 
 
-def instance_entry(i: Instance, now: float) -> dict[str, Any]:
+def instance_entry(i: Instance, now: float,
+                   health: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "pid": i.pid, "create_time": i.create_time,
         "uptime": round(max(0.0, now - i.create_time), 1),
         "tree": list(i.tree), "marked": i.marked, "cmdline": list(i.cmdline),
         "instance_id": i.instance_id, "origin": i.origin, "outdated": i.outdated,
-        "processes": len(i.tree) or 1,
+        "processes": len(i.tree) or 1, "index": i.index,
     }
+    probed = health.get(i.instance_id) if health is not None and i.instance_id else None
+    if probed is not None:
+        entry["health"] = {k: probed[k] for k in ("state", "failures", "last_probe", "last_ok",
+                                                   "last_output", "last_duration")}
     rss = _rss(i.tree or (i.pid,))
     if rss is not None:
         entry["rss_bytes"] = rss
@@ -185,7 +198,10 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
                   found: Mapping[str, Sequence[Instance]],
                   paused: Mapping[str, Mapping[str, Any] | None],
                   backoffs: Mapping[str, Backoff], now: float,
-                  orphans: Sequence[Instance] = (), identity: str = "registry") -> Result:
+                  orphans: Sequence[Instance] = (), identity: str = "registry",
+                  health: Mapping[str, Mapping[str, Any]] | None = None) -> Result:
+    """Every profile's state and instances; ``health`` (the guard worker's probes, by
+    instance id) adds each probed instance's health."""
     entries: dict[str, Any] = {}
     lines = []
     for p in profiles:
@@ -204,7 +220,7 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
             "state": state,
             "min_workers": p.min_workers,
             "max_workers": p.max_workers,
-            "instances": [instance_entry(i, now) for i in instances],
+            "instances": [instance_entry(i, now, health) for i in instances],
             "paused": dict(pause) if pause else None,
             "backoff": ({"failures": backoff.failures, "next_attempt": backoff.next_attempt}
                         if backoff.failures else None),

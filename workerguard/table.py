@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 Result = dict[str, Any]
-STATE_STYLE = {"running": "green", "paused": "yellow", "backoff": "red", "stopped": "dim"}
+STATE_STYLE = {"running": "green", "paused": "yellow", "backoff": "red", "stopped": "dim",
+               "healthy": "green", "starting": "yellow", "unhealthy": "red"}
 
 
 def duration(seconds: float) -> str:
@@ -30,7 +31,7 @@ def duration(seconds: float) -> str:
 def status_table(result: Result) -> Table:
     table = Table(title=f"workerguard status: {result['host']}", title_justify="left",
                   expand=False)
-    for column in ("profile", "host", "state", "pids", "uptime", "command"):
+    for column in ("profile", "host", "state", "pids", "uptime", "health", "command"):
         table.add_column(column, overflow="fold", no_wrap=column != "command")
     for name, entry in sorted(result.get("profiles", {}).items()):
         instances = entry.get("instances", [])
@@ -38,12 +39,26 @@ def status_table(result: Result) -> Table:
         table.add_row(
             name,
             result["host"],
-            f"[{STATE_STYLE.get(state, '')}]{state}[/]" if STATE_STYLE.get(state) else state,
+            _styled(state),
             ", ".join(str(i["pid"]) for i in instances) or "-",
             ", ".join(duration(i["uptime"]) for i in instances) or "-",
+            ", ".join(_health(i.get("health")) for i in instances) or "-",
             " ".join(entry.get("command", [])),
         )
     return table
+
+
+def _styled(word: str) -> str:
+    style = STATE_STYLE.get(word)
+    return f"[{style}]{word}[/]" if style else word
+
+
+def _health(health: dict[str, Any] | None) -> str:
+    """``healthy``, ``unhealthy (3 failed)``, ``starting``; ``-`` when not probed here."""
+    if not health:
+        return "-"
+    failures = health.get("failures") or 0
+    return _styled(health["state"]) + (f" ({failures} failed)" if failures else "")
 
 
 def render(console: Console, result: Result, header: str | None = None) -> None:

@@ -5,7 +5,7 @@ probe (validated, for the profile's ``probe`` table), ``run`` runs one probe onc
 ``scheduler`` probes many instances on time and reports the unhealthy ones.
 """
 
-from .run import ProbeResult, run_probe
+from .run import ProbeResult, cut, run_probe, wait_ready
 from .scheduler import Prober
 from .spec import (
     AnyProbe,
@@ -27,5 +27,7 @@ __all__ = [
     "ProbeTarget",
     "Prober",
     "TcpProbe",
+    "cut",
     "run_probe",
+    "wait_ready",
 ]

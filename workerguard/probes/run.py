@@ -20,10 +20,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..workers.spawn import _BASE_ENV_KEYS
+from ..childenv import base_environment
 from .spec import AnyProbe, CommandProbe, HeartbeatProbe, HttpProbe, ProbeTarget, TcpProbe, expand
 
 OUTPUT_LIMIT = 500
@@ -82,12 +83,34 @@ def run_probe(spec: AnyProbe, target: ProbeTarget, timeout: float | None = None,
     return ProbeResult(ok, cut(output), time.monotonic() - t0, started_at)
 
 
+def wait_ready(spec: AnyProbe, target: ProbeTarget, started_at: float | None = None,
+               deadline: float | None = None, cancel: threading.Event | None = None,
+               gone: Callable[[], bool] | None = None,
+               on_result: Callable[[ProbeResult], None] | None = None) -> ProbeResult:
+    """Probe every ``start_interval`` until the first pass or the deadline (epoch seconds;
+    default ``started_at + start_timeout``); return the last result. The first probe runs
+    ``initial_delay`` after ``started_at`` (default now). No probe outlives the deadline:
+    the last one's timeout is clipped to it. ``cancel`` (set) or ``gone`` (True: the
+    instance has ended) ends the wait early with the last result."""
+    started_at = time.time() if started_at is None else started_at
+    end = started_at + spec.start_timeout if deadline is None else deadline
+    cancel = cancel or threading.Event()
+    cancel.wait(max(0.0, started_at + spec.initial_delay - time.time()))
+    while True:
+        result = run_probe(spec, target, timeout=min(spec.timeout, end - time.time()),
+                           cancel=cancel)
+        if on_result is not None:
+            on_result(result)
+        pause = spec.start_interval - result.duration
+        if (result.ok or cancel.is_set() or time.time() + max(pause, 0.0) >= end
+                or (gone is not None and gone())):
+            return result
+        cancel.wait(max(0.0, pause))
+
+
 def probe_environment(target: ProbeTarget) -> dict[str, str]:
     """The instance's environment (or a minimal one) plus the probe's marks."""
-    if target.env is not None:
-        env = dict(target.env)
-    else:
-        env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
+    env = dict(target.env) if target.env is not None else base_environment()
     env.update(WORKERGUARD_PID=str(target.pid), WORKERGUARD_INSTANCE=target.instance,
                WORKERGUARD_INDEX=str(target.index))
     return env

@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .run import ProbeResult, cut, run_probe
+from .run import ProbeResult, cut, run_probe, wait_ready
 from .spec import AnyProbe, ProbeTarget
 
 log = logging.getLogger("workerguard.probes")
@@ -169,17 +169,8 @@ class Prober:
         deadline (epoch seconds; default ``started_at + start_timeout``); return the last
         result. The first probe runs ``initial_delay`` after ``started_at`` (default now).
         No probe outlives the deadline: the last one's timeout is clipped to it."""
-        started_at = time.time() if started_at is None else started_at
-        end = started_at + spec.start_timeout if deadline is None else deadline
-        self._stopping.wait(max(0.0, started_at + spec.initial_delay - time.time()))
-        while True:
-            result = run_probe(spec, target, timeout=min(spec.timeout, end - time.time()),
-                               cancel=self._stopping)
-            self._report(profile, None, result)
-            pause = spec.start_interval - result.duration
-            if result.ok or self._stopping.is_set() or time.time() + max(pause, 0.0) >= end:
-                return result
-            self._stopping.wait(max(0.0, pause))
+        return wait_ready(spec, target, started_at, deadline, cancel=self._stopping,
+                          on_result=lambda result: self._report(profile, None, result))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the timer and the workers; running command probes are killed (as failures)."""

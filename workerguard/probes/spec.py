@@ -45,7 +45,7 @@ import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -215,3 +215,6 @@ class HeartbeatProbe(_Timing):
 ProbeSpec = Annotated[CommandProbe | HttpProbe | TcpProbe | HeartbeatProbe, Field(discriminator="kind")]
 """A probe definition, told apart by ``kind``; embed as ``probe: ProbeSpec | None = None``."""
 AnyProbe = CommandProbe | HttpProbe | TcpProbe | HeartbeatProbe
+PROBE_KINDS: tuple[str, ...] = tuple(
+    get_args(kind.model_fields["kind"].annotation)[0] for kind in get_args(AnyProbe))
+"""command, http, tcp, heartbeat."""

@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..guard import Guard
 from . import refused, runtime, validate  # noqa: F401 (refused answers rejected messages)
-from .healing import exit_listener, register_healing, schedule_retry
+from .healing import exit_listener, register_healing, replace_listener, schedule_retry
 from .reload import reload_config, rotate_logs
 
 log = logging.getLogger("workerguard.tasks")
@@ -53,6 +53,7 @@ def _checked(result: dict[str, Any]) -> dict[str, Any]:
 def register(app: Celery) -> None:
     state = runtime.of(app)
     state.on_exit = exit_listener(app, state.config.settings.host_id)
+    state.on_replace = replace_listener(app, state.config.settings.host_id)
     register_healing(app, guard_for, _who, _checked, EXPECTED, RETRY)
 
     @app.task(name="workerguard.ensure", bind=True, throws=EXPECTED, **RETRY)

@@ -19,12 +19,14 @@ from typing import Any
 from celery import Celery, Task
 
 from .. import keys
-from ..guard import ExitListener, Guard
+from ..guard import ExitListener, Guard, ReplaceListener
+from ..health import Unhealthy
 from . import validate
 from .app import host_queue
 
 log = logging.getLogger("workerguard.tasks.healing")
 HEAL_TASK = "workerguard.heal"
+REPLACE_TASK = "workerguard.replace"
 HEAL_EXPIRES = 60.0
 
 
@@ -36,6 +38,18 @@ def exit_listener(app: Celery, host_id: str) -> ExitListener:
                       queue=host_queue(host_id), expires=HEAL_EXPIRES)
 
     return heal
+
+
+def replace_listener(app: Celery, host_id: str) -> ReplaceListener:
+    """What the guard worker's ``Guard`` calls when an instance turned unhealthy."""
+
+    def replace(event: Unhealthy) -> None:
+        app.send_task(REPLACE_TASK, args=[event.profile, event.instance_id],
+                      kwargs={"reason": event.output[:300],
+                              "requested_by": f"probe: pid {event.pid} unhealthy"},
+                      queue=host_queue(host_id), expires=HEAL_EXPIRES)
+
+    return replace
 
 
 def schedule_retry(app: Celery, guard: Guard, result: dict[str, Any]) -> float | None:
@@ -67,6 +81,17 @@ def register_healing(app: Celery, guard_for: Callable[[Celery], Guard],
         guard = guard_for(app)
         name = validate.profile_name(guard.config, profile)
         result = guard.heal(name, requested_by=who(self, validate.requester(requested_by)))
+        schedule_retry(app, guard, result)
+        return checked(result)
+
+    @app.task(name=REPLACE_TASK, bind=True, throws=throws, **retry)
+    def replace(self: Task, profile: Any, instance: Any, reason: Any = "",
+                requested_by: Any = None) -> dict[str, Any]:
+        guard = guard_for(app)
+        name = validate.profile_name(guard.config, profile)
+        result = guard.replace(name, validate.instance_id(instance),
+                               reason=validate.text("reason", reason),
+                               requested_by=who(self, validate.requester(requested_by)))
         schedule_retry(app, guard, result)
         return checked(result)
 

@@ -23,7 +23,8 @@ import redis
 from ..config import Config
 from ..connect import redis_client
 from ..errors import ConfigError, WorkerguardError
-from ..guard import ExitListener, Guard
+from ..guard import ExitListener, Guard, ReplaceListener
+from ..health import Health
 from ..observe import Observer
 
 RESTART_ONLY = ("redis_url", "host_id", "home", "metrics_port", "metrics_addr")
@@ -42,6 +43,9 @@ class Runtime:
     """The worker pool, once a worker runs this app (``prefork`` cannot reload)."""
     on_exit: ExitListener | None = None
     """Where the guard reports exits it did not cause (set for the guard worker's tasks)."""
+    on_replace: ReplaceListener | None = None
+    """Where the guard asks for the replacement of an unhealthy instance (likewise)."""
+    _health: tuple[int, Health] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _guard: tuple[int, Guard] | None = field(default=None, repr=False)
     _client: tuple[int, redis.Redis] | None = field(default=None, repr=False)
@@ -54,8 +58,24 @@ class Runtime:
                 if self._client is None or self._client[0] != pid:
                     self._client = (pid, redis_client(self.redis_url))
                 self._guard = (pid, Guard(self._client[1], self.config, observer=self.observer,
-                                          on_exit=self.on_exit))
+                                          on_exit=self.on_exit, health=self._health_here(pid),
+                                          on_replace=self.on_replace))
             return self._guard[1]
+
+    def _health_here(self, pid: int) -> Health | None:
+        """This process's prober (its threads outlive reloads; the lock is held)."""
+        if self.on_replace is None:
+            return None
+        if self._health is None or self._health[0] != pid:
+            self._health = (pid, Health(self.config.settings.host_id,
+                                        on_unhealthy=lambda event: self.guard().unhealthy(event),
+                                        on_result=self._probed))
+        self._health[1].keep_only(list(self.config.profiles))
+        return self._health[1]
+
+    def _probed(self, profile: str, result: Any) -> None:
+        if self.observer is not None:
+            self.observer.probed(profile, result.ok, result.duration)
 
     def swap(self, new: Config) -> list[str]:
         """Take ``new`` as the config; the names of the settings that changed.
@@ -82,7 +102,9 @@ class Runtime:
         with self._lock:
             if self._client is not None and self._client[0] == os.getpid():
                 self._client[1].close()
-            self._client = self._guard = None
+            if self._health is not None and self._health[0] == os.getpid():
+                self._health[1].stop()
+            self._client = self._guard = self._health = None
 
 
 def changes(old: Config, new: Config) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..config import MAX_WORKERS_LIMIT, PROFILE_NAME, Config
@@ -53,3 +54,16 @@ def requester(value: Any) -> str | None:
     if not isinstance(value, str) or len(value) > MAX_REQUESTER or "\x00" in value:
         raise InvalidRequest(f"requested_by must be a string of at most {MAX_REQUESTER} characters")
     return value
+
+
+def instance_id(value: Any) -> str:
+    """An instance id as workerguard makes them: 32 lowercase hex digits."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{32}", value):
+        raise InvalidRequest(f"instance must be an instance id (32 hex digits), got {_shown(value)}")
+    return value
+
+
+def text(name: str, value: Any, limit: int = 500) -> str:
+    if not isinstance(value, str) or "\x00" in value:
+        raise InvalidRequest(f"{name} must be a string, got {type(value).__name__} {_shown(value)}")
+    return value[:limit]

@@ -283,7 +283,7 @@ def identify(scan: Scan, host_id: str, wanted: Sequence[Profile], *,
                        cmdline=info.cmdline, instance_id=instance_id, tree=tuple(live),
                        outdated=(record is not None and profile in configured
                                  and record.fingerprint != configured[profile]),
-                       cgroup=str(group) if group else None))
+                       cgroup=str(group) if group else None, index=record.index if record else 0))
         seen = [(pid, scan.processes[pid].create_time) for pid in live]
         if record is None:
             found.updates.append(Record(host_id, profile, instance_id, main, info.create_time,

@@ -8,6 +8,8 @@ from typing import Literal
 MARK_PROFILE = "WORKERGUARD_PROFILE"
 MARK_HOST = "WORKERGUARD_HOST_ID"
 MARK_INSTANCE = "WORKERGUARD_INSTANCE"
+MARK_INDEX = "WORKERGUARD_INDEX"
+"""The instance's slot within its profile (0, 1 ...): a worker of several derives its port from it."""
 CREATE_TIME_TICK = 0.01
 """psutil's create_time has the resolution of a clock tick (100 Hz)."""
 
@@ -41,6 +43,8 @@ class Instance:
     outdated: bool = False
     """Started with another ``command`` than the profile has now."""
     cgroup: str | None = None
+    index: int = 0
+    """Its slot within the profile, the lowest free one at its start (``WORKERGUARD_INDEX``)."""
 
     @property
     def marked(self) -> bool:

@@ -37,6 +37,8 @@ class Record:
     fingerprint: str
     members: tuple[tuple[int, float], ...] = field(default=())
     """(pid, create_time) of every process seen in the instance, the main one included."""
+    index: int = 0
+    """The instance's slot within its profile (``WORKERGUARD_INDEX``)."""
     confirmed: bool = False
     """True once the instance survived its start window (until then its exit is the
     start's failure, not a crash)."""
@@ -94,6 +96,7 @@ def _load(path: Path) -> Record | None:
             create_time=float(data["create_time"]), started_at=float(data["started_at"]),
             fingerprint=str(data["fingerprint"]),
             members=tuple((int(p), float(c)) for p, c in data.get("members", [])),
+            index=int(data.get("index", 0)),
             confirmed=bool(data.get("confirmed", False)),
         )
     except (OSError, ValueError, KeyError, TypeError):

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import psutil
 
+from ..childenv import base_environment
 from ..config import Profile
 from . import cgroups
-from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE
+from .model import MARK_HOST, MARK_INDEX, MARK_INSTANCE, MARK_PROFILE
 
-_BASE_ENV_KEYS = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR",
-                  "SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "TEMP", "TMP", "USERPROFILE")
 _WINDOWS_FLAGS = 0x08000000 | 0x00000200 | 0x00000008
 """CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS (untested here)."""
 _POLL = 0.02
@@ -50,6 +49,7 @@ class Launched:
     create_time: float
     started_at: float
     group: Path | None
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,18 +68,18 @@ class SpawnFailure:
         return f"{self.reason}{tail}"
 
 
-def child_environment(profile: Profile, host_id: str, instance_id: str,
+def child_environment(profile: Profile, host_id: str, instance_id: str, index: int = 0,
                       parent_env: Mapping[str, str] | None = None) -> dict[str, str]:
     """A minimal environment: a few basics from the parent, the profile's env, the marks.
 
     Nothing of Celery, multiprocessing or PYTHONPATH leaks into the worker.
     """
-    parent_env = os.environ if parent_env is None else parent_env
-    env = {k: parent_env[k] for k in _BASE_ENV_KEYS if k in parent_env}
+    env = base_environment(parent_env)
     env.update(profile.env)
     env[MARK_PROFILE] = profile.name
     env[MARK_HOST] = host_id
     env[MARK_INSTANCE] = instance_id
+    env[MARK_INDEX] = str(index)
     return env
 
 
@@ -106,10 +106,12 @@ def _in_child(join: int | None) -> Callable[[], None]:
     return prepare
 
 
-def launch(profile: Profile, host_id: str, log: Path, group: Path | None) -> Launched:
-    """Start one instance (in ``group`` if given). Raises OSError when it cannot start."""
+def launch(profile: Profile, host_id: str, log: Path, group: Path | None,
+           index: int = 0) -> Launched:
+    """Start one instance (in ``group`` if given) in slot ``index``. Raises OSError when it
+    cannot start."""
     instance_id = group.name if group is not None else uuid.uuid4().hex
-    env = child_environment(profile, host_id, instance_id)
+    env = child_environment(profile, host_id, instance_id, index)
     join = cgroups.join_fd(group) if group is not None else None
     try:
         with log.open("ab") as out:
@@ -131,7 +133,7 @@ def launch(profile: Profile, host_id: str, log: Path, group: Path | None) -> Lau
         create_time = psutil.Process(popen.pid).create_time()
     except psutil.NoSuchProcess:
         create_time = started_at
-    return Launched(instance_id, popen, create_time, started_at, group)
+    return Launched(instance_id, popen, create_time, started_at, group, index)
 
 
 def start_failure(profile: Profile, exc: BaseException, log: Path) -> SpawnFailure:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import subprocess
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,12 @@ def command_fingerprint(profile: Profile) -> str:
     """What decides whether a running instance is ``outdated``: its argv."""
     raw = json.dumps(list(profile.command)).encode()
     return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:16]
+
+
+def free_slots(taken: Collection[int], count: int) -> list[int]:
+    """The ``count`` lowest slot numbers not in ``taken``."""
+    used = set(taken)
+    return list(itertools.islice((i for i in itertools.count() if i not in used), count))
 
 
 @dataclass
@@ -112,8 +119,9 @@ class HostProcesses:
         return verify_known(known)
 
     # spawning ------------------------------------------------------------------------
-    def spawn(self, profile: Profile, count: int) -> SpawnOutcome:
-        """Start ``count`` instances, then wait ``start_seconds`` once for all of them."""
+    def spawn(self, profile: Profile, count: int, taken: Collection[int] = ()) -> SpawnOutcome:
+        """Start ``count`` instances in the lowest slots not ``taken`` by running ones, then
+        wait ``start_seconds`` once for all of them."""
         outcome = SpawnOutcome()
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -125,12 +133,12 @@ class HostProcesses:
         launched: list[Launched] = []
         records: dict[str, Record] = {}
         fingerprint = command_fingerprint(profile)
-        for _ in range(count):
+        for index in free_slots(taken, count):
             group = None
             try:
                 if self.cgroups is not None:
                     group = self.cgroups.create(self.host, profile.name, uuid.uuid4().hex)
-                item = spawn.launch(profile, self.host, log_file, group)
+                item = spawn.launch(profile, self.host, log_file, group, index)
             except (OSError, subprocess.SubprocessError) as exc:
                 if group is not None:
                     cgroups.remove(group)
@@ -139,7 +147,7 @@ class HostProcesses:
             self.watcher.child(item.popen)
             record = Record(self.host, profile.name, item.instance_id, item.popen.pid,
                             item.create_time, item.started_at, fingerprint,
-                            ((item.popen.pid, item.create_time),))
+                            ((item.popen.pid, item.create_time),), index=item.index)
             records[item.instance_id] = record
             self._write(record)
             launched.append(item)
@@ -193,7 +201,7 @@ class HostProcesses:
             outcome.started.append(Instance(
                 profile=profile.name, pid=main_pid, create_time=main_created, cmdline=cmdline,
                 instance_id=item.instance_id, tree=tuple(pid for pid, _ in live),
-                cgroup=str(item.group) if item.group else None))
+                cgroup=str(item.group) if item.group else None, index=item.index))
             return
         if live:  # the launcher failed but left processes behind: none may linger
             self.clean([Leftover(profile.name, item.instance_id, tuple(p for p, _ in live),
