@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import subprocess
+import time
 import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -187,8 +188,8 @@ class HostProcesses:
         live = self._members(item, record)
         if code is None and not any(pid == item.popen.pid for pid, _ in live):
             live.append((item.popen.pid, item.create_time))
-        if code == 0 and not live and item.group is None:
-            live = self._marked(item.instance_id)  # a daemon that escaped the tree
+        if code == 0 and not live and item.group is None:  # a daemon that escaped the tree
+            live = self._marked_within(item.instance_id, item.started_at + profile.start_seconds)
         if code is None or (code == 0 and live):
             main_pid, main_created = ((item.popen.pid, item.create_time) if code is None
                                       else min(live, key=lambda m: (m[1], m[0])))
@@ -211,6 +212,15 @@ class HostProcesses:
         outcome.failures.append(spawn.SpawnFailure(
             item.popen.pid, code, spawn.tail(log_file),
             f"pid {item.popen.pid} exited with code {code} within {profile.start_seconds:g} s"))
+
+    def _marked_within(self, instance_id: str, deadline: float) -> list[tuple[int, float]]:
+        """``_marked``, asked until the start window ends: the launcher of a daemon can exit
+        (ending the wait early) while its child is still forking the daemon itself."""
+        while True:
+            found = self._marked(instance_id)
+            if found or time.time() >= deadline:
+                return found
+            time.sleep(0.02)
 
     def _marked(self, instance_id: str) -> list[tuple[int, float]]:
         """Processes that carry ``instance_id`` in their environment (the last resort)."""
