@@ -1,0 +1,211 @@
+"""Rows "restart" and "idle": workerguard side by side with supervisord and circusd.
+
+restart: the worker is SIGKILLed; the latency is from the kill to the moment a new
+process with the worker's command line exists (``/proc`` polled every millisecond).
+The three systems run at once, one instance each, and take turns, trial by trial, so
+that the load of the shared machine falls on all three alike. Before each kill the
+system itself must count the current instance as started (supervisord: RUNNING;
+circusd: listed; workerguard: a ``started`` event), then a random pause puts the kill
+at a random phase of each system's own timers.
+
+idle: CPU seconds (user + system) and RSS of each system's own processes over a window
+in which nothing happens, with 1 and with 50 instances running; all three measured over
+the same window. Counted: the supervisord process; the circusd process; the guard
+worker and beat processes (their children other than instances: none with the threads
+pool). workerguard's redis-server is reported beside it. Never the instances.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import psutil
+
+from benchmarks.harness import Bench, bench, median, percentile, poll_for
+from benchmarks.rows import Row, log
+from benchmarks.supervised import BASELINES, Circusd, Counted, Guarded, Supervisord, System, installed
+
+POLL = 0.001
+"""How often ``/proc`` is read while waiting for the new process (the resolution)."""
+TARGET_MEDIAN, TARGET_P99 = 0.050, 0.300
+"""Issue 9's target for workerguard on a 2-core machine."""
+IDLE_INSTANCES = (1, 50)
+
+
+@dataclass(frozen=True)
+class Plan:
+    trials: int
+    pause: float
+    """Random pause before each kill: uniform in [0, pause) s."""
+    window: float
+    warmup: float
+    """Time after the instances run and before the idle window opens."""
+
+    @staticmethod
+    def of(quick: bool) -> Plan:
+        return Plan(3, 0.3, 2.0, 0.5) if quick else Plan(30, 1.0, 120.0, 10.0)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _latencies(times: Sequence[float]) -> str:
+    return f"median {_duration(median(times))} / p99 {_duration(percentile(times, 99))}"
+
+
+def kill_once(system: System, rng: random.Random, pause: float) -> float:
+    """SIGKILL the system's one instance; seconds until a new instance process exists."""
+    [pid] = system.wait_instances(1, timeout=30)
+    poll_for(lambda: system.confirmed(pid), 30, interval=0.01, message=f"{system.name} to confirm {pid}")
+    time.sleep(rng.uniform(0, pause))  # a random phase, not a synchronisation
+    before = frozenset(os.listdir("/proc"))
+    fd = os.pidfd_open(pid)  # pins the process: the signal cannot reach a reused pid
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            assert fh.read() == system.procs.raw, f"{pid} is not {system.name}'s instance any more"
+        killed = time.perf_counter()
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
+    new, seen = system.procs.first_new(before, timeout=60, interval=POLL)
+    system.seen.add(new)
+    return seen - killed
+
+
+def restart_row(systems: dict[str, System | None], plan: Plan) -> Row:
+    rng = random.Random()
+    running = [s for s in systems.values() if s is not None]
+    times: dict[str, list[float]] = {s.name: [] for s in running}
+    for i in range(plan.trials):
+        for system in running:
+            times[system.name].append(kill_once(system, rng, plan.pause))
+        if (i + 1) % 10 == 0 or i + 1 == plan.trials:
+            log(f"restart: {i + 1}/{plan.trials} rounds; "
+                + "; ".join(f"{name} {_latencies(t)}" for name, t in times.items()))
+    wg = times["workerguard"]
+    baseline = []
+    ratios = []
+    for name, other in systems.items():
+        if name == "workerguard":
+            continue
+        if other is None:
+            baseline.append(f"{name}: not installed (`pip install -e '.[bench]'`)")
+            continue
+        baseline.append(f"{other.label}: {_latencies(times[name])}")
+        ratios.append(f"{median(times[name]) / median(wg):.0f}x lower median than {name}")
+    met = median(wg) <= TARGET_MEDIAN and percentile(wg, 99) <= TARGET_P99
+    guard = systems["workerguard"]
+    assert guard is not None
+    return Row(f"worker SIGKILLed -> a new worker process exists ({plan.trials} trials each, "
+               f"interleaved; /proc read every {POLL * 1000:g} ms)",
+               "; ".join(baseline), f"{guard.label}: {_latencies(wg)}"
+               + (f" ({', '.join(ratios)})" if ratios else ""),
+               f"median <= {TARGET_MEDIAN * 1000:.0f} ms, p99 <= {TARGET_P99 * 1000:.0f} ms", met)
+
+
+@dataclass
+class Usage:
+    cpu: float
+    rss: int
+
+
+def _cpu(processes: Sequence[psutil.Process]) -> float:
+    total = 0.0
+    for proc in processes:
+        times = proc.cpu_times()
+        total += times.user + times.system  # not children_*: reaped instances are not the system
+    return total
+
+
+def idle_usage(running: Sequence[System], window: float) -> dict[tuple[str, str], tuple[Counted, Usage]]:
+    """CPU and RSS (at the end) of each system's counted processes over ``window`` s."""
+    groups = [(system, group) for system in running for group in system.counted()]
+    before = [_cpu(group.processes) for _, group in groups]
+    time.sleep(window)  # the measurement window itself
+    usage = {}
+    for (system, group), cpu in zip(groups, before, strict=True):
+        rss = sum(proc.memory_info().rss for proc in group.processes)
+        usage[system.name, group.label] = (group, Usage(_cpu(group.processes) - cpu, rss))
+    return usage
+
+
+def _usage_text(group: Counted, usage: Usage, window: float) -> str:
+    return (f"{usage.cpu:.2f} CPU s ({usage.cpu / window * 100:.2f} % of a core), "
+            f"RSS {usage.rss / 2**20:.0f} MB")
+
+
+def idle_rows(systems: dict[str, System | None], plan: Plan) -> list[Row]:
+    running = [s for s in systems.values() if s is not None]
+    rows = []
+    for instances in IDLE_INSTANCES:
+        if instances > 1:
+            for system in running:
+                system.scale(instances)
+        for system in running:
+            system.wait_instances(instances)
+        time.sleep(plan.warmup)  # let start-up work (the instances' own and the system's) end
+        usage = idle_usage(running, plan.window)
+        for system in running:  # nothing died or was added during the window
+            system.wait_instances(instances, timeout=5)
+        cells: dict[str, list[str]] = {}
+        for (name, _), (group, used) in usage.items():
+            text = _usage_text(group, used, plan.window)
+            cells.setdefault(name, []).append(f"{group.label}: {text}" if group.main else
+                                              f"(beside it, {group.label}: {text})")
+        baseline = [f"{name}: not installed" if systems[name] is None else " ".join(cells[name])
+                    for name in BASELINES]
+        guard = systems["workerguard"]
+        assert guard is not None
+        rows.append(Row(f"idle cost over {plan.window:g} s, {instances} instance"
+                        f"{'s' if instances > 1 else ''} running (CPU user + system in the window; "
+                        "RSS at its end)", "; ".join(baseline), " ".join(cells["workerguard"]),
+                        "(measured, no target)", None))
+        log(f"idle, {instances}: {rows[-1].baseline} | {rows[-1].workerguard}")
+    return rows
+
+
+@contextlib.contextmanager
+def systems(b: Bench, instances: int) -> Iterator[dict[str, System | None]]:
+    """supervisord, circusd (None where not installed) and workerguard, each running one
+    instance of the worker; all three stopped and cleaned up at the end."""
+    tag = f"wgbench-{uuid.uuid4().hex[:8]}"
+    made: dict[str, System | None] = {
+        "supervisord": Supervisord(b.root, tag) if installed("supervisord") else None,
+        "circusd": Circusd(b.root, tag) if installed("circusd") else None,
+        "workerguard": Guarded(b.root, tag, b),
+    }
+    try:
+        for system in made.values():
+            if system is not None:
+                system.start(instances)
+        yield made
+    finally:
+        errors = []
+        for system in made.values():
+            if system is not None:
+                try:
+                    system.close()
+                except Exception as exc:  # close the others all the same
+                    errors.append(f"{system.name}: {exc!r}")
+        assert not errors, errors
+
+
+def rows(quick: bool, restart: bool = True, idle: bool = True) -> list[Row]:
+    plan = Plan.of(quick)
+    found: list[Row] = []
+    with bench(quick) as b, systems(b, max(IDLE_INSTANCES)) as made:
+        log("restart/idle: " + ", ".join(s.label if s else f"{n}: not installed"
+                                          for n, s in made.items()))
+        if restart:
+            found.append(restart_row(made, plan))
+        if idle:
+            found += idle_rows(made, plan)
+    return found
