@@ -37,6 +37,7 @@ from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, to_toml
 BASELINES = {"supervisord": "supervisor", "circusd": "circus"}
 """Baseline name -> the distribution that provides it (the ``bench`` extra)."""
 START_SECONDS = 1
+CIRCUS_CHECK_DELAY = 1.0
 """The start window (supervisord's ``startsecs``, workerguard's ``start_seconds``):
 an instance counts as started once it has stayed up this long."""
 
@@ -244,14 +245,16 @@ class Supervisord(System):
 
 # circusd ------------------------------------------------------------------------------------
 class Circusd(System):
-    """circusd in the foreground with one watcher (``respawn = true``, circus's defaults
-    otherwise: ``check_delay`` 1 s); ``scale`` is circus's ``incr``."""
+    """circusd in the foreground with one watcher (``respawn = true``). circus replaces
+    dead processes only in its periodic check, every ``check_delay`` s: 5 s by default
+    in an ini file, 1 s here (the ``Arbiter``'s default, and supervisord's tick); circus's
+    defaults otherwise. ``scale`` is circus's ``incr``."""
 
     name = "circusd"
 
     @property
     def label(self) -> str:
-        return f"circusd {version('circus')}"
+        return f"circusd {version('circus')} (check_delay {CIRCUS_CHECK_DELAY:g} s)"
 
     def start(self, instances: int) -> None:
         from circus.client import CircusClient
@@ -260,7 +263,7 @@ class Circusd(System):
         ini = self.dir / "circus.ini"
         ini.write_text(
             f"[circus]\nendpoint = {self.endpoint}\npubsub_endpoint = ipc://{self.dir / 'p.sock'}\n"
-            "statsd = false\n"
+            f"check_delay = {CIRCUS_CHECK_DELAY:g}\nstatsd = false\n"
             f"[watcher:worker]\ncmd = {shlex.quote(self.procs.argv[0])}\n"
             f"args = {shlex.join(self.procs.argv[1:])}\nnumprocesses = 1\nrespawn = true\n"
             "close_child_stdout = true\nclose_child_stderr = true\n")
@@ -351,6 +354,15 @@ class Guarded(System):
             if event[b"action"] == b"started" and str(pid).encode() in event[b"pids"].split(b","):
                 return True
         return False
+
+    def exit_recorded(self, pid: int) -> float | None:
+        """When the guard recorded the exit of ``pid`` (its ``exited`` event; wall clock)."""
+        events: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrevrange(  # type: ignore[assignment]
+            "workerguard:events", count=50)
+        for _, event in events:
+            if event[b"action"] == b"exited" and event[b"pids"] == str(pid).encode():
+                return float(event[b"time"])
+        return None
 
     def scale(self, instances: int) -> None:
         self._write_config(instances)
