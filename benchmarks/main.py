@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         log("restart after SIGKILL and idle cost: supervisord, circusd, workerguard")
         results += restart.rows(quick, restart="restart" in chosen, idle="idle" in chosen)
     print(f"\n{'Quick run' if quick else 'Full run'}: {machine()}; "
-          f"`python benchmarks/run.py{' --quick' if quick else ''}` took "
+          f"`python benchmarks/run.py{' --quick' if quick else ''}"
+          f"{''.join(f' --only {row}' for row in args.only or ())}` took "
           f"{time.monotonic() - started:.0f} s\n")
     print(table(results))
     if costs:

@@ -146,21 +146,32 @@ def _cpu(processes: Sequence[psutil.Process]) -> float:
     return total
 
 
-def idle_usage(running: Sequence[System], window: float) -> dict[tuple[str, str], tuple[Counted, Usage]]:
-    """CPU and RSS (at the end) of each system's counted processes over ``window`` s."""
-    groups = [(system, group) for system in running for group in system.counted()]
-    before = [_cpu(group.processes) for _, group in groups]
+def idle_usage(system: System, window: float) -> list[tuple[Counted, Usage]]:
+    """CPU and RSS (at the end) of each of the system's counted groups over ``window`` s."""
+    groups = system.counted()
+    before = [_cpu(group.processes) for group in groups]
     time.sleep(window)  # the measurement window itself
-    usage = {}
-    for (system, group), cpu in zip(groups, before, strict=True):
-        rss = sum(proc.memory_info().rss for proc in group.processes)
-        usage[system.name, group.label] = (group, Usage(_cpu(group.processes) - cpu, rss))
-    return usage
+    return [(group, Usage(_cpu(group.processes) - cpu, sum(p.memory_info().rss for p in group.processes)))
+            for group, cpu in zip(groups, before, strict=True)]
 
 
-def _usage_text(group: Counted, usage: Usage, window: float) -> str:
+def _usage_text(usage: Usage, window: float) -> str:
     return (f"{usage.cpu:.2f} CPU s ({usage.cpu / window * 100:.2f} % of a core), "
             f"RSS {usage.rss / 2**20:.0f} MB")
+
+
+def _idle_cell(system: System, measured: list[tuple[Counted, Usage]], window: float) -> str:
+    """The system's own processes (summed, with the parts if several), then what is beside it."""
+    own = [(group, usage) for group, usage in measured if group.main]
+    total = Usage(sum(u.cpu for _, u in own), sum(u.rss for _, u in own))
+    text = f"{' + '.join(g.label for g, _ in own)}: {_usage_text(total, window)}"
+    if len(own) > 1:
+        text += " (" + "; ".join(f"{g.label} {u.cpu:.2f} CPU s, {u.rss / 2**20:.0f} MB"
+                                 for g, u in own) + ")"
+    for group, usage in measured:
+        if not group.main:
+            text += f"; beside it, {group.label}: {_usage_text(usage, window)}"
+    return text
 
 
 def idle_rows(systems: dict[str, System | None], plan: Plan) -> list[Row]:
@@ -172,21 +183,19 @@ def idle_rows(systems: dict[str, System | None], plan: Plan) -> list[Row]:
         for system in running:
             system.wait_instances(instances)
         time.sleep(plan.warmup)  # let start-up work (the instances' own and the system's) end
-        usage = idle_usage(running, plan.window)
+        measured: dict[str, list[tuple[Counted, Usage]]] = {}
+        with ThreadPoolExecutor(len(running)) as pool:  # one window for all
+            for system, result in zip(running, pool.map(lambda s: idle_usage(s, plan.window), running),
+                                      strict=True):
+                measured[system.name] = result
         for system in running:  # nothing died or was added during the window
             system.wait_instances(instances, timeout=5)
-        cells: dict[str, list[str]] = {}
-        for (name, _), (group, used) in usage.items():
-            text = _usage_text(group, used, plan.window)
-            cells.setdefault(name, []).append(f"{group.label}: {text}" if group.main else
-                                              f"(beside it, {group.label}: {text})")
-        baseline = [f"{name}: not installed" if systems[name] is None else " ".join(cells[name])
+        cells = {s.name: _idle_cell(s, measured[s.name], plan.window) for s in running}
+        baseline = [f"{name}: not installed" if systems[name] is None else cells[name]
                     for name in BASELINES]
-        guard = systems["workerguard"]
-        assert guard is not None
         rows.append(Row(f"idle cost over {plan.window:g} s, {instances} instance"
                         f"{'s' if instances > 1 else ''} running (CPU user + system in the window; "
-                        "RSS at its end)", "; ".join(baseline), " ".join(cells["workerguard"]),
+                        "RSS at its end)", "; ".join(baseline), cells["workerguard"],
                         "(measured, no target)", None))
         log(f"idle, {instances}: {rows[-1].baseline} | {rows[-1].workerguard}")
     return rows

@@ -373,11 +373,10 @@ class Guarded(System):
 
     def counted(self) -> list[Counted]:
         worker = self.bench.worker_process
-        assert worker is not None and self.beat is not None
-        guard = [*self._tree(psutil.Process(worker.pid)), *self._tree(psutil.Process(self.beat.pid))]
-        assert self.bench.server is not None
-        broker = [psutil.Process(self.bench.server.process.pid)]
-        return [Counted("guard worker + beat", guard), Counted("redis-server", broker, main=False)]
+        assert worker is not None and self.beat is not None and self.bench.server is not None
+        return [Counted("guard worker", self._tree(psutil.Process(worker.pid))),
+                Counted("beat", self._tree(psutil.Process(self.beat.pid))),
+                Counted("redis-server", [psutil.Process(self.bench.server.process.pid)], main=False)]
 
     def shutdown(self) -> None:
         with contextlib.suppress(Exception):  # not answering: the leftovers are killed by PID
