@@ -29,9 +29,10 @@ from dataclasses import dataclass
 
 import psutil
 
+from benchmarks.baselines import BASELINES, Circusd, Supervisord, installed
 from benchmarks.harness import Bench, bench, median, percentile, poll_for
 from benchmarks.rows import Row, log
-from benchmarks.supervised import BASELINES, Circusd, Counted, Guarded, Supervisord, System, installed
+from benchmarks.supervised import Counted, Guarded, System
 
 POLL = 0.001
 """How often ``/proc`` is read while waiting for the new process (the resolution)."""
