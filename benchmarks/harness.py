@@ -137,6 +137,11 @@ class Bench:
         poll_for(answers, timeout=60, interval=0.2, message="guard worker to answer ping")
         return self._app
 
+    @property
+    def worker_process(self) -> subprocess.Popen[bytes] | None:
+        """The guard worker started by ``start_worker``."""
+        return self._worker
+
     def worker_log(self) -> str:
         path = self.root / "guard-worker.log"
         return path.read_text()[-3000:] if path.exists() else ""

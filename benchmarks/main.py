@@ -10,12 +10,12 @@ import sys
 import time
 from importlib.metadata import version
 
-from benchmarks import rows
+from benchmarks import restart, rows
 from benchmarks.harness import bench
 from benchmarks.rows import Row, log
 from workerguard.embedded import redis_server_binary
 
-ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown")
+ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown", "restart", "idle")
 
 
 def machine() -> str:
@@ -74,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             log("crashed holder")
             results.insert(min(1, len(results)),
                            rows.crashed_holder(b, 2 if quick else 10, port_crash))
+    if chosen & {"restart", "idle"}:  # a world of their own: nothing else runs meanwhile
+        log("restart after SIGKILL and idle cost: supervisord, circusd, workerguard")
+        results += restart.rows(quick, restart="restart" in chosen, idle="idle" in chosen)
     print(f"\n{'Quick run' if quick else 'Full run'}: {machine()}; "
-          f"`python benchmarks/run.py{' --quick' if quick else ''}` took "
+          f"`python benchmarks/run.py{' --quick' if quick else ''}"
+          f"{''.join(f' --only {row}' for row in args.only or ())}` took "
           f"{time.monotonic() - started:.0f} s\n")
     print(table(results))
     if costs:
