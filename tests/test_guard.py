@@ -201,6 +201,20 @@ def test_a_sigkilled_lock_holder_delays_the_next_caller_by_at_most_lock_expire(
     assert len(result["running"]) == 1
 
 
+def test_a_clock_set_back_an_hour_does_not_extend_the_backoff(workspace: Workspace, redis_client):
+    workspace.add_profile("demo", "--exit-code", "3", start_retries=1, backoff_max=4)
+    now = [1000.0]
+    guard = Guard(redis_client, workspace.config(), clock=lambda: now[0])
+    assert guard.ensure("demo")["backoff"] == {"failures": 1, "next_attempt": 1001.0}
+    now[0] = 1000.5 - 3600  # the clock is set back an hour, half a second later
+    blocked = guard.ensure("demo")
+    assert blocked["action"] == "backoff"
+    assert blocked["backoff"]["next_attempt"] == now[0] + 1  # re-anchored: 1 s from now
+    assert guard.status("demo")["profiles"]["demo"]["state"] == "backoff"
+    now[0] += 1.01  # one second of the new clock later, not an hour
+    assert guard.ensure("demo")["action"] == "start_failed"  # it was tried again
+
+
 def test_crash_loop_backs_off_exponentially_and_force_overrides(workspace: Workspace,
                                                                 redis_client):
     workspace.add_profile("demo", "--exit-code", "3", start_retries=2, backoff_max=4)

@@ -34,6 +34,11 @@ class Backoff:
     def active(self, now: float, cap: float | None = None) -> bool:
         return self.remaining(now, cap) > 0
 
+    def clock_went_back(self, now: float) -> bool:
+        """``next_attempt`` lies further ahead than the delay that set it: the wall clock
+        was set back since the failure. Its wait is then re-anchored to ``now``."""
+        return self.delay > 0 and self.next_attempt - now > self.delay + 0.001
+
 
 def delay(failures: int, start_retries: int, backoff_max: float) -> float:
     """Seconds to wait after ``failures`` failed starts in a row: 0, then 1, 2, 4 ..."""
@@ -61,6 +66,15 @@ def record_failure(client: redis.Redis, host: str, profile: str, start_retries: 
     backoff = Backoff(failures, now + wait if wait else 0.0, wait)
     client.hset(key, mapping={"next_attempt": backoff.next_attempt, "delay": wait})
     return backoff
+
+
+def reanchor(client: redis.Redis, host: str, profile: str, backoff: Backoff, now: float,
+             cap: float) -> Backoff:
+    """After the clock was set back: the next attempt ``delay`` (at most ``cap``) from
+    ``now``, so the wait never outlasts the delay however far the clock jumped."""
+    moved = Backoff(backoff.failures, now + min(backoff.delay, cap), backoff.delay)
+    client.hset(keys.backoff(host, profile), "next_attempt", moved.next_attempt)
+    return moved
 
 
 def reset(client: redis.Redis, host: str, profile: str) -> None:

@@ -234,6 +234,10 @@ class Guard:
                 plan = self._plan(profile, intent, instances, max_workers, victim)
                 now = self.clock()
                 backoff = snapshot.backoff if intent != "enforce" and not force else Backoff()
+                if backoff.clock_went_back(now) and not dry_run:
+                    with self._redis():
+                        backoff = self.state.reanchor_backoff(profile.name, backoff, now,
+                                                              profile.backoff_max)
                 if intent == "replace" and plan.stop:
                     backoff = self._count_replacement(profile, plan.stop[0], backoff, now)
                 blocked = bool(plan.start) and backoff.active(now, profile.backoff_max)

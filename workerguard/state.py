@@ -109,6 +109,9 @@ class State:
         return backoff.record_failure(self.client, self.host, profile, start_retries,
                                       backoff_max, now)
 
+    def reanchor_backoff(self, profile: str, current: Backoff, now: float, cap: float) -> Backoff:
+        return backoff.reanchor(self.client, self.host, profile, current, now, cap)
+
     def reset_backoff(self, profile: str) -> None:
         backoff.reset(self.client, self.host, profile)
 
