@@ -12,12 +12,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
+import pytest
 import redis
 
 from workerguard.embedded import redis_server_binary
@@ -331,3 +332,27 @@ class TaskEvents:
         if self._receiver is not None:
             self._receiver.should_stop = True
         self._thread.join(5)
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(inodes: int) -> Iterator[Path]:
+    """A tmpfs with room for ``inodes`` inodes (the root included): a full disk to order."""
+    mount = short_tmpdir("wg-full-")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=64k,nr_inodes={inodes},mode=0700",
+                           "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        mount.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        mount.rmdir()
+
+
+def events(client: Any, action: str, profile: str | None = None) -> list[dict[bytes, bytes]]:
+    """The action log's entries of ``action`` (of ``profile``), oldest first."""
+    from workerguard import keys
+
+    return [e for _, e in client.xrange(keys.EVENTS) if e[b"action"] == action.encode()
+            and (profile is None or e[b"profile"] == profile.encode())]

@@ -11,8 +11,7 @@ import psutil
 import pytest
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import poll_for
-from workerguard import keys
+from tests.support import events, poll_for
 
 pytestmark = pytest.mark.celery
 
@@ -32,9 +31,6 @@ def sleepers(ws: Workspace) -> list[int]:
     pids = {int(p) for p in re.findall(r"sleeper (\d+) up", log.read_text())}
     return sorted(p for p in pids if alive(p))
 
-
-def events(redis_client, action: str) -> list[dict[bytes, bytes]]:
-    return [e for _, e in redis_client.xrange(keys.EVENTS) if e[b"action"] == action.encode()]
 
 
 def test_a_worker_killed_20_times_gets_exactly_one_replacement_each_time(

@@ -6,7 +6,6 @@ and ``workerguard ensure --local`` calls with their own environment.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Workspace
-from tests.support import HERE, cli_env, poll_for, run_cli, short_tmpdir
+from tests.support import HERE, cli_env, poll_for, run_cli, short_tmpdir, tiny_tmpfs
 from workerguard import keys
 from workerguard.config import Settings
 from workerguard.runtime import default_runtime_dir
@@ -167,22 +166,6 @@ def test_a_fence_directory_with_a_wrong_mode_or_owner_is_refused_with_a_clear_me
     done = local_ensure(workspace, cli_env())
     assert done.returncode == 0, done.stderr
     assert len(workspace.running()) == 1
-
-
-@contextlib.contextmanager
-def tiny_tmpfs(inodes: int) -> Iterator[Path]:
-    """A tmpfs with room for ``inodes`` inodes (the root included): a full disk to order."""
-    mount = short_tmpdir("wg-full-")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=64k,nr_inodes={inodes},mode=0700",
-                           "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        mount.rmdir()
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
-        mount.rmdir()
 
 
 def test_a_full_disk_gives_a_one_line_error_naming_the_fence(workspace: Workspace):

@@ -16,8 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import HERE, free_port, poll_for
-from workerguard import keys
+from tests.support import HERE, events, free_port, poll_for
 
 WORKER = HERE / "probe_workers.py"
 FAST = {"interval": 0.3, "timeout": 1.0, "failure_threshold": 3, "start_interval": 0.1,
@@ -49,10 +48,6 @@ def workers(ws: Workspace, name: str | None = None) -> list[psutil.Process]:
 def pids(ws: Workspace, name: str | None = None) -> list[int]:
     return sorted(p.pid for p in workers(ws, name))
 
-
-def events(redis_client: Any, action: str, profile: str | None = None) -> list[dict[bytes, bytes]]:
-    return [e for _, e in redis_client.xrange(keys.EVENTS) if e[b"action"] == action.encode()
-            and (profile is None or e[b"profile"] == profile.encode())]
 
 
 def heartbeat_profile(ws: Workspace, name: str = "bot", **overrides: Any) -> None:

@@ -62,7 +62,8 @@ ExitListener = Callable[[str, str], None]
 """(profile, reason): an instance of ``profile`` exited and the guard did not cause it."""
 ReplaceListener = Callable[[Unhealthy], None]
 """An instance failed its probe ``failure_threshold`` times in a row: ask for ``replace``."""
-_PARALLEL_CONVERGES = 16
+_PARALLEL_CONVERGES = 32
+"""Converges of one sweep at once: mostly waiting out start windows, so cheap threads."""
 
 
 class Guard:

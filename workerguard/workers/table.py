@@ -126,8 +126,9 @@ class HostProcesses:
         outcome = SpawnOutcome()
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            outcome.failures = [spawn.start_failure(profile, exc, self.log_dir)] * count
+        except OSError as exc:  # whatever the errno: the host's problem, not the worker's
+            failure = replace(spawn.start_failure(profile, exc, self.log_dir), host_error=True)
+            outcome.failures = [failure] * count
             return outcome
         log_file = spawn.log_path(self.log_dir, profile.name)
         rotate_all([log_file], *self.log_limits)
