@@ -161,3 +161,21 @@ def test_every_queued_command_with_a_wrong_password_prints_one_line_and_exits_1(
         assert done.returncode == 1, (command, done.stderr)
         assert done.stderr == "error: redis unreachable (AuthenticationError)\n", command
         assert_no_secret(done.stdout, done.stderr)
+
+
+@pytest.mark.celery
+def test_a_failed_request_says_what_failed_but_shows_no_traceback_or_path(
+        workspace: Workspace, harness: CeleryHarness, redis_client):
+    from workerguard.tasks.quiet import HIDDEN
+
+    workspace.add_profile("demo", "--exit-code", "3")  # a worker that fails at start
+    harness.start_worker()
+    watched = harness.watch_events()
+    failed = harness.call("workerguard.ensure", "demo")
+    assert failed.state == "FAILURE" and "start failed" in str(failed.result)
+    meta = json.loads(redis_client.get(f"celery-task-meta-{failed.id}"))
+    assert meta["traceback"] == HIDDEN
+    for shown in (json.dumps(meta), json.dumps(poll_for(
+            lambda: watched.of("workerguard.ensure", "task-failed"), message="the failed event"))):
+        assert "site-packages" not in shown and 'File \\"' not in shown
+        assert str(workspace.config_path) not in shown and str(Path(__file__).parent.parent) not in shown

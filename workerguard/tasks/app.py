@@ -15,7 +15,7 @@ from kombu.entity import Exchange, Queue
 
 from ..config import Config
 from ..connect import celery_url, result_backend_settings, socket_options
-from . import runtime
+from . import quiet, runtime
 
 DEFAULT_QUEUE = "workerguard"
 BROADCAST = "workerguard.broadcast"
@@ -62,7 +62,8 @@ def make_app(config: Config, redis_url: str) -> Celery:
     """Build the guard's Celery app for ``config``, talking to ``redis_url``."""
     settings = config.settings
     url = celery_url(redis_url)
-    app = Celery("workerguard", broker=url, backend=url, set_as_current=False)
+    app = Celery("workerguard", broker=url, backend=quiet.backend_url(url), task_cls=quiet.TASK,
+                 set_as_current=False)
     app.conf.update(
         # JSON only: a pickle message is refused before it reaches a task.
         task_serializer="json",
