@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import HERE, cli_env, poll_for, run_cli
+from tests.support import HERE, cli_env, events, poll_for, run_cli
 from workerguard import keys
 
 pytestmark = pytest.mark.celery
@@ -235,13 +235,15 @@ def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
 
 
 def test_a_starting_guard_sweeps_its_host_at_once_without_beat(workspace: Workspace,
-                                                                harness: CeleryHarness):
+                                                                harness: CeleryHarness,
+                                                                redis_client):
     workspace.add_profile()
     workspace.guard_settings["sweep_interval"] = 3600  # beat would not sweep for an hour
     workspace.guard_settings["sweep_on_start"] = True
     harness.start_worker()
     [pid] = poll_for(lambda: instances(harness), timeout=30, message="the startup sweep")
-    # The sweep logs its result after the start window, a moment after the spawn.
-    poll_for(lambda: "startup sweep: demo: started" in harness.log_tail(1_000_000), timeout=10,
-             message="the startup sweep's log line")
+    # The sweep records its start after the start window, a moment after the spawn.
+    [started] = poll_for(lambda: events(redis_client, "started"), timeout=10,
+                         message="the startup sweep's start in the action log")
+    assert started[b"requested_by"] == b"guard startup" and started[b"pids"] == str(pid).encode()
     assert psutil.pid_exists(pid)
