@@ -19,6 +19,7 @@ from workerguard.flight import Coalescer
 from workerguard.guard import Guard
 from workerguard.known import encode_known
 from workerguard.lock import ProfileLock
+from workerguard.observe import NullObserver
 from workerguard.workers.discover import alive
 from workerguard.workers.model import Instance
 
@@ -150,10 +151,23 @@ def test_a_changed_command_never_starts_a_second_instance_and_shows_the_old_one_
     assert entry["pid"] == old[0] and entry["outdated"] is True
 
 
+class Joins(NullObserver):
+    """Counts the requests that wait for another's converge (``Observer.coalesced``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def coalesced(self, profile: str) -> None:
+        with self._lock:
+            self.count += 1
+
+
 def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, redis_client):
     workspace.add_profile()
     counting = workspace.table(CountingTable).hold_first_discovery()
-    guard = workspace.guard(redis_client, counting)
+    joined = Joins()
+    guard = Guard(redis_client, workspace.config(), table=counting, observer=joined)
     results: list[dict[str, object]] = []
     lock = threading.Lock()
 
@@ -169,8 +183,7 @@ def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, r
     for thread in others:
         thread.start()
     # One of the nine leads the next run; eight wait for its result instead of their own.
-    pending = guard._flights._pending
-    poll_for(lambda: any(f.followers == 8 for f in pending.values()), message="followers")
+    poll_for(lambda: joined.count == 8, message="eight requests waiting for the next run")
     counting.release.set()
     for thread in [leader, *others]:
         thread.join(30)
@@ -182,7 +195,8 @@ def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, r
 
 
 def test_followers_get_the_leaders_error():
-    coalescer: Coalescer[int] = Coalescer()
+    joined = Joins()
+    coalescer: Coalescer[int] = Coalescer(on_join=lambda key: joined.coalesced(str(key)))
     entered, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
@@ -206,7 +220,7 @@ def test_followers_get_the_leaders_error():
     followers = [threading.Thread(target=follow) for _ in range(3)]
     for thread in followers:
         thread.start()
-    poll_for(lambda: any(f.followers == 2 for f in coalescer._pending.values()))
+    poll_for(lambda: joined.count == 2, message="two waiting for the next run")
     release.set()
     for thread in [first, *followers]:
         thread.join(10)

@@ -27,13 +27,13 @@ from .errors import (
     UnknownProfile,
     WorkerguardError,
 )
+from .report import Result
 from .tasks import validate
 from .tasks.app import host_queue, make_app, node_name
 
 ANSWER_TIMEOUT = 10.0
 """How long a request waits for a guard to pick it up; it expires after that."""
 
-Result = dict[str, Any]
 
 
 class NoGuardAnswered(WorkerguardError):

@@ -22,11 +22,13 @@ class _Flight(Generic[T]):
         self.done = threading.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
-        self.followers = 0
 
 
 class Coalescer(Generic[T]):
-    def __init__(self) -> None:
+    """``on_join(key)`` is told of each request that waits for another's run (metrics)."""
+
+    def __init__(self, on_join: Callable[[Hashable], None] | None = None) -> None:
+        self.on_join = on_join
         self._lock = threading.Lock()
         self._pending: dict[Hashable, _Flight[T]] = {}
         self._gates: dict[Hashable, threading.Lock] = {}
@@ -36,13 +38,14 @@ class Coalescer(Generic[T]):
         with self._lock:
             flight = self._pending.get(key)
             if flight is not None:
-                flight.followers += 1
                 leader = False
             else:
                 flight = self._pending[key] = _Flight()
                 gate = self._gates.setdefault(key, threading.Lock())
                 leader = True
         if not leader:
+            if self.on_join is not None:
+                self.on_join(key)
             flight.done.wait()
             if flight.error is not None:
                 raise flight.error

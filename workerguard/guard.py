@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +47,7 @@ from .observe import NULL_OBSERVER, Observer
 from .plan import Plan, make_plan
 from .probes import ProbeResult
 from .readiness import await_ready, not_ready
+from .report import Result
 from .state import Backoff, State
 from .workers import Exit, HostProcesses, Instance, Leftover, SpawnOutcome, describe_exit
 from .workers.discover import Discovery
@@ -57,7 +58,6 @@ Intent = Literal["ensure", "heal", "replace", "enforce", "stop_all"]
 """ensure: start and stop, clears a pause. heal: the same for sweeps and exit events,
 but a paused profile stays stopped. replace: heal, after stopping one unhealthy instance
 (counted toward backoff). enforce: only stop extras. stop_all: stop and pause."""
-Result = dict[str, Any]
 ExitListener = Callable[[str, str], None]
 """(profile, reason): an instance of ``profile`` exited and the guard did not cause it."""
 ReplaceListener = Callable[[Unhealthy], None]
@@ -86,7 +86,7 @@ class Guard:
         self.on_exit = on_exit
         self.health = health
         self.on_replace = on_replace
-        self._flights: Coalescer[Result] = Coalescer()
+        self._flights: Coalescer[Result] = Coalescer(on_join=self._coalesced)
         self._exits = (ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit")
                        if on_exit or health else None)
 
@@ -522,6 +522,10 @@ class Guard:
         except REDIS_ERRORS as exc:
             raise RedisUnavailable(f"redis unreachable ({type(exc).__name__}); "
                                    "nothing was touched") from None
+
+    def _coalesced(self, key: Hashable) -> None:
+        if isinstance(key, tuple):  # ("ensure", profile, dry_run, force)
+            self.observer.coalesced(str(key[1]))
 
     def _observed(self, mode: str, result: Result) -> Result:
         self.observer.acted(mode, result)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .config import Config
+from .report import Result
 
-Result = dict[str, Any]
 LABELS = ("host", "profile")
 LOCK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BROKER_PROBE_INTERVAL = 2.0
@@ -66,6 +65,10 @@ class GuardMetrics:
                               "result (ok / failed).", (*LABELS, "result"), registry=r)
         self.probe_duration = Histogram("workerguard_probe_duration_seconds", "Duration of a "
                                         "probe.", LABELS, buckets=PROBE_BUCKETS, registry=r)
+        self.coalesced_requests = Counter("workerguard_coalesced_requests", "ensure requests "
+                                          "answered by an identical request's converge "
+                                          "(single-flight) instead of their own.", LABELS,
+                                          registry=r)
         self.unhealthy_instances = Counter("workerguard_unhealthy", "Instances that failed their "
                                            "probe failure_threshold times in a row (each is "
                                            "replaced).", LABELS, registry=r)
@@ -122,6 +125,9 @@ class GuardMetrics:
 
     def orphaned(self, count: int) -> None:
         self.orphans.labels(self.host).set(count)
+
+    def coalesced(self, profile: str) -> None:
+        self.coalesced_requests.labels(self.host, profile).inc()
 
     def probed(self, profile: str, ok: bool, seconds: float) -> None:
         self.probes.labels(self.host, profile, "ok" if ok else "failed").inc()

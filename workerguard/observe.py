@@ -7,9 +7,9 @@ them. The default observer does nothing, so the hot path pays one method call.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
-Result = dict[str, Any]
+from .report import Result
 
 
 class Observer(Protocol):
@@ -27,6 +27,9 @@ class Observer(Protocol):
 
     def orphaned(self, count: int) -> None:
         """A sweep saw ``count`` instances of profiles that are no longer configured."""
+
+    def coalesced(self, profile: str) -> None:
+        """An ``ensure`` of ``profile`` waits for an identical one's converge (single-flight)."""
 
     def probed(self, profile: str, ok: bool, seconds: float) -> None:
         """A probe of an instance of ``profile`` passed (or not) in ``seconds``."""
@@ -49,6 +52,9 @@ class NullObserver:
         pass
 
     def orphaned(self, count: int) -> None:
+        pass
+
+    def coalesced(self, profile: str) -> None:
         pass
 
     def probed(self, profile: str, ok: bool, seconds: float) -> None:

@@ -17,6 +17,7 @@ from .state import Backoff
 from .workers import Instance, SpawnFailure
 
 Result = dict[str, Any]
+"""The task contract's result: built here, the one place that words it (README, "Result keys")."""
 FAILED_ACTIONS = frozenset({"start_failed", "error"})
 
 

@@ -11,7 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-Result = dict[str, Any]
+from .report import Result
+
 STATE_STYLE = {"running": "green", "paused": "yellow", "backoff": "red", "stopped": "dim",
                "healthy": "green", "starting": "yellow", "unhealthy": "red"}
 

@@ -12,11 +12,11 @@ import click
 from ..config import MAX_WORKERS_LIMIT
 from ..errors import WorkerguardError
 from ..redact import redact_text
+from ..report import Result
 from .common import (
     EXIT_OK,
     EXIT_USAGE,
     USAGE_ERRORS,
-    Result,
     Where,
     action_options,
     dry_run_option,

@@ -18,13 +18,13 @@ import click
 from ..config import Config, load_config
 from ..errors import ActionFailed, ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
 from ..redact import redact_text
+from ..report import Result
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 USAGE_ERRORS = (ConfigError, UnknownProfile, InvalidRequest)
 
-Result = dict[str, Any]
 
 
 def requester() -> str:

@@ -14,12 +14,12 @@ from typing import Any
 from ..config import load_config
 from ..errors import ConfigError
 from ..redact import redact_text
+from ..report import Result
 from ..workers.logs import rotate_all
 from ..workers.spawn import log_path
 from . import runtime
 
 log = logging.getLogger("workerguard.reload")
-Result = dict[str, Any]
 
 
 def rotate_logs(guard: Any) -> None:
