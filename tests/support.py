@@ -283,9 +283,9 @@ class CountingTable(HostProcesses):
         self.release.clear()
         return self
 
-    def scan(self) -> Scan:
+    def scan(self, only: Any = None) -> Scan:
         self.scans += 1
-        return super().scan()
+        return super().scan(only)
 
     def discover(self, *args: Any, **kwargs: Any) -> Discovery:
         self.discovers += 1

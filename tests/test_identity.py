@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -19,7 +20,7 @@ import pytest
 from tests.conftest import Workspace
 from tests.support import HERE, poll_for
 from workerguard import keys
-from workerguard.workers import HostProcesses, cgroups
+from workerguard.workers import HostProcesses, Scan, cgroups
 
 SHAPESHIFTER = HERE / "shapeshifter.py"
 CGROUPS_USABLE = (cgroups.default_root() is not None
@@ -230,3 +231,37 @@ def test_the_fallback_mode_is_forced_by_the_environment(workspace: Workspace, re
     assert table.mode == "registry"
     [started] = table.spawn(load_config(workspace.config_path).profile("demo"), 1).started
     assert started.cgroup is None and started.instance_id is not None
+
+
+class ScanSizes(HostProcesses):
+    """Records how many processes each scan read."""
+
+    sizes: list[int]
+
+    def scan(self, only: Any = None) -> Scan:
+        found = super().scan(only)
+        self.sizes = [*getattr(self, "sizes", []), len(found.processes)]
+        return found
+
+
+def test_a_converge_in_cgroup_mode_reads_only_the_processes_of_the_hosts_groups(
+        workspace: Workspace, redis_client):
+    if not CGROUPS_USABLE:
+        pytest.skip("no writable cgroup v2 here")
+    workspace.guard_settings["identity"] = "cgroup"
+    workspace.add_profile(min_workers=2, max_workers=2)
+    del workspace.profiles["demo"]["match"]  # adoption would need every process
+    table = workspace.table(ScanSizes)
+    guard = workspace.guard(redis_client, table)
+    started = guard.ensure("demo")["started"]
+    host = len(psutil.pids())
+    assert len(started) == 2 and host > 20
+    assert max(table.sizes) <= 2, table.sizes  # the converge: only its own instances' processes
+    psutil.Process(started[0]).kill()
+    poll_for(lambda: not alive(started[0]))
+    healed = guard.heal("demo")
+    assert healed["action"] == "started" and len(healed["running"]) == 2
+    assert max(table.sizes) <= 2, table.sizes
+    table.sizes = []
+    assert guard.sweep()[0]["action"] == "already_running"
+    assert table.sizes[0] > 20  # a sweep still reads every process: the safety net

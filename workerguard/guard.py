@@ -228,7 +228,7 @@ class Guard:
                     return fast
             lock.start_renewal()  # from here on the hold may take a while
             with host_fence(self.settings.fence_dir, f"{self.host}.{profile.name}", deadline):
-                found = self._discover([profile])
+                found = self._discover([profile], full=False)
                 instances = found.instances[profile.name]
                 if intent in ("heal", "replace") and snapshot.paused:
                     return report.paused_result(self.host, profile.name, instances, snapshot.paused)
@@ -248,7 +248,8 @@ class Guard:
                 self._set_pause(profile, intent, snapshot.paused, requested_by)
                 acted = self._act(lock, profile, plan.without_starts() if blocked else plan,
                                   self._leftovers(found, profile))
-                after = self._discover([profile]).instances[profile.name] if acted.changed else instances
+                after = (self._discover([profile], full=False).instances[profile.name]
+                         if acted.changed else instances)
                 self._remember(lock, profile, after)
                 return self._conclude(profile, intent, plan, acted, after, backoff if blocked else None,
                                       now, requested_by, reason)
@@ -446,8 +447,8 @@ class Guard:
         return f"{instance.instance_id or 'adopted'}:{instance.pid}:{instance.create_time:.2f}"
 
     # helpers ---------------------------------------------------------------------------
-    def _discover(self, profiles: Sequence[Profile]) -> Discovery:
-        return self.table.discover(profiles, self.config.profiles.values())
+    def _discover(self, profiles: Sequence[Profile], full: bool = True) -> Discovery:
+        return self.table.discover(profiles, self.config.profiles.values(), full=full)
 
     @staticmethod
     def _leftovers(found: Discovery, profile: Profile) -> list[Leftover]:

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -83,9 +83,10 @@ class Scan:
         return chain
 
 
-def scan_processes() -> Scan:
+def scan_processes(only: Iterable[int] | None = None) -> Scan:
+    """Every process of the host, or the processes ``only`` names (those still alive)."""
     processes: dict[int, ProcessInfo] = {}
-    for proc in psutil.process_iter(_SCAN_ATTRS):
+    for proc in psutil.process_iter(_SCAN_ATTRS) if only is None else _processes(only):
         info = proc.info
         if info.get("status") == psutil.STATUS_ZOMBIE or not info.get("cmdline"):
             continue
@@ -97,6 +98,17 @@ def scan_processes() -> Scan:
             process=proc,
         )
     return Scan(processes=processes, taken_at=time.time())
+
+
+def _processes(pids: Iterable[int]) -> Iterator[psutil.Process]:
+    """``psutil.Process`` objects of ``pids`` with ``info`` filled like ``process_iter``'s."""
+    for pid in dict.fromkeys(pids):
+        try:
+            proc = psutil.Process(pid)
+            proc.info = proc.as_dict(_SCAN_ATTRS)
+        except psutil.NoSuchProcess:
+            continue
+        yield proc
 
 
 def _looks_like(command: tuple[str, ...], joined: str) -> bool:

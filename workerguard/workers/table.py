@@ -94,19 +94,28 @@ class HostProcesses:
         return f"HostProcesses(host={self.host!r}, mode={self.mode!r})"
 
     # discovery -----------------------------------------------------------------------
-    def scan(self) -> Scan:
-        return scan_processes()
+    def scan(self, only: Collection[int] | None = None) -> Scan:
+        """The host's processes (``only``: just these pids)."""
+        return scan_processes(only)
 
     def discover(self, wanted: Iterable[Profile], configured: Iterable[Profile],
-                 scan: Scan | None = None) -> Discovery:
-        """The instances of ``wanted`` (and the host's orphans and leftovers), one scan."""
+                 scan: Scan | None = None, full: bool = True) -> Discovery:
+        """The instances of ``wanted`` (and the host's orphans and leftovers), one scan.
+
+        ``full=False`` (a converge) lets cgroup mode read only the processes in the host's
+        instance groups instead of every process, when that cannot miss anything: no
+        wanted profile adopts through ``match`` and every record has its group. Sweeps
+        and status stay full: they are the safety net for everything else.
+        """
         wanted = list(wanted)
         prints = {p.name: command_fingerprint(p) for p in configured}
         groups = ({(p, i): path for p, i, path in self.cgroups.instances(self.host)}
                   if self.cgroups is not None else {})
-        found = identify(scan or self.scan(), self.host, wanted, configured=prints,
-                         records=list(self.registry.records(self.host)), groups=groups,
-                         tree=self.cgroups)
+        records = list(self.registry.records(self.host))
+        if scan is None:
+            scan = self.scan(None if full else self._group_members(wanted, groups, records))
+        found = identify(scan, self.host, wanted, configured=prints, records=records,
+                         groups=groups, tree=self.cgroups)
         for record in found.updates:
             self._write(record)
         for profile, instance_id, group in found.gone:
@@ -115,6 +124,14 @@ class HostProcesses:
             if group is not None:
                 cgroups.remove(group)
         return found
+
+    def _group_members(self, wanted: Sequence[Profile], groups: dict[tuple[str, str], Path],
+                       records: Sequence[Record]) -> list[int] | None:
+        """Every pid in the host's instance groups, or None when only a full scan will do."""
+        if (self.cgroups is None or any(p.match for p in wanted)
+                or any((r.profile, r.instance_id) not in groups for r in records)):
+            return None
+        return [pid for group in groups.values() for pid in cgroups.members(group)]
 
     def verify(self, known: Iterable[Instance]) -> list[Instance] | None:
         return verify_known(known)
