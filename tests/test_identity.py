@@ -265,3 +265,23 @@ def test_a_converge_in_cgroup_mode_reads_only_the_processes_of_the_hosts_groups(
     table.sizes = []
     assert guard.sweep()[0]["action"] == "already_running"
     assert table.sizes[0] > 20  # a sweep still reads every process: the safety net
+
+
+def test_an_empty_group_of_a_start_in_progress_survives_a_concurrent_discovery(
+        workspace: Workspace):
+    """Between creating an instance's group and its first process joining, a sweep or
+    another profile's converge sees an empty group: it must not remove it (the start's
+    child would then fail to join)."""
+    if not CGROUPS_USABLE:
+        pytest.skip("no writable cgroup v2 here")
+    workspace.guard_settings["identity"] = "cgroup"
+    workspace.add_profile()
+    table = workspace.table()
+    assert table.cgroups is not None
+    group = table.cgroups.create(workspace.host_id, "demo", "ab" * 16)
+    try:
+        config = workspace.config()
+        found = table.discover(config.profiles.values(), config.profiles.values())
+        assert found.instances["demo"] == [] and group.is_dir()
+    finally:
+        cgroups.remove(group)

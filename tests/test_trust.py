@@ -59,7 +59,7 @@ def test_a_profile_raising_an_unexpected_error_does_not_stop_the_sweep(
     guard = workspace.guard(redis_client, workspace.table(ExplodingTable))
     results = {r["profile"]: r for r in guard.sweep()}
     assert results["bad"]["action"] == "error" and "nobody planned" in results["bad"]["error"]
-    assert results["alpha"]["action"] == results["omega"]["action"] == "started"
+    assert results["alpha"]["action"] == results["omega"]["action"] == "started", results
     assert len(workspace.running("alpha")) == len(workspace.running("omega")) == 1
 
 

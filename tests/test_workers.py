@@ -156,7 +156,7 @@ def test_child_environment_is_explicit():
     env = child_environment(profile, "h1", "i1", parent_env={"PATH": "/bin", "PYTHONPATH": "/x",
                                                              "CELERY_X": "1"})
     assert env == {"PATH": "/bin", "A": "1", "WORKERGUARD_PROFILE": "rpa",
-                   "WORKERGUARD_HOST_ID": "h1", "WORKERGUARD_INSTANCE": "i1"}
+                   "WORKERGUARD_HOST_ID": "h1", "WORKERGUARD_INSTANCE": "i1", "WORKERGUARD_INDEX": "0"}
 
 
 @pytest.mark.parametrize("count", [3])

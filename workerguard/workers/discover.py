@@ -282,7 +282,8 @@ def identify(scan: Scan, host_id: str, wanted: Sequence[Profile], *,
                      if pid in scan.processes and same_start(scan.processes[pid].create_time, created)]
             live = _descendants(roots, children)
         if not live:
-            found.gone.append((profile, instance_id, group))
+            if group is None or not _just_made(group, scan.taken_at):
+                found.gone.append((profile, instance_id, group))
             continue
         claimed.update(live)
         main = _main_process(scan, record, live)
@@ -308,6 +309,18 @@ def identify(scan: Scan, host_id: str, wanted: Sequence[Profile], *,
     for instances in found.instances.values():
         instances.sort(key=Instance.sort_key)
     return found
+
+
+SPAWN_GRACE = 30.0
+"""An empty group younger than this may be a start in progress (created, its first
+process not in it yet): another profile's converge or a sweep must not remove it."""
+
+
+def _just_made(group: Path, now: float) -> bool:
+    try:
+        return now - os.stat(group).st_ctime < SPAWN_GRACE
+    except OSError:
+        return False
 
 
 def _main_process(scan: Scan, record: Record | None, live: list[int]) -> int | None:
