@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Mapping
 
 import psutil
 import pytest
@@ -168,7 +169,7 @@ def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, r
     counting = workspace.table(CountingTable).hold_first_discovery()
     joined = Joins()
     guard = Guard(redis_client, workspace.config(), table=counting, observer=joined)
-    results: list[dict[str, object]] = []
+    results: list[Mapping[str, object]] = []
     lock = threading.Lock()
 
     def call() -> None:
@@ -236,7 +237,7 @@ def test_the_fast_path_never_answers_while_another_caller_holds_the_lock(
     [pid] = guard.ensure("demo")["started"]
     holder = ProfileLock(redis_client, workspace.host_id, "demo", expire=10)
     assert holder.acquire_within(5)  # a converge in progress elsewhere
-    results: list[dict[str, object]] = []
+    results: list[Mapping[str, object]] = []
     waiter = threading.Thread(target=lambda: results.append(guard.ensure("demo")))
     waiter.start()
     poll_for(lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),

@@ -250,3 +250,25 @@ def test_a_stopped_profile_is_not_probed(workspace: Workspace, harness: CeleryHa
         assert len(counter.read_text()) <= settled + 1, "probed after the profile was stopped"
         time.sleep(0.1)
     assert pids(workspace, "bot") == []
+
+
+@pytest.mark.celery
+def test_a_reload_that_removes_the_probe_stops_the_probing(
+        workspace: Workspace, harness: CeleryHarness, redis_client):
+    heartbeat_profile(workspace)
+    harness.start_worker()
+    [old] = harness.call("workerguard.ensure", "bot").result["started"]
+    [entry] = harness.call("workerguard.status", "bot").result["profiles"]["bot"]["instances"]
+    poll_for(lambda: (harness.call("workerguard.status", "bot").result["profiles"]["bot"]
+                      ["instances"][0].get("health", {}).get("state")) == "healthy", timeout=10)
+    del workspace.profiles["bot"]["probe"]
+    workspace.write_config()
+    assert harness.call("workerguard.reload").result["action"] == "reloaded"
+    hang(workspace, "bot", entry["instance_id"])
+    bound = time.monotonic() + 1.0 + FAST["interval"] * FAST["failure_threshold"] + 2
+    while time.monotonic() < bound:  # nothing may happen: watch past the replacement bound
+        assert pids(workspace, "bot") == [old]
+        time.sleep(0.2)
+    assert events(redis_client, "unhealthy", "bot") == []
+    [now] = harness.call("workerguard.status", "bot").result["profiles"]["bot"]["instances"]
+    assert "health" not in now

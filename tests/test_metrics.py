@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import urllib.request
 from collections import defaultdict
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -12,8 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import cli_env, free_port, poll_for, run_cli
+from workerguard.backoff import Backoff
 from workerguard.config import load_config
 from workerguard.metrics import GuardMetrics
+from workerguard.outcome import Action, Outcome
+from workerguard.workers import Instance
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
@@ -106,9 +108,14 @@ def test_metrics_port_comes_from_the_environment_and_is_checked(workspace: Works
             load_config(path, environ={"WORKERGUARD_METRICS_PORT": bad})
 
 
-def result(action: str, **extra: Any) -> dict[str, Any]:
-    return {"profile": "demo", "host": "h1", "action": action, "running": [], "started": [],
-            "stopped": [], "dry_run": False, "time": 1000.0, **extra}
+def result(action: Action, *, running: tuple[int, ...] = (), started: tuple[int, ...] = (),
+           dry_run: bool = False, backoff: dict[str, float] | None = None,
+           error: str | None = None) -> Outcome:
+    return Outcome(host="h1", profile="demo", action=action, time=1000.0,
+                   running=tuple(Instance("demo", pid, 1.0) for pid in running),
+                   started=tuple(started), dry_run=dry_run, error=error,
+                   backoff=Backoff(int(backoff["failures"]), backoff["next_attempt"])
+                   if backoff else None)
 
 
 def test_failed_starts_backoff_and_dry_runs_are_counted_right(workspace: Workspace):
@@ -116,7 +123,7 @@ def test_failed_starts_backoff_and_dry_runs_are_counted_right(workspace: Workspa
     metrics = GuardMetrics(workspace.config(), CollectorRegistry())
     labels = {"host": "h1", "profile": "demo"}
     metrics.acted("ensure", result("start_failed", backoff={"failures": 3, "next_attempt": 1001.0}))
-    metrics.acted("ensure", result("started", started=[7], running=[7], dry_run=True))
+    metrics.acted("ensure", result("started", started=(7,), running=(7,), dry_run=True))
     registry = metrics.registry
     assert registry.get_sample_value("workerguard_start_failures_total", labels) == 1
     assert registry.get_sample_value("workerguard_backoff", labels) == 1
@@ -125,7 +132,7 @@ def test_failed_starts_backoff_and_dry_runs_are_counted_right(workspace: Workspa
                    result("error", error="lock timeout")], 0.25)
     assert registry.get_sample_value("workerguard_errors_total", labels) == 1
     assert registry.get_sample_value("workerguard_backoff", labels) == 1
-    metrics.acted("ensure", result("started", started=[8], running=[8]))
+    metrics.acted("ensure", result("started", started=(8,), running=(8,)))
     assert registry.get_sample_value("workerguard_starts_total", labels) == 1
     assert registry.get_sample_value("workerguard_backoff", labels) == 0
     assert registry.get_sample_value("workerguard_instances", labels) == 1

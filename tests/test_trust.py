@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from tests.conftest import Workspace
@@ -20,7 +21,7 @@ def test_eight_concurrent_ensures_of_a_failing_worker_make_one_failed_start(
     workspace.add_profile("demo", "--exit-code", "3", start_retries=1, backoff_max=60)
     config_path = workspace.write_config()
     barrier = threading.Barrier(8)
-    results: list[dict[str, Any]] = []
+    results: list[Mapping[str, Any]] = []
 
     def caller() -> None:  # each like a CLI process: its own guard and connection
         from workerguard.config import load_config

@@ -44,6 +44,7 @@ from .health import Health, Unhealthy
 from .known import decode_known
 from .lock import REDIS_ERRORS, ProfileLock
 from .observe import NULL_OBSERVER, Observer
+from .outcome import Outcome
 from .plan import Plan, make_plan
 from .probes import ProbeResult
 from .readiness import await_ready, not_ready
@@ -86,7 +87,7 @@ class Guard:
         self.on_exit = on_exit
         self.health = health
         self.on_replace = on_replace
-        self._flights: Coalescer[Result] = Coalescer(on_join=self._coalesced)
+        self._flights: Coalescer[Outcome] = Coalescer(on_join=self._coalesced)
         self._exits = (ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit")
                        if on_exit or health else None)
 
@@ -95,7 +96,7 @@ class Guard:
 
     # public actions --------------------------------------------------------------------
     def ensure(self, profile: str, *, dry_run: bool = False, force: bool = False,
-               requested_by: str = "unknown") -> Result:
+               requested_by: str = "unknown") -> Outcome:
         """Converge to min..max instances: start missing, stop extras; clears a pause.
 
         Identical ensures that arrive in this process while one is waiting to start
@@ -106,13 +107,13 @@ class Guard:
             "ensure", self._converge(spec, "ensure", dry_run=dry_run, force=force,
                                      requested_by=requested_by)))
 
-    def heal(self, profile: str, *, requested_by: str = "exit") -> Result:
+    def heal(self, profile: str, *, requested_by: str = "exit") -> Outcome:
         """Converge like a sweep does for one profile: a paused profile stays stopped."""
         return self._observed("heal", self._converge(self.config.profile(profile), "heal",
                                                      requested_by=requested_by))
 
     def replace(self, profile: str, instance_id: str, *, reason: str = "",
-                requested_by: str = "probe") -> Result:
+                requested_by: str = "probe") -> Outcome:
         """Stop the unhealthy instance ``instance_id`` (gracefully, then its whole group) and
         heal: a start follows unless backoff holds it. Counts toward crash-loop backoff.
         An instance already gone, or a paused profile, is just healed (or left paused)."""
@@ -121,14 +122,14 @@ class Guard:
             requested_by=requested_by))
 
     def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
-                requested_by: str = "unknown") -> Result:
+                requested_by: str = "unknown") -> Outcome:
         """Stop instances beyond ``max_workers`` (the profile's when None); never starts."""
         return self._observed("enforce", self._converge(
             self.config.profile(profile), "enforce", dry_run=dry_run, max_workers=max_workers,
             requested_by=requested_by))
 
     def stop_all(self, profile: str, *, dry_run: bool = False,
-                 requested_by: str = "unknown") -> Result:
+                 requested_by: str = "unknown") -> Outcome:
         """Stop every instance and pause the profile so sweeps leave it stopped."""
         return self._observed("stop_all", self._converge(
             self.config.profile(profile), "stop_all", dry_run=dry_run, requested_by=requested_by))
@@ -147,7 +148,7 @@ class Guard:
                                     identity=self.table.mode,
                                     health=self.health.snapshot() if self.health else None)
 
-    def sweep(self, *, requested_by: str = "beat") -> list[Result]:
+    def sweep(self, *, requested_by: str = "beat") -> list[Outcome]:
         """Heal every profile of this host, with one process scan.
 
         A profile within bounds (or paused) is answered from the scan without its lock;
@@ -162,7 +163,7 @@ class Guard:
         self._report_orphans(found)
         for instances in found.instances.values():
             self._watch(instances)
-        results: dict[str, Result] = {}
+        results: dict[str, Outcome] = {}
         refresh = []
         pending = []
         for profile in profiles:
@@ -214,7 +215,7 @@ class Guard:
     def _converge(self, profile: Profile, intent: Intent, *, dry_run: bool = False,
                   force: bool = False, max_workers: int | None = None,
                   victim: str | None = None, reason: str = "",
-                  requested_by: str = "unknown") -> Result:
+                  requested_by: str = "unknown") -> Outcome:
         fast = self._fast_path(profile) if intent == "ensure" and not dry_run else None
         if fast is not None:
             return fast
@@ -325,7 +326,7 @@ class Guard:
 
     def _conclude(self, profile: Profile, intent: Intent, plan: Plan, acted: Acted,
                   after: list[Instance], blocked_by: Backoff | None, now: float,
-                  requested_by: str, reason: str = "") -> Result:
+                  requested_by: str, reason: str = "") -> Outcome:
         """Crash-loop state and the action log, still under the lock; then the result."""
         name = profile.name
         started, failures = acted.spawned.started, acted.spawned.failures
@@ -356,14 +357,14 @@ class Guard:
                              spare=[i.pid for i in plan.spare])
 
     # the fast path -------------------------------------------------------------------
-    def _fast_path(self, profile: Profile) -> Result | None:
+    def _fast_path(self, profile: Profile) -> Outcome | None:
         with self._redis():
             unlocked = self.state.snapshot_if_unlocked(profile.name)
         if unlocked is None or unlocked.paused:
             return None
         return self._known_within_bounds(profile, unlocked.known)
 
-    def _known_within_bounds(self, profile: Profile, raw: bytes | None) -> Result | None:
+    def _known_within_bounds(self, profile: Profile, raw: bytes | None) -> Outcome | None:
         """``already_running`` from the verified known instances, or None."""
         known = decode_known(profile, raw)
         verified = self.table.verify(known) if known else None
@@ -373,7 +374,7 @@ class Guard:
         self._watch(verified)
         return self._already_running(profile, plan, verified)
 
-    def _already_running(self, profile: Profile, plan: Plan, running: list[Instance]) -> Result:
+    def _already_running(self, profile: Profile, plan: Plan, running: list[Instance]) -> Outcome:
         return report.result(self.host, profile.name, "already_running", running=running,
                              kept=[i.pid for i in plan.keep], spare=[i.pid for i in plan.spare],
                              now=self.clock())
@@ -431,7 +432,7 @@ class Guard:
         self._record(event.profile, "unhealthy", [event.pid], "probe", reason)
         self.observer.unhealthy(event.profile)
         log.warning("%s: %s", event.profile, reason)
-        if self.on_replace is not None and spec is not None:
+        if self.on_replace is not None and spec is not None and spec.probe is not None:
             self.on_replace(event)
 
     def _claim_exits(self, instances: Sequence[Instance]) -> None:
@@ -454,7 +455,7 @@ class Guard:
     def _leftovers(found: Discovery, profile: Profile) -> list[Leftover]:
         return [left for left in found.leftovers if left.profile == profile.name]
 
-    def _isolated(self, profile: Profile, requested_by: str) -> Result:
+    def _isolated(self, profile: Profile, requested_by: str) -> Outcome:
         try:
             return self._converge(profile, "heal", requested_by=requested_by)
         except WorkerguardError as exc:
@@ -528,7 +529,7 @@ class Guard:
         if isinstance(key, tuple):  # ("ensure", profile, dry_run, force)
             self.observer.coalesced(str(key[1]))
 
-    def _observed(self, mode: str, result: Result) -> Result:
+    def _observed(self, mode: str, result: Outcome) -> Outcome:
         self.observer.acted(mode, result)
         return result
 

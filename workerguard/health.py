@@ -85,7 +85,8 @@ class Health:
                 self.prober.forget(instance.instance_id)
 
     def keep_only(self, profiles: Sequence[str]) -> None:
-        """Forget every instance of a profile not in ``profiles`` (after a reload)."""
+        """Forget every instance of a profile not in ``profiles`` (after a reload: the
+        profiles that are still configured with a probe)."""
         with self._lock:
             gone = [key for key, (name, _) in self._watched.items() if name not in profiles]
             for key in gone:

@@ -19,7 +19,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from .config import Config
-from .report import Result
+from .outcome import Outcome
 
 LABELS = ("host", "profile")
 LOCK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -102,17 +102,17 @@ class GuardMetrics:
     def lock_waited(self, profile: str, seconds: float) -> None:
         self.lock_wait.labels(self.host, profile).observe(seconds)
 
-    def acted(self, mode: str, result: Result) -> None:
-        if result.get("dry_run"):
+    def acted(self, mode: str, result: Outcome) -> None:
+        if result.dry_run:
             return
-        labels = (result.get("host", self.host), result["profile"])
+        labels = (result.host, result.profile)
         with self._lock:
             self._refresh(labels, result)
-            self.starts.labels(*labels).inc(len(result.get("started", ())))
-            self.stops.labels(*labels).inc(len(result.get("stopped", ())))
-            if result["action"] == "start_failed":
+            self.starts.labels(*labels).inc(len(result.started))
+            self.stops.labels(*labels).inc(len(result.stopped))
+            if result.action == "start_failed":
                 self.failed_starts.labels(*labels).inc()
-            elif result["action"] == "error":
+            elif result.action == "error":
                 self.errors.labels(*labels).inc()
             if mode == "stop_all":
                 self.pauses.labels(*labels).inc()
@@ -136,7 +136,7 @@ class GuardMetrics:
     def unhealthy(self, profile: str) -> None:
         self.unhealthy_instances.labels(self.host, profile).inc()
 
-    def swept(self, results: Sequence[Result], seconds: float) -> None:
+    def swept(self, results: Sequence[Outcome], seconds: float) -> None:
         self.sweep_duration.labels(self.host).observe(seconds)
         self.last_sweep.labels(self.host).set(time.time())
         for result in results:
@@ -166,15 +166,14 @@ class GuardMetrics:
         threading.Thread(target=probe, name="broker-probe", daemon=True).start()
 
     # helpers -----------------------------------------------------------------------------
-    def _refresh(self, labels: tuple[str, str], result: Result) -> None:
-        if result["action"] == "error":  # it knows nothing of instances, pause or backoff
+    def _refresh(self, labels: tuple[str, str], result: Outcome) -> None:
+        if result.action == "error":  # it knows nothing of instances, pause or backoff
             return
-        self.instances.labels(*labels).set(len(result.get("running", ())))
-        if result["action"] == "paused":
+        self.instances.labels(*labels).set(len(result.running))
+        if result.action == "paused":
             self.paused.labels(*labels).set(1)
-        backoff = result.get("backoff") or {}
-        in_backoff = result["action"] == "backoff" or (
-            backoff.get("next_attempt", 0) > result.get("time", time.time()))
+        in_backoff = result.action == "backoff" or (
+            result.backoff is not None and result.backoff.next_attempt > result.time)
         self.backoff.labels(*labels).set(1 if in_backoff else 0)
 
 

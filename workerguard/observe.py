@@ -9,17 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from .report import Result
+from .outcome import Outcome
 
 
 class Observer(Protocol):
     def lock_waited(self, profile: str, seconds: float) -> None:
         """A converge waited ``seconds`` for the profile's lock (also when it timed out)."""
 
-    def acted(self, mode: str, result: Result) -> None:
+    def acted(self, mode: str, result: Outcome) -> None:
         """An ``ensure`` / ``enforce`` / ``stop_all`` request finished with ``result``."""
 
-    def swept(self, results: Sequence[Result], seconds: float) -> None:
+    def swept(self, results: Sequence[Outcome], seconds: float) -> None:
         """A sweep of this host finished: one result per profile, in ``seconds``."""
 
     def exited(self, profile: str) -> None:
@@ -42,10 +42,10 @@ class NullObserver:
     def lock_waited(self, profile: str, seconds: float) -> None:
         pass
 
-    def acted(self, mode: str, result: Result) -> None:
+    def acted(self, mode: str, result: Outcome) -> None:
         pass
 
-    def swept(self, results: Sequence[Result], seconds: float) -> None:
+    def swept(self, results: Sequence[Outcome], seconds: float) -> None:
         pass
 
     def exited(self, profile: str) -> None:

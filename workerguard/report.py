@@ -1,4 +1,5 @@
-"""Result dicts (the task contract) and the human lines printed for them.
+"""The guard's answers: ``Outcome`` constructors for converges, and the status and prune
+reports (dicts: they describe a host, not one converge).
 
 Every result has at least ``profile``, ``host``, ``action``, ``running``, ``started``,
 ``stopped``, ``dry_run``, plus ``ok`` and ``message`` (the line the CLI prints,
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .config import Profile
+from .outcome import Action, Outcome
 from .plan import Plan
 from .state import Backoff
 from .workers import Instance, SpawnFailure
 
 Result = dict[str, Any]
 """The task contract's result: built here, the one place that words it (README, "Result keys")."""
-FAILED_ACTIONS = frozenset({"start_failed", "error"})
 
 
 def _pids(pids: Sequence[int]) -> str:
@@ -26,7 +28,7 @@ def _pids(pids: Sequence[int]) -> str:
 
 
 def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],
-               failures: Sequence[SpawnFailure], anything_running: bool) -> str:
+               failures: Sequence[SpawnFailure], anything_running: bool) -> Action:
     """The contract's ``action`` for what a converge of ``mode`` (an intent) did."""
     if mode == "stop_all":
         return "stopped_all" if plan.stop else "nothing_to_stop"
@@ -43,81 +45,32 @@ def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[
     return "already_running" if anything_running else "nothing_to_do"
 
 
-def _message(profile: str, action: str, r: Result) -> str:
-    running, stopped = _pids(r["running"]), _pids(r["stopped"])
-    kept = _pids(r.get("kept", []))
-    if action == "already_running":
-        spare = r.get("spare") or []
-        if spare:
-            return (f"{profile}: already running (PIDs: {running}); {len(spare)} adopted "
-                    f"beyond max_workers left running ({_pids(spare)}; stop_adopted = false)")
-        return f"{profile}: already running (PIDs: {running})"
-    if action == "started":
-        return f"{profile}: started (PIDs: {_pids(r['started'])})"
-    if action == "replaced":
-        then = (f"started {_pids(r['started'])}" if r["started"] else
-                f"in backoff after {r['backoff']['failures']} failures, next start in "
-                f"{max(0.0, r['backoff']['next_attempt'] - r['time']):.0f} s" if r.get("backoff")
-                else "no start needed")
-        return f"{profile}: replaced unhealthy {stopped}; {then}"
-    if action == "stopped_extras":
-        return f"{profile}: keeping {kept or 'none'}, stopping {stopped}"
-    if action == "stopped_all":
-        return f"{profile}: stopped {stopped}; paused until the next ensure"
-    if action == "nothing_to_stop":
-        return f"{profile}: no instances to stop"
-    if action == "nothing_to_do":
-        return f"{profile}: nothing running, none required (min_workers = 0)"
-    if action == "start_failed":
-        return f"{profile}: start failed: {r['error']}"
-    if action == "backoff":
-        b = r["backoff"]
-        return (f"{profile}: in backoff after {b['failures']} failed starts; next attempt in "
-                f"{max(0.0, b['next_attempt'] - r['time']):.0f} s (ensure --force starts now)")
-    if action == "paused":
-        return f"{profile}: paused (stopped by {r['paused']['by']}); ensure clears it"
-    if action == "error":
-        return f"{profile}: {r['error']}"
-    return f"{profile}: {action}"
-
-
-def result(host: str, profile: str, action: str, *, running: Sequence[Instance],
+def result(host: str, profile: str, action: Action, *, running: Sequence[Instance],
            started: Sequence[int] = (), stopped: Sequence[int] = (), kept: Sequence[int] = (),
            failures: Sequence[SpawnFailure] = (), backoff: Backoff | None = None,
-           now: float | None = None, dry_run: bool = False, **extra: Any) -> Result:
-    r: Result = {
-        "profile": profile,
-        "host": host,
-        "action": action,
-        "running": [i.pid for i in running],
-        "started": list(started),
-        "stopped": list(stopped),
-        "kept": list(kept),
-        "dry_run": dry_run,
-        "time": now if now is not None else time.time(),
-        **extra,
-    }
-    if failures:
-        r["error"] = "; ".join(f.describe() for f in failures)
-    if backoff is not None and backoff.failures:
-        r["backoff"] = {"failures": backoff.failures, "next_attempt": backoff.next_attempt}
-    r["ok"] = action not in FAILED_ACTIONS
-    r["message"] = _message(profile, action, r)
-    return r
+           now: float | None = None, spare: Sequence[int] = (), cleaned: Sequence[int] = (),
+           ) -> Outcome:
+    return Outcome(host=host, profile=profile, action=action,
+                   time=now if now is not None else time.time(), running=tuple(running),
+                   started=tuple(started), stopped=tuple(stopped), kept=tuple(kept),
+                   spare=tuple(spare), cleaned=tuple(cleaned), failures=tuple(failures),
+                   backoff=backoff)
 
 
 def paused_result(host: str, profile: str, instances: Sequence[Instance],
-                  pause: Mapping[str, Any]) -> Result:
-    return result(host, profile, "paused", running=instances, paused=dict(pause))
+                  pause: Mapping[str, Any]) -> Outcome:
+    return Outcome(host=host, profile=profile, action="paused", time=time.time(),
+                   running=tuple(instances), paused=dict(pause))
 
 
-def error_result(host: str, profile: str, exc: Exception) -> Result:
-    return result(host, profile, "error", running=(), error=str(exc))
+def error_result(host: str, profile: str, exc: Exception) -> Outcome:
+    return Outcome(host=host, profile=profile, action="error", time=time.time(), error=str(exc))
 
 
 def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
-                   backoff: Backoff | None) -> Result:
+                   backoff: Backoff | None) -> Outcome:
     start = 0 if backoff else plan.start
+    action: Action
     if backoff:
         action = "backoff"
     elif mode == "stop_all":
@@ -130,21 +83,22 @@ def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
         action = "already_running"
     else:
         action = "nothing_to_stop" if mode == "enforce" else "nothing_to_do"
-    r = result(host, profile, action, running=[*plan.keep, *plan.stop],
-               kept=[i.pid for i in plan.keep], dry_run=True, backoff=backoff,
-               would_stop=[i.pid for i in plan.stop], would_start=start)
+    plain = Outcome(host=host, profile=profile, action=action, time=time.time(),
+                    running=(*plan.keep, *plan.stop), kept=tuple(i.pid for i in plan.keep),
+                    dry_run=True, backoff=backoff, would_stop=tuple(i.pid for i in plan.stop),
+                    would_start=start)
     if action in ("started", "stopped_extras", "stopped_all"):
         parts = []
         if plan.keep:
-            parts.append(f"keep {_pids(r['kept'])}")
+            parts.append(f"keep {_pids(plain.kept)}")
         if plan.stop:
-            parts.append(f"stop {_pids(r['would_stop'])}")
+            parts.append(f"stop {_pids(plain.would_stop)}")
         if start:
             parts.append(f"start {start}")
-        r["message"] = f"{profile}: [dry-run] would {', '.join(parts)}"
+        text = f"{profile}: [dry-run] would {', '.join(parts)}"
     else:
-        r["message"] = "[dry-run] " + r["message"]
-    return r
+        text = "[dry-run] " + plain.message
+    return replace(plain, message_text=text)
 
 
 def instance_entry(i: Instance, now: float,

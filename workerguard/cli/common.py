@@ -98,17 +98,20 @@ class Where:
         emit(result, self.as_json)
 
 
-def run_local(config: Config, call: Callable[[Any], Result]) -> Result:
-    """Run one guard action in this process, under the same lock the tasks use."""
+def run_local(config: Config, call: Callable[[Any], Any]) -> Result:
+    """Run one guard action in this process, under the same lock the tasks use; its answer
+    as the task would return it (the contract dict)."""
     from ..connect import redis_client, redis_url
     from ..guard import Guard
+    from ..outcome import Outcome
 
     with redis_url(config.settings) as url:
         client = redis_client(url)
         try:
-            return call(Guard(client, config))
+            answer = call(Guard(client, config))
         finally:
             client.close()
+    return answer.contract() if isinstance(answer, Outcome) else dict(answer)
 
 
 config_option = click.option(

@@ -20,6 +20,7 @@ from ..errors import (
     UnknownProfile,
 )
 from ..guard import Guard
+from ..outcome import Outcome
 from . import refused, runtime, validate  # noqa: F401 (refused answers rejected messages)
 from .healing import exit_listener, register_healing, replace_listener, schedule_retry
 from .reload import reload_config, rotate_logs
@@ -44,10 +45,11 @@ def _who(task: Task, requested_by: str | None) -> str:
     return f"{requested_by or 'task'} (task {task.request.id} from {origin})"
 
 
-def _checked(result: dict[str, Any]) -> dict[str, Any]:
+def _checked(result: Outcome | dict[str, Any]) -> dict[str, Any]:
+    """The task's answer: the contract dict, or ``ActionFailed`` with the guard's line."""
     if not result.get("ok", True):
         raise ActionFailed(result["message"])
-    return result
+    return result.contract() if isinstance(result, Outcome) else result
 
 
 def register(app: Celery) -> None:
@@ -105,4 +107,4 @@ def register(app: Celery) -> None:
                      self.request.id, guard.host)
             return []
         rotate_logs(guard)
-        return guard.sweep(requested_by=_who(self, "beat"))
+        return [outcome.contract() for outcome in guard.sweep(requested_by=_who(self, "beat"))]

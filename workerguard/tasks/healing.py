@@ -21,6 +21,7 @@ from celery import Celery, Task
 from .. import keys
 from ..guard import ExitListener, Guard, ReplaceListener
 from ..health import Unhealthy
+from ..outcome import Outcome
 from . import validate
 from .app import host_queue
 
@@ -52,15 +53,16 @@ def replace_listener(app: Celery, host_id: str) -> ReplaceListener:
     return replace
 
 
-def schedule_retry(app: Celery, guard: Guard, result: dict[str, Any]) -> float | None:
+def schedule_retry(app: Celery, guard: Guard, outcome: Outcome) -> float | None:
     """After a heal that could not start (backoff, failed start): heal again when the
     backoff allows, once per profile. Returns the delay, or None if nothing was scheduled."""
-    if result.get("action") not in ("backoff", "start_failed"):
+    if outcome.action not in ("backoff", "start_failed", "replaced") or (
+            outcome.action == "replaced" and outcome.started):
         return None
-    profile = result["profile"]
+    profile = outcome.profile
     spec = guard.config.profile(profile)
-    backoff = result.get("backoff") or {}
-    delay = min(max(0.0, float(backoff.get("next_attempt", 0)) - time.time()), spec.backoff_max)
+    next_attempt = outcome.backoff.next_attempt if outcome.backoff is not None else 0.0
+    delay = min(max(0.0, next_attempt - time.time()), spec.backoff_max)
     delay = max(delay, 0.05)
     key = keys.retry(guard.host, profile)
     if not guard.client.set(key, "1", nx=True, px=int(delay * 1000) + 500):
@@ -72,7 +74,7 @@ def schedule_retry(app: Celery, guard: Guard, result: dict[str, Any]) -> float |
 
 def register_healing(app: Celery, guard_for: Callable[[Celery], Guard],
                      who: Callable[[Task, str | None], str],
-                     checked: Callable[[dict[str, Any]], dict[str, Any]],
+                     checked: Callable[[Outcome | dict[str, Any]], dict[str, Any]],
                      throws: tuple[type[Exception], ...], retry: dict[str, Any]) -> None:
     """The tasks ``workerguard.heal`` and ``workerguard.prune`` (same checks as the others)."""
 

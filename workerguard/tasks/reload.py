@@ -46,7 +46,7 @@ def reload_config(app: Any, requested_by: str) -> Result:
     lines = [r["message"] for r in swept]
     return {
         "host": guard.host, "profile": None, "action": "reloaded", "ok": True,
-        "config": source, "changed": changed, "swept": swept,
+        "config": source, "changed": changed, "swept": [r.contract() for r in swept],
         "message": "\n".join([f"{guard.host}: reloaded {source} (changed: "
                               f"{', '.join(changed) or 'nothing'})", *lines]),
     }

@@ -70,7 +70,7 @@ class Runtime:
             self._health = (pid, Health(self.config.settings.host_id,
                                         on_unhealthy=lambda event: self.guard().unhealthy(event),
                                         on_result=self._probed))
-        self._health[1].keep_only(list(self.config.profiles))
+        self._health[1].keep_only([n for n, p in self.config.profiles.items() if p.probe])
         return self._health[1]
 
     def _probed(self, profile: str, result: Any) -> None:
