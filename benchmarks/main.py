@@ -10,7 +10,7 @@ import sys
 import time
 from importlib.metadata import version
 
-from benchmarks import hung, restart, rows
+from benchmarks import hung, probecpu, restart, rows
 from benchmarks.harness import bench
 from benchmarks.rows import Row, log
 from workerguard.embedded import redis_server_binary
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if "hung" in chosen:
         log("hung worker (heartbeat stops) -> replaced; supervisord, circusd beside it")
         results.append(hung.hung_row(quick))
+    if "probecpu" in chosen:
+        log("guard CPU per probe, 50 probed instances, beside the Prober alone")
+        results.append(probecpu.guard_probe_cpu_row(quick))
     print(f"\n{'Quick run' if quick else 'Full run'}: {machine()}; "
           f"`python benchmarks/run.py{' --quick' if quick else ''}"
           f"{''.join(f' --only {row}' for row in args.only or ())}` took "

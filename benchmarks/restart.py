@@ -226,13 +226,15 @@ def systems(b: Bench, instances: int, worker: Worker | None = None,
         _each([s for s in made.values() if s is not None], lambda s: s.start(instances))
         yield made
     finally:
-        errors = []
-        for system in made.values():
-            if system is not None:
-                try:
-                    system.close()
-                except Exception as exc:  # close the others all the same
-                    errors.append(f"{system.name}: {exc!r}")
+        errors: list[str] = []
+
+        def close(system: System) -> None:
+            try:
+                system.close()
+            except Exception as exc:  # close the others all the same
+                errors.append(f"{system.name}: {exc!r}")
+
+        _each([s for s in made.values() if s is not None], close)
         assert not errors, errors
 
 
