@@ -9,7 +9,11 @@ of each guard worker process — never its instances — is read over one window
 both; the difference is what probing cost the guard. The probes in the window are
 counted by the probed guard's own metric (``workerguard_probes_total``, scraped just
 outside the window, from both guards alike). Beside it, the same probes in a bare
-``Prober`` in a process of its own (``probes.measure``), after both guards are gone.
+``Prober`` in a process of its own (``probes.measure``), over about the same window
+(CPU time is what each process used, whatever else runs meanwhile).
+
+The kernel reports another process's CPU time in 10 ms ticks: the 2 s window of
+``--quick`` gives coarse figures; the full run's 60 s window, figures to a few per cent.
 """
 
 from __future__ import annotations
