@@ -117,7 +117,8 @@ def guard_probe_cpu_row(quick: bool) -> Row:
 
     log(f"probecpu: with {with_probes:.3f} CPU s, without {without:.3f}, {probes:.0f} probes in {took:.1f} s")
     return Row(f"guard CPU per probe: {INSTANCES} instances, heartbeat probe every {INTERVAL:g} s "
-               f"(real guard workers, with and without the probe; {window:g} s window)",
+               f"(real guard workers, with and without the probe; {window:g} s window"
+               f"{'; CPU counts in 10 ms ticks: coarse' if quick else ''})",
                f"the Prober alone, in a process of its own, same probes, same time: {isolated.cells()}",
                f"guard worker with the probes: {share(with_probes)}, {probes / took:.1f} probes/s (its "
                f"metric); the same guard without a probe: {share(without)}; the difference: "
