@@ -154,6 +154,11 @@ class Bench:
             self._app.close()
         for client in self._clients:
             client.close()
+        if self._worker is not None and self._worker.poll() is None:
+            # First the guard: alive, it would restart the instances that end_all kills
+            # (its exit watcher heals them), and those would outlive the run.
+            self._worker.kill()
+            self._worker.wait(30)
         self.tracker.end_all()
         if self.server is not None:
             self.server.stop()

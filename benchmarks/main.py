@@ -10,12 +10,13 @@ import sys
 import time
 from importlib.metadata import version
 
-from benchmarks import restart, rows
+from benchmarks import hung, probecpu, restart, rows
 from benchmarks.harness import bench
 from benchmarks.rows import Row, log
 from workerguard.embedded import redis_server_binary
 
-ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown", "restart", "idle")
+ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown", "restart", "idle", "hung",
+        "probecpu")
 
 
 def machine() -> str:
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     if chosen & {"restart", "idle"}:  # a world of their own: nothing else runs meanwhile
         log("restart after SIGKILL and idle cost: supervisord, circusd, workerguard")
         results += restart.rows(quick, restart="restart" in chosen, idle="idle" in chosen)
+    if "hung" in chosen:
+        log("hung worker (heartbeat stops) -> replaced; supervisord, circusd beside it")
+        results.append(hung.hung_row(quick))
+    if "probecpu" in chosen:
+        log("guard CPU per probe, 50 probed instances, beside the Prober alone")
+        results.append(probecpu.guard_probe_cpu_row(quick))
     print(f"\n{'Quick run' if quick else 'Full run'}: {machine()}; "
           f"`python benchmarks/run.py{' --quick' if quick else ''}"
           f"{''.join(f' --only {row}' for row in args.only or ())}` took "

@@ -7,6 +7,9 @@ from ``getrusage``, over the measured window only) holds nothing but the timer, 
 worker threads and the probes. The tcp probes connect to one listener (a stand-in
 worker in another process, not counted). Prints one table row per kind; the
 function ``probe_cpu_row`` returns it for ``benchmarks/main.py``.
+
+``guard_probe_cpu_row`` (row "probecpu" of ``benchmarks/run.py``) measures the same
+heartbeat probes in a real guard worker: see its docstring.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from pydantic import TypeAdapter
 
-from benchmarks.main import table
 from benchmarks.rows import Row
 from tests.support import LineReader, ProcessTracker, free_port
 from workerguard.probes import AnyProbe, Prober, ProbeSpec, ProbeTarget
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=50)
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args(argv)
+    from benchmarks.main import table  # not at the top: main imports this module
+
     print(table(probe_cpu_row(instances=args.instances, interval=args.interval, seconds=args.seconds)))
     return 0
 

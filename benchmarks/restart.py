@@ -23,16 +23,17 @@ import random
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
 from benchmarks.baselines import BASELINES, Circusd, Supervisord, installed
 from benchmarks.harness import Bench, bench, median, percentile, poll_for
 from benchmarks.rows import Row, log
-from benchmarks.supervised import Counted, Guarded, System
+from benchmarks.supervised import Counted, Guarded, System, Worker
 
 POLL = 0.001
 """How often ``/proc`` is read while waiting for the new process (the resolution)."""
@@ -104,7 +105,7 @@ def restart_row(systems: dict[str, System | None], plan: Plan) -> Row:
             trial = kill_once(system, rng, plan.pause)
             times[system.name].append(trial.latency)
             if system is guard:
-                at = poll_for(lambda: guard.exit_recorded(trial.pid) or 0.0, 10,  # noqa: B023
+                at = poll_for(lambda: guard.recorded("exited", [trial.pid]) or 0.0, 10,  # noqa: B023
                               message="the exited event")
                 recorded.append(at - trial.killed_at)
         if (i + 1) % 10 == 0 or i + 1 == plan.trials:
@@ -210,26 +211,30 @@ def _each(running: Sequence[System], action: Callable[[System], None]) -> None:
 
 
 @contextlib.contextmanager
-def systems(b: Bench, instances: int) -> Iterator[dict[str, System | None]]:
+def systems(b: Bench, instances: int, worker: Worker | None = None,
+            profile: Mapping[str, Any] | None = None) -> Iterator[dict[str, System | None]]:
     """supervisord, circusd (None where not installed) and workerguard, each running one
-    instance of the worker; all three stopped and cleaned up at the end."""
+    instance of the worker (``worker``: its command line, default ``sleeper.py``; ``profile``:
+    more fields of workerguard's profile); all three stopped and cleaned up at the end."""
     tag = f"wgbench-{uuid.uuid4().hex[:8]}"
     made: dict[str, System | None] = {
-        "supervisord": Supervisord(b.root, tag) if installed("supervisord") else None,
-        "circusd": Circusd(b.root, tag) if installed("circusd") else None,
-        "workerguard": Guarded(b.root, tag, b),
+        "supervisord": Supervisord(b.root, tag, worker) if installed("supervisord") else None,
+        "circusd": Circusd(b.root, tag, worker) if installed("circusd") else None,
+        "workerguard": Guarded(b.root, tag, b, worker, profile),
     }
     try:
         _each([s for s in made.values() if s is not None], lambda s: s.start(instances))
         yield made
     finally:
-        errors = []
-        for system in made.values():
-            if system is not None:
-                try:
-                    system.close()
-                except Exception as exc:  # close the others all the same
-                    errors.append(f"{system.name}: {exc!r}")
+        errors: list[str] = []
+
+        def close(system: System) -> None:
+            try:
+                system.close()
+            except Exception as exc:  # close the others all the same
+                errors.append(f"{system.name}: {exc!r}")
+
+        _each([s for s in made.values() if s is not None], close)
         assert not errors, errors
 
 

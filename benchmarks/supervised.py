@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -32,6 +33,9 @@ import psutil
 
 from benchmarks.harness import Bench
 from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, to_toml
+
+Worker = Callable[[Path], list[str]]
+"""The worker's command line, given the system's own directory (default: ``sleeper.py``)."""
 
 START_SECONDS = 1
 """The start window (supervisord's ``startsecs``, workerguard's ``start_seconds``):
@@ -86,10 +90,11 @@ class System(ABC):
     name: str
     """Short name for the table (``supervisord``)."""
 
-    def __init__(self, root: Path, tag: str) -> None:
+    def __init__(self, root: Path, tag: str, worker: Worker | None = None) -> None:
         self.dir = root / self.name
         self.dir.mkdir(parents=True)
-        self.procs = Cmdline([sys.executable, str(SLEEPER), "--tag", f"{tag}-{self.name}"])
+        self.procs = Cmdline(worker(self.dir) if worker is not None
+                             else [sys.executable, str(SLEEPER), "--tag", f"{tag}-{self.name}"])
         self.tracker = ProcessTracker()
         self.seen: set[int] = set()
 
@@ -164,13 +169,16 @@ class Guarded(System):
     """A real guard worker (``workerguard worker``: threads pool, 4 threads, task events)
     and ``workerguard beat`` (sweeps every 30 s, the default), on the bench's Redis; one
     profile, ``worker``; ``scale`` rewrites its ``min_workers``/``max_workers`` and sends
-    ``workerguard.reload``. Identity mode ``auto`` (a cgroup per instance where writable)."""
+    ``workerguard.reload``. Identity mode ``auto`` (a cgroup per instance where writable).
+    ``profile``: more fields of the profile (a probe, say), over the defaults here."""
 
     name = "workerguard"
 
-    def __init__(self, root: Path, tag: str, bench: Bench) -> None:
-        super().__init__(root, tag)
+    def __init__(self, root: Path, tag: str, bench: Bench, worker: Worker | None = None,
+                 profile: Mapping[str, Any] | None = None) -> None:
+        super().__init__(root, tag, worker)
         self.bench = bench
+        self.extra = dict(profile or {})
         self.tracker = bench.tracker
         self.beat: subprocess.Popen[bytes] | None = None
 
@@ -181,7 +189,7 @@ class Guarded(System):
     def _write_config(self, instances: int) -> Path:
         path = self.dir / "workerguard.toml"
         profile = {"command": self.procs.argv, "min_workers": instances, "max_workers": instances,
-                   "start_seconds": START_SECONDS, "stop_timeout": 5}
+                   "start_seconds": START_SECONDS, "stop_timeout": 5, **self.extra}
         path.write_text(to_toml({"redis_url": self.bench.url, "host_id": self.bench.host_id,
                                  "home": str(self.dir / "home"), "sweep_on_start": False},
                                 {"worker": profile}))
@@ -206,12 +214,14 @@ class Guarded(System):
                 return True
         return False
 
-    def exit_recorded(self, pid: int) -> float | None:
-        """When the guard recorded the exit of ``pid`` (its ``exited`` event; wall clock)."""
+    def recorded(self, action: str, pids: Sequence[int]) -> float | None:
+        """When the guard recorded ``action`` naming exactly ``pids`` in the action log
+        (``exited`` [pid], ``replaced`` [old, new] ...; wall clock), or None."""
+        wanted = ",".join(map(str, pids)).encode()
         events: list[tuple[bytes, dict[bytes, bytes]]] = self.client.xrevrange(  # type: ignore[assignment]
             "workerguard:events", count=50)
         for _, event in events:
-            if event[b"action"] == b"exited" and event[b"pids"] == str(pid).encode():
+            if event[b"action"] == action.encode() and event[b"pids"] == wanted:
                 return float(event[b"time"])
         return None
 
