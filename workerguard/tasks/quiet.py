@@ -49,5 +49,8 @@ class QuietTask(Task):  # type: ignore[misc]
 
 
 def backend_url(url: str) -> str:
-    """``url`` with the quiet backend class in front (Celery's ``cls+url`` form)."""
-    return f"{BACKEND}+{url}"
+    """``url`` with the quiet backend class in front (Celery's ``cls+url`` form).
+
+    Celery reads ``redis+socket://path`` itself as the backend ``redis`` with the URL
+    ``socket://path``; with a class in front the ``redis+`` goes, the same way."""
+    return f"{BACKEND}+{url.removeprefix('redis+')}"
