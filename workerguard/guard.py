@@ -235,25 +235,34 @@ class Guard:
                     return report.paused_result(self.host, profile.name, instances, snapshot.paused)
                 plan = self._plan(profile, intent, instances, max_workers, victim)
                 now = self.clock()
-                backoff = snapshot.backoff if intent != "enforce" and not force else Backoff()
-                if backoff.clock_went_back(now) and not dry_run:
-                    with self._redis():
-                        backoff = self.state.reanchor_backoff(profile.name, backoff, now,
-                                                              profile.backoff_max)
-                if intent == "replace" and plan.stop:
-                    backoff = self._count_replacement(profile, plan.stop[0], backoff, now)
-                blocked = bool(plan.start) and backoff.active(now, profile.backoff_max)
+                blocked_by = self._blocking_backoff(profile, intent, snapshot.backoff, plan, now,
+                                                    force=force, dry_run=dry_run)
                 if dry_run:
-                    return report.dry_run_result(self.host, profile.name, intent, plan,
-                                                 backoff if blocked else None)
+                    return report.dry_run_result(self.host, profile.name, intent, plan, blocked_by)
                 self._set_pause(profile, intent, snapshot.paused, requested_by)
-                acted = self._act(lock, profile, plan.without_starts() if blocked else plan,
+                acted = self._act(lock, profile, plan.without_starts() if blocked_by else plan,
                                   self._leftovers(found, profile))
                 after = (self._discover([profile], full=False).instances[profile.name]
                          if acted.changed else instances)
                 self._remember(lock, profile, after)
-                return self._conclude(profile, intent, plan, acted, after, backoff if blocked else None,
-                                      now, requested_by, reason)
+                return self._conclude(profile, intent, plan, acted, after, blocked_by, now,
+                                      requested_by, reason)
+
+    def _blocking_backoff(self, profile: Profile, intent: Intent, stored: Backoff, plan: Plan,
+                          now: float, *, force: bool, dry_run: bool) -> Backoff | None:
+        """The crash-loop backoff that holds this converge's starts back, or None.
+
+        ``enforce`` never starts and ``force`` ignores it; a clock set back re-anchors it
+        to now; a replacement counts as a failed start before the plan's start is judged.
+        """
+        backoff = stored if intent != "enforce" and not force else Backoff()
+        if backoff.clock_went_back(now) and not dry_run:
+            with self._redis():
+                backoff = self.state.reanchor_backoff(profile.name, backoff, now,
+                                                      profile.backoff_max)
+        if intent == "replace" and plan.stop:
+            backoff = self._count_replacement(profile, plan.stop[0], backoff, now)
+        return backoff if plan.start and backoff.active(now, profile.backoff_max) else None
 
     def _plan(self, profile: Profile, intent: Intent, instances: list[Instance],
               max_workers: int | None = None, victim: str | None = None) -> Plan:

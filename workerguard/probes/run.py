@@ -16,6 +16,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -118,6 +119,8 @@ def probe_environment(target: ProbeTarget) -> dict[str, str]:
 
 def _command(spec: CommandProbe, target: ProbeTarget, limit: float,
              cancel: threading.Event | None) -> tuple[bool, str]:
+    if sys.platform == "win32":  # process groups and pidfds: POSIX only (a failed probe)
+        raise OSError("command probes need a POSIX host; use an http, tcp or heartbeat probe")
     values = target.values()
     argv = [expand(arg, values) for arg in spec.command]
     deadline = time.monotonic() + limit
@@ -164,6 +167,8 @@ def _command(spec: CommandProbe, target: ProbeTarget, limit: float,
 
 
 def _pidfd(pid: int) -> int | None:
+    if sys.platform != "linux":
+        return None
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):  # not Linux >= 5.3: poll in slices
@@ -172,6 +177,8 @@ def _pidfd(pid: int) -> int | None:
 
 def _exited(pid: int) -> bool:
     """True once ``pid`` (our child) has exited, without reaping it."""
+    if sys.platform == "win32":  # not reached: _command refuses first
+        raise OSError("POSIX only")
     try:
         info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:  # reaped by someone else
