@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -226,3 +227,14 @@ def test_no_shell_adds_anything_to_the_environment(tmp_path: Path):
         shown = dict(item.split("=", 1) for item in done.stdout.decode().split("\0") if item)
         assert shown == env, shell
 
+
+
+def test_priming_moves_this_process_into_its_own_cgroup_and_nowhere_else(tree: CgroupTree):
+    before = cgroups.own_cgroup()
+    assert cgroups.move_self()  # permitted here: a prime really takes the kernel's move lock
+    assert cgroups.own_cgroup() == before
+    cgroups.prime()
+    cgroups.prime()  # one at a time: the second returns at once
+    poll_for(lambda: not any(t.name == "workerguard-cgroup-prime" for t in threading.enumerate()),
+             message="the priming thread to end")
+    assert cgroups.own_cgroup() == before

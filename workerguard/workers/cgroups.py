@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,15 +139,53 @@ def join_fd(group: Path) -> int:
 def join(group: Path, pid: int) -> None:
     """Move process ``pid`` (all its threads) into ``group``; raises OSError.
 
-    The kernel makes a move wait for an RCU grace period unless another move happened
-    within the last few ms (measured here: ~11 ms after a quiet second, 0.1-0.9 ms back
-    to back; the per-process lock of Linux 6.18 with the ``favordynmods`` mount option
-    avoids it)."""
+    The kernel makes a move wait for an RCU grace period (it takes a global lock for
+    writers, ``cgroup_threadgroup_rwsem``) unless another move happened within the last
+    few ms: measured here ~11 ms after a quiet second (max 160 ms), 0.1-0.9 ms back to back.
+    ``prime`` pays it ahead of a likely spawn. The kernel documents the cgroup2 mount
+    option ``favordynmods`` as removing it (forks and exits pay a little instead; not
+    measured here)."""
     fd = join_fd(group)
     try:
         os.write(fd, str(pid).encode())
     finally:
         os.close(fd)
+
+
+_priming = threading.Lock()
+
+
+def prime() -> None:
+    """Pay, now and in the background, the grace period the next ``join`` would wait for.
+
+    A move into a cgroup waits for an RCU grace period unless another move happened in the
+    last few ms (see ``join``). Called when a spawn is likely to follow (an instance just
+    exited): ``move_self`` in a short-lived thread makes the kernel pay it while the guard
+    takes its lock and plans. Never blocks; one at a time per process.
+    """
+    if _priming.acquire(blocking=False):
+        threading.Thread(target=_prime, name="workerguard-cgroup-prime", daemon=True).start()
+
+
+def _prime() -> None:
+    try:
+        move_self()
+    finally:
+        _priming.release()
+
+
+def move_self() -> bool:
+    """Move this process into the cgroup it is in (a move that changes nothing, but takes
+    the kernel's lock for moves); False where that is not permitted (a delegated subtree
+    that does not include our own group: the next ``join`` then pays the wait itself)."""
+    mount, mine = cgroup2_mount(), own_cgroup()
+    if mount is None or mine is None:
+        return False
+    try:
+        (mount / mine.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        return False
+    return True
 
 
 def members(group: Path) -> list[int]:

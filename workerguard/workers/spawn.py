@@ -38,7 +38,9 @@ its log. A file without ``#!`` is run by ``/bin/sh`` (as ``execvp`` does).
 
 Moving a process into a cgroup (``cgroup.procs``) waits for an RCU grace period in the
 kernel when no other move happened in the last few ms (~11 ms here, 0.1-0.9 ms back to
-back); ``clone3(CLONE_INTO_CGROUP)`` does not. Both ways pay it; see ``cgroups.join``.
+back); ``clone3(CLONE_INTO_CGROUP)`` does not. The trampoline and the old way both pay
+it; the guard pays it ahead with ``cgroups.prime`` as soon as an instance exits, so a
+restart does not (see ``cgroups.join``).
 
 The start window: an instance counts once it is still there after ``start_seconds``.
 "There" means its main process runs — or, for a worker that daemonises (its launcher
