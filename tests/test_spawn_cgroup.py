@@ -230,11 +230,14 @@ def test_no_shell_adds_anything_to_the_environment(tmp_path: Path):
 
 
 def test_priming_moves_this_process_into_its_own_cgroup_and_nowhere_else(tree: CgroupTree):
+    def priming() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "workerguard-cgroup-prime"]
+
     before = cgroups.own_cgroup()
     assert cgroups.move_self()  # permitted here: a prime really takes the kernel's move lock
     assert cgroups.own_cgroup() == before
-    cgroups.prime()
-    cgroups.prime()  # one at a time: the second returns at once
-    poll_for(lambda: not any(t.name == "workerguard-cgroup-prime" for t in threading.enumerate()),
-             message="the priming thread to end")
+    cgroups.prime(0.3)
+    cgroups.prime(0.3)  # extends the running one
+    assert len(priming()) == 1
+    poll_for(lambda: not priming(), message="the prime to end")
     assert cgroups.own_cgroup() == before

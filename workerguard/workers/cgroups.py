@@ -152,26 +152,53 @@ def join(group: Path, pid: int) -> None:
         os.close(fd)
 
 
-_priming = threading.Lock()
+_PRIME_SECONDS = 0.5
+_PRIME_STEP = 0.005
+"""A prime keeps moves cheap for this long (an exit to its restart takes ~25 ms here,
+longer under load); one move per step keeps the kernel's lock warm (it cools after one
+or two grace periods without a move)."""
 
 
-def prime() -> None:
+class _Primer:
+    """One thread per process that keeps cgroup moves cheap until a deadline (``prime``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until = 0.0
+        self._running = False
+
+    def prime(self, seconds: float) -> None:
+        with self._lock:
+            self._until = max(self._until, time.monotonic() + seconds)
+            if self._running:
+                return
+            self._running = True
+        threading.Thread(target=self._run, name="workerguard-cgroup-prime", daemon=True).start()
+
+    def _run(self) -> None:
+        warm = True
+        while True:
+            with self._lock:
+                if not warm or time.monotonic() >= self._until:
+                    self._running = False
+                    return
+            warm = move_self()
+            time.sleep(_PRIME_STEP)
+
+
+_primer = _Primer()
+
+
+def prime(seconds: float = _PRIME_SECONDS) -> None:
     """Pay, now and in the background, the grace period the next ``join`` would wait for.
 
     A move into a cgroup waits for an RCU grace period unless another move happened in the
     last few ms (see ``join``). Called when a spawn is likely to follow (an instance just
-    exited): ``move_self`` in a short-lived thread makes the kernel pay it while the guard
-    takes its lock and plans. Never blocks; one at a time per process.
+    exited): ``move_self`` every few ms for ``seconds``, in one thread, makes the kernel pay
+    it once, while the guard takes its lock and plans. Never blocks; a prime while one runs
+    extends it.
     """
-    if _priming.acquire(blocking=False):
-        threading.Thread(target=_prime, name="workerguard-cgroup-prime", daemon=True).start()
-
-
-def _prime() -> None:
-    try:
-        move_self()
-    finally:
-        _priming.release()
+    _primer.prime(seconds)
 
 
 def move_self() -> bool:
