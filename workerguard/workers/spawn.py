@@ -7,24 +7,31 @@ in the child (a handler, the usual case, is reset by exec itself).
 
 **Into a cgroup, as cheap as without one.** The worker's first instruction must already
 run inside its group: a process that forks before it is moved leaves its children
-behind. Measured on the 2-core dev machine (200 launches of ``/bin/true``, p50/p99 ms,
-interpreter of 114 MB as a guard worker's):
+behind. Measured on the 2-core dev machine (``launch`` of ``/bin/true``, 200 back to back,
+from an interpreter of 114 MB with a thread, as a guard worker; p50/p99 ms until
+``launch`` returns):
 
-- ``preexec_fn`` joining between fork and exec (the old way): 8.8/24. A ``preexec_fn``
-  makes CPython ``fork()`` the whole interpreter instead of ``vfork()`` (the cost grows
-  with its memory), and Python code in a forked child of a threaded process can deadlock.
-- Without ``preexec_fn`` CPython (3.10+, ``_posixsubprocess``) uses ``vfork()``: 0.9/2.6,
-  but nothing can run between fork and exec. ``os.posix_spawn`` and ``clone3`` with
-  ``CLONE_INTO_CGROUP`` (the kernel's own answer) would need a C helper from Python (a
-  ``clone3`` through ctypes is a ``fork()`` again, and its child runs Python code);
-  glibc's ``posix_spawnattr_setcgroup_np`` (2.39+) is not on Debian 12. Rejected.
-- **A trampoline (chosen), 1.5/5.9**: ``vfork``-exec ``/bin/sh``, which waits on a pipe;
-  the guard writes its pid to the group's ``cgroup.procs`` and then lets it go; it execs
-  ``env``, which execs the worker: the same pid all along, in the group before the
-  worker's first instruction. The join happens in the guard, so a group that cannot be
-  joined is an ``OSError`` here (a ``JoinFailed``, a host error, never a worker failure)
-  and the waiting shell is killed: nothing stray, nothing ran. If the guard dies first,
-  the shell reads end-of-file and exits without running the worker.
+- ``preexec_fn`` joining between fork and exec (the old way): 9.4/23 (registry mode,
+  whose ``preexec_fn`` only reset SIGINT: 10/13). A ``preexec_fn`` makes CPython
+  ``fork()`` the whole interpreter instead of ``vfork()`` (the cost grows with its
+  memory: 5.1/15 at 50 MB), and Python code in a forked child of a threaded process can
+  deadlock. Without one, CPython (3.10+, ``_posixsubprocess``) uses ``vfork()`` whenever
+  no uid/gid/groups change is asked for — but then nothing runs between fork and exec.
+- ``clone3`` with ``CLONE_INTO_CGROUP``, the kernel's own answer (1.3 ms even after a
+  quiet second, in C): from Python only through ctypes, where without ``CLONE_VM`` it is
+  a ``fork()`` again whose child runs Python code, and with it the child would run the
+  interpreter on the parent's memory. ``os.posix_spawn`` has no cgroup option; glibc's
+  ``posix_spawnattr_setcgroup_np`` is 2.39+ (Debian 12 has 2.36). Rejected.
+- **A trampoline (chosen): 0.9/11** (the p99 is the kernel's move, below; registry mode
+  now 0.4/1.2): ``vfork``-exec ``/bin/sh``, which waits on a pipe; the guard writes its
+  pid to the group's ``cgroup.procs`` and then lets it go; it execs ``env``, which execs
+  the worker: the same pid all along, in the group before the worker's first
+  instruction. The join happens in the guard, so a group that cannot be joined is an
+  ``OSError`` here (``JoinFailed``: a host error, never a worker failure) and the
+  waiting shell is killed: nothing stray, nothing ran. If the guard dies first, the
+  shell reads end-of-file and exits without running the worker. (The simpler
+  ``sh -c 'echo 0 > "$0"; exec "$@"'`` joins in the child, so its failure would only
+  show later as an exit code of the "worker".)
 
 The shell never sees a command line: the worker's argv is passed as ``"$@"``, byte for
 byte. A shell does touch its environment (dash adds ``PWD``, bash ``SHLVL``; both reset
@@ -39,8 +46,9 @@ its log. A file without ``#!`` is run by ``/bin/sh`` (as ``execvp`` does).
 Moving a process into a cgroup (``cgroup.procs``) waits for an RCU grace period in the
 kernel when no other move happened in the last few ms (~11 ms here, 0.1-0.9 ms back to
 back); ``clone3(CLONE_INTO_CGROUP)`` does not. The trampoline and the old way both pay
-it; the guard pays it ahead with ``cgroups.prime`` as soon as an instance exits, so a
-restart does not (see ``cgroups.join``).
+it (launches 0.5 s apart: old 27/35, trampoline 11/27, registry 1.8/2.1); the guard pays
+it ahead with ``cgroups.prime`` as soon as an instance exits, so a restart does not
+(primed: 1.5/5.8; see ``cgroups.join``).
 
 The start window: an instance counts once it is still there after ``start_seconds``.
 "There" means its main process runs — or, for a worker that daemonises (its launcher
