@@ -50,7 +50,7 @@ from .probes import ProbeResult
 from .readiness import await_ready, not_ready
 from .report import Result
 from .state import Backoff, State
-from .workers import Exit, HostProcesses, Instance, Leftover, SpawnOutcome, describe_exit
+from .workers import Exit, HostProcesses, Instance, Leftover, SpawnOutcome, cgroups, describe_exit
 from .workers.discover import Discovery
 from .workers.spawn import log_path, tail
 
@@ -404,6 +404,8 @@ class Guard:
 
     def _exit_callback(self, instance: Instance) -> Callable[[Exit], None]:
         def exited(event: Exit) -> None:  # in the watcher's thread: hand over, return at once
+            if instance.cgroup is not None:
+                cgroups.prime()  # a spawn into a new group is likely to follow
             if self._exits is not None:
                 self._exits.submit(self._handle_exit, instance, event)
 

@@ -1,9 +1,54 @@
-"""Start instances detached from the guard: own session, no shell, explicit environment,
-and (where the host allows it) a cgroup of their own, joined before exec.
+"""Start instances detached from the guard: own session, explicit environment, and
+(where the host allows it) a cgroup of their own, joined before the worker runs.
 
-A Celery prefork child ignores SIGINT and a spawned process would inherit that, so
-SIGINT is reset to its default in the child. The child joins its instance's cgroup
-between fork and exec, so nothing it runs can start outside it.
+A Celery prefork child ignores SIGINT and an exec keeps an ignored signal ignored, so
+the worker would inherit that: where SIGINT is ignored here it is reset to its default
+in the child (a handler, the usual case, is reset by exec itself).
+
+**Into a cgroup, as cheap as without one.** The worker's first instruction must already
+run inside its group: a process that forks before it is moved leaves its children
+behind. Measured on the 2-core dev machine (``launch`` of ``/bin/true``, 200 back to back,
+from an interpreter of 114 MB with a thread, as a guard worker; p50/p99 ms until
+``launch`` returns):
+
+- ``preexec_fn`` joining between fork and exec (the old way): 9.4/23 (registry mode,
+  whose ``preexec_fn`` only reset SIGINT: 10/13). A ``preexec_fn`` makes CPython
+  ``fork()`` the whole interpreter instead of ``vfork()`` (the cost grows with its
+  memory: 5.1/15 at 50 MB), and Python code in a forked child of a threaded process can
+  deadlock. Without one, CPython (3.10+, ``_posixsubprocess``) uses ``vfork()`` whenever
+  no uid/gid/groups change is asked for — but then nothing runs between fork and exec.
+- ``clone3`` with ``CLONE_INTO_CGROUP``, the kernel's own answer (1.3 ms even after a
+  quiet second, in C): from Python only through ctypes, where without ``CLONE_VM`` it is
+  a ``fork()`` again whose child runs Python code, and with it the child would run the
+  interpreter on the parent's memory. ``os.posix_spawn`` has no cgroup option; glibc's
+  ``posix_spawnattr_setcgroup_np`` is 2.39+ (Debian 12 has 2.36). Rejected.
+- **A trampoline (chosen): 0.9/11** (the p99 is the kernel's move, below; registry mode
+  now 0.4/1.2): ``vfork``-exec ``/bin/sh``, which waits on a pipe; the guard writes its
+  pid to the group's ``cgroup.procs`` and then lets it go; it execs ``env``, which execs
+  the worker: the same pid all along, in the group before the worker's first
+  instruction. The join happens in the guard, so a group that cannot be joined is an
+  ``OSError`` here (``JoinFailed``: a host error, never a worker failure) and the
+  waiting shell is killed: nothing stray, nothing ran. If the guard dies first, the
+  shell reads end-of-file and exits without running the worker. (The simpler
+  ``sh -c 'echo 0 > "$0"; exec "$@"'`` joins in the child, so its failure would only
+  show later as an exit code of the "worker".)
+
+The shell never sees a command line: the worker's argv is passed as ``"$@"``, byte for
+byte. A shell does touch its environment (dash adds ``PWD``, bash ``SHLVL``; both reset
+``IFS``/``OPTIND``/``PPID`` and drop names that are not identifiers), so ``env -u`` strips
+what a shell adds, and an environment that a shell cannot carry unchanged, an argv[0]
+with ``=`` (``env`` would read it as an assignment), or an ignored SIGINT takes the old
+path (fork, join in the child). Exec errors of the worker (missing, not executable) are
+checked here before it is released, as ``Popen`` would raise them; the rare ones only
+exec can see (a bad ``#!`` interpreter) end the instance with 126/127 and the message in
+its log. A file without ``#!`` is run by ``/bin/sh`` (as ``execvp`` does).
+
+Moving a process into a cgroup (``cgroup.procs``) waits for an RCU grace period in the
+kernel when no other move happened in the last few ms (~11 ms here, 0.1-0.9 ms back to
+back); ``clone3(CLONE_INTO_CGROUP)`` does not. The trampoline and the old way both pay
+it (launches 0.5 s apart: old 27/35, trampoline 11/27, registry 1.8/2.1); the guard pays
+it ahead with ``cgroups.prime`` as soon as an instance exits, so a restart does not
+(primed: 1.5/5.8; see ``cgroups.join``).
 
 The start window: an instance counts once it is still there after ``start_seconds``.
 "There" means its main process runs — or, for a worker that daemonises (its launcher
@@ -14,16 +59,19 @@ oldest of those becomes the instance's main process (systemd's GuessMainPID).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import psutil
 
@@ -97,6 +145,27 @@ def tail(path: Path, lines: int = 10) -> str:
         return ""
 
 
+class JoinFailed(subprocess.SubprocessError):
+    """The instance could not be placed in its cgroup (a host error: no backoff)."""
+
+
+_SHELL = "/bin/sh"
+_ENV = "/usr/bin/env"
+_SHELL_OWNED = ("PWD", "OLDPWD", "SHLVL", "_", "IFS", "OPTIND", "PPID", "LINENO", "ENV",
+                "CDPATH", "SHELLOPTS", "BASHOPTS", "BASH_ENV", "POSIXLY_CORRECT")
+"""Variables some ``/bin/sh`` sets, resets or reads: an environment with one of them takes
+the old path; the trampoline's ``env -u`` removes them from every other one."""
+_TRAMPOLINE = ('read -r go || exit 1; exec ' + _ENV + ''.join(f" -u {name}" for name in _SHELL_OWNED)
+               + ' -- "$@" </dev/null')
+"""Wait for the guard's go (end of file: the guard died, the worker never runs), then
+exec the worker through ``env``, stdin from /dev/null."""
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _sigint_ignored() -> bool:
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
 def _in_child(join: int | None) -> Callable[[], None]:
     def prepare() -> None:  # runs in the child between fork and exec: no locks, no logging
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -106,29 +175,96 @@ def _in_child(join: int | None) -> Callable[[], None]:
     return prepare
 
 
+def trampoline_carries(argv: Sequence[str], env: Mapping[str, str]) -> bool:
+    """True if the trampoline starts exactly ``argv`` with exactly ``env``."""
+    return (bool(argv) and "=" not in argv[0] and "PATH" in env
+            and all(_NAME.match(name) and name not in _SHELL_OWNED for name in env)
+            and os.access(_ENV, os.X_OK) and not _sigint_ignored())
+
+
+def trampoline_argv(argv: Sequence[str]) -> list[str]:
+    return [_SHELL, "-c", _TRAMPOLINE, "workerguard-spawn", *argv]
+
+
+def check_executable(command: str, cwd: str | None, env: Mapping[str, str]) -> None:
+    """Raise the ``OSError`` that ``Popen`` would raise if ``command`` cannot be executed
+    in ``cwd`` with ``env``'s PATH (the trampoline execs it too late to tell the caller)."""
+    base = cwd or os.getcwd()
+    candidates = ([os.path.join(base, command)] if os.path.dirname(command)
+                  else [os.path.join(base, directory, command) for directory in os.get_exec_path(env)])
+    if any(os.path.isfile(path) and os.access(path, os.X_OK) for path in candidates):
+        return
+    code = errno.EACCES if any(os.path.exists(path) for path in candidates) else errno.ENOENT
+    raise OSError(code, os.strerror(code), command)
+
+
+def _popen(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], out: IO[bytes], *,
+           stdin: int = subprocess.DEVNULL, join: int | None = None,
+           ) -> subprocess.Popen[bytes]:
+    """``Popen`` detached into its own session; with a ``preexec_fn`` (which costs a fork of
+    this interpreter) only for a cgroup ``join`` in the child or an ignored SIGINT."""
+    needs_child_code = join is not None or _sigint_ignored()
+    return subprocess.Popen(
+        list(argv), cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
+        close_fds=True, start_new_session=True,
+        preexec_fn=_in_child(join) if needs_child_code else None)  # noqa: PLW1509 (one fd write)
+
+
+def _join_failed(group: Path, exc: OSError) -> JoinFailed:
+    return JoinFailed(f"{group / 'cgroup.procs'}: {exc.strerror or exc}")
+
+
+def _trampoline(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], out: IO[bytes],
+                group: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in ``group`` through the trampoline (see the module docstring)."""
+    popen = _popen(trampoline_argv(argv), cwd, env, out, stdin=subprocess.PIPE)
+    assert popen.stdin is not None
+    try:
+        check_executable(argv[0], cwd, env)
+        try:
+            cgroups.join(group, popen.pid)
+        except OSError as exc:
+            raise _join_failed(group, exc) from exc
+    except BaseException:
+        popen.kill()  # it waits for the go: nothing of the worker ran
+        popen.wait()
+        popen.stdin.close()
+        raise
+    with contextlib.suppress(OSError):  # gone already (killed): its exit is the failure
+        popen.stdin.write(b"go\n")
+        popen.stdin.flush()
+    with contextlib.suppress(OSError):
+        popen.stdin.close()
+    return popen
+
+
 def launch(profile: Profile, host_id: str, log: Path, group: Path | None,
            index: int = 0) -> Launched:
     """Start one instance (in ``group`` if given) in slot ``index``. Raises OSError when it
-    cannot start."""
+    cannot start, ``JoinFailed`` when it cannot be placed in ``group``."""
     instance_id = group.name if group is not None else uuid.uuid4().hex
     env = child_environment(profile, host_id, instance_id, index)
-    join = cgroups.join_fd(group) if group is not None else None
-    try:
-        with log.open("ab") as out:
-            started_at = time.time()
-            if sys.platform == "win32":
-                popen = subprocess.Popen(
-                    list(profile.command), cwd=profile.cwd, env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, close_fds=True,
-                    creationflags=_WINDOWS_FLAGS)
-            else:
-                popen = subprocess.Popen(
-                    list(profile.command), cwd=profile.cwd, env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
-                    preexec_fn=_in_child(join))  # noqa: PLW1509 (writes one fd, nothing else)
-    finally:
-        if join is not None:
-            os.close(join)
+    argv = list(profile.command)
+    with log.open("ab") as out:
+        started_at = time.time()
+        if sys.platform == "win32":
+            popen = subprocess.Popen(
+                argv, cwd=profile.cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=subprocess.STDOUT, close_fds=True,
+                creationflags=_WINDOWS_FLAGS)
+        elif group is not None and trampoline_carries(argv, env):
+            popen = _trampoline(argv, profile.cwd, env, out, group)
+        elif group is not None:
+            try:
+                join = cgroups.join_fd(group)
+            except OSError as exc:
+                raise _join_failed(group, exc) from exc
+            try:
+                popen = _popen(argv, profile.cwd, env, out, join=join)
+            finally:
+                os.close(join)
+        else:
+            popen = _popen(argv, profile.cwd, env, out)
     try:
         create_time = psutil.Process(popen.pid).create_time()
     except psutil.NoSuchProcess:
@@ -137,7 +273,7 @@ def launch(profile: Profile, host_id: str, log: Path, group: Path | None,
 
 
 def start_failure(profile: Profile, exc: BaseException, log: Path) -> SpawnFailure:
-    if isinstance(exc, subprocess.SubprocessError):  # the child could not join its cgroup
+    if isinstance(exc, subprocess.SubprocessError):  # it could not join its cgroup
         return SpawnFailure(None, None, "", f"could not place {profile.command[0]!r} in its "
                                             f"cgroup: {exc}", host_error=True)
     assert isinstance(exc, OSError)
