@@ -63,6 +63,18 @@ def hang(ws: Workspace, name: str, instance_id: str) -> Path:
     return flag
 
 
+def healthy_bot(ws: Workspace, harness: CeleryHarness) -> tuple[int, dict[str, Any]]:
+    """A real guard worker keeping one heartbeat bot, probed healthy: its pid and status entry."""
+    heartbeat_profile(ws)
+    harness.start_worker()
+    [pid] = harness.call("workerguard.ensure", "bot").result["started"]
+    [entry] = harness.call("workerguard.status", "bot").result["profiles"]["bot"]["instances"]
+    poll_for(lambda: (harness.call("workerguard.status", "bot").result["profiles"]["bot"]
+                      ["instances"][0].get("health", {}).get("state")) == "healthy",
+             timeout=10, message="the instance to be probed healthy")
+    return pid, entry
+
+
 # readiness (the guard alone: no queue involved) ------------------------------------------
 def test_a_worker_that_takes_3_s_to_listen_is_reported_started_only_then(
         workspace: Workspace, redis_client):
@@ -137,14 +149,7 @@ def test_replacing_an_instance_that_is_gone_only_heals(workspace: Workspace, red
 @pytest.mark.celery
 def test_a_bot_that_stops_its_heartbeat_is_replaced_within_the_bound(
         workspace: Workspace, harness: CeleryHarness, redis_client):
-    heartbeat_profile(workspace)
-    harness.start_worker()
-    first = harness.call("workerguard.ensure", "bot").result
-    [old] = first["started"]
-    [entry] = harness.call("workerguard.status", "bot").result["profiles"]["bot"]["instances"]
-    poll_for(lambda: (harness.call("workerguard.status", "bot").result["profiles"]["bot"]
-                      ["instances"][0].get("health", {}).get("state")) == "healthy",
-             timeout=10, message="the instance to be probed healthy")
+    old, entry = healthy_bot(workspace, harness)
 
     hang(workspace, "bot", entry["instance_id"])
     hung = time.monotonic()
@@ -255,12 +260,7 @@ def test_a_stopped_profile_is_not_probed(workspace: Workspace, harness: CeleryHa
 @pytest.mark.celery
 def test_a_reload_that_removes_the_probe_stops_the_probing(
         workspace: Workspace, harness: CeleryHarness, redis_client):
-    heartbeat_profile(workspace)
-    harness.start_worker()
-    [old] = harness.call("workerguard.ensure", "bot").result["started"]
-    [entry] = harness.call("workerguard.status", "bot").result["profiles"]["bot"]["instances"]
-    poll_for(lambda: (harness.call("workerguard.status", "bot").result["profiles"]["bot"]
-                      ["instances"][0].get("health", {}).get("state")) == "healthy", timeout=10)
+    old, entry = healthy_bot(workspace, harness)
     del workspace.profiles["bot"]["probe"]
     workspace.write_config()
     assert harness.call("workerguard.reload").result["action"] == "reloaded"

@@ -236,11 +236,13 @@ def test_the_fallback_mode_is_forced_by_the_environment(workspace: Workspace, re
 class ScanSizes(HostProcesses):
     """Records how many processes each scan read."""
 
-    sizes: list[int]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sizes: list[int] = []
 
     def scan(self, only: Any = None) -> Scan:
         found = super().scan(only)
-        self.sizes = [*getattr(self, "sizes", []), len(found.processes)]
+        self.sizes.append(len(found.processes))
         return found
 
 

@@ -8,7 +8,7 @@ returns it, the CLI that prints it. An ``Outcome`` also reads like that dict
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -98,24 +98,25 @@ class Outcome(Mapping[str, Any]):
         return len(self._contract)
 
 
-def _pids(pids: Any) -> str:
+def pid_list(pids: Iterable[int]) -> str:
+    """``4242, 4243``: pids as the CLI lines print them."""
     return ", ".join(str(p) for p in pids)
 
 
 def _message(o: Outcome) -> str:
     """The line the CLI prints, worded like the script it replaces."""
     profile, action = o.profile, o.action
-    running, stopped = _pids(i.pid for i in o.running), _pids(o.stopped)
+    running, stopped = pid_list(i.pid for i in o.running), pid_list(o.stopped)
     if action == "already_running":
         if o.spare:
             return (f"{profile}: already running (PIDs: {running}); {len(o.spare)} adopted "
-                    f"beyond max_workers left running ({_pids(o.spare)}; stop_adopted = false)")
+                    f"beyond max_workers left running ({pid_list(o.spare)}; stop_adopted = false)")
         return f"{profile}: already running (PIDs: {running})"
     if action == "started":
-        return f"{profile}: started (PIDs: {_pids(o.started)})"
+        return f"{profile}: started (PIDs: {pid_list(o.started)})"
     if action == "replaced":
         if o.started:
-            then = f"started {_pids(o.started)}"
+            then = f"started {pid_list(o.started)}"
         elif o.backoff is not None and o.backoff.failures:
             then = (f"in backoff after {o.backoff.failures} failures, next start in "
                     f"{max(0.0, o.backoff.next_attempt - o.time):.0f} s")
@@ -123,7 +124,7 @@ def _message(o: Outcome) -> str:
             then = "no start needed"
         return f"{profile}: replaced unhealthy {stopped}; {then}"
     if action == "stopped_extras":
-        return f"{profile}: keeping {_pids(o.kept) or 'none'}, stopping {stopped}"
+        return f"{profile}: keeping {pid_list(o.kept) or 'none'}, stopping {stopped}"
     if action == "stopped_all":
         return f"{profile}: stopped {stopped}; paused until the next ensure"
     if action == "nothing_to_stop":

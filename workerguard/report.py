@@ -14,17 +14,13 @@ from dataclasses import replace
 from typing import Any
 
 from .config import Profile
-from .outcome import Action, Outcome
+from .outcome import Action, Outcome, pid_list
 from .plan import Plan
 from .state import Backoff
 from .workers import Instance, SpawnFailure
 
 Result = dict[str, Any]
 """The task contract's result: built here, the one place that words it (README, "Result keys")."""
-
-
-def _pids(pids: Sequence[int]) -> str:
-    return ", ".join(str(p) for p in pids)
 
 
 def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],
@@ -90,9 +86,9 @@ def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
     if action in ("started", "stopped_extras", "stopped_all"):
         parts = []
         if plan.keep:
-            parts.append(f"keep {_pids(plain.kept)}")
+            parts.append(f"keep {pid_list(plain.kept)}")
         if plan.stop:
-            parts.append(f"stop {_pids(plain.would_stop)}")
+            parts.append(f"stop {pid_list(plain.would_stop)}")
         if start:
             parts.append(f"start {start}")
         text = f"{profile}: [dry-run] would {', '.join(parts)}"
@@ -139,9 +135,9 @@ def prune_result(host: str, orphans: Sequence[Instance], stopped: Sequence[int],
     if not orphans:
         message = "no orphaned instances"
     elif dry_run:
-        message = f"[dry-run] would stop orphans {_pids([i.pid for i in orphans])} ({', '.join(names)})"
+        message = f"[dry-run] would stop orphans {pid_list([i.pid for i in orphans])} ({', '.join(names)})"
     else:
-        message = f"stopped orphans {_pids(stopped)} ({', '.join(names)})"
+        message = f"stopped orphans {pid_list(stopped)} ({', '.join(names)})"
     return {"profile": None, "host": host, "action": "pruned" if stopped else "nothing_to_stop",
             "running": [], "started": [], "stopped": list(stopped), "dry_run": dry_run,
             "orphans": [{"profile": i.profile, "pid": i.pid, "instance_id": i.instance_id}
@@ -181,7 +177,7 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
                         if backoff.failures else None),
             "command": list(p.command),
         }
-        pids = _pids([i.pid for i in instances]) or "-"
+        pids = pid_list([i.pid for i in instances]) or "-"
         lines.append(f"{p.name}: {state} (PIDs: {pids})")
     for orphan in orphans:
         lines.append(f"{orphan.profile}: orphaned (PID: {orphan.pid}; profile not configured, "

@@ -150,6 +150,8 @@ class Prober:
 
     def resume(self, profile: str) -> None:
         with self._lock:
+            if profile not in self._paused:  # every sweep resumes: cheap when nothing was paused
+                return
             self._paused.discard(profile)
             now = time.monotonic()
             for watch in self._watches.values():

@@ -56,8 +56,8 @@ def replace_listener(app: Celery, host_id: str) -> ReplaceListener:
 def schedule_retry(app: Celery, guard: Guard, outcome: Outcome) -> float | None:
     """After a heal that could not start (backoff, failed start): heal again when the
     backoff allows, once per profile. Returns the delay, or None if nothing was scheduled."""
-    if outcome.action not in ("backoff", "start_failed", "replaced") or (
-            outcome.action == "replaced" and outcome.started):
+    held = outcome.action == "replaced" and not outcome.started and outcome.backoff is not None
+    if outcome.action not in ("backoff", "start_failed") and not held:
         return None
     profile = outcome.profile
     spec = guard.config.profile(profile)

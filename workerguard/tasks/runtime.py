@@ -26,6 +26,7 @@ from ..errors import ConfigError, WorkerguardError
 from ..guard import ExitListener, Guard, ReplaceListener
 from ..health import Health
 from ..observe import Observer
+from ..probes import ProbeResult
 
 RESTART_ONLY = ("redis_url", "host_id", "home", "metrics_port", "metrics_addr")
 """Settings a running guard cannot take over: its queues, node name, sockets and listeners
@@ -73,7 +74,7 @@ class Runtime:
         self._health[1].keep_only([n for n, p in self.config.profiles.items() if p.probe])
         return self._health[1]
 
-    def _probed(self, profile: str, result: Any) -> None:
+    def _probed(self, profile: str, result: ProbeResult) -> None:
         if self.observer is not None:
             self.observer.probed(profile, result.ok, result.duration)
 
