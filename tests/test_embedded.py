@@ -14,7 +14,15 @@ import psutil
 import pytest
 import redis
 
-from tests.support import ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir, to_toml
+from tests.support import (
+    ProcessTracker,
+    alive,
+    cli_env,
+    poll_for,
+    run_cli,
+    short_tmpdir,
+    to_toml,
+)
 
 HOLD = """
 import sys, time
@@ -58,10 +66,6 @@ def hold(tracker: ProcessTracker, home: Path, linger: float) -> subprocess.Popen
     return proc
 
 
-def gone(pid: int) -> bool:
-    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-
-
 def test_local_commands_run_on_the_embedded_server_and_share_it(home: Path, tracker):
     token = f"emb{home.name[-6:]}"
     config = home / "wg.toml"
@@ -95,7 +99,7 @@ def test_the_server_outlives_a_crashed_starter_only_while_others_use_it(home: Pa
     supervisor = supervisor_of(pid)
     second.send_signal(signal.SIGKILL)
     second.wait(5)
-    poll_for(lambda: gone(pid) and gone(supervisor.pid), timeout=10,
+    poll_for(lambda: not alive(pid) and not alive(supervisor.pid), timeout=10,
              message="server and supervisor to exit once nobody uses them")
     assert not (home / "redis" / "redis.sock").exists()
 
@@ -104,7 +108,7 @@ def test_a_sigkilled_supervisor_takes_its_server_with_it(home: Path, tracker):
     hold(tracker, home, linger=30)
     pid = server_pid(home)
     supervisor_of(pid).send_signal(signal.SIGKILL)
-    poll_for(lambda: gone(pid), timeout=10, message="redis-server to die with its supervisor")
+    poll_for(lambda: not alive(pid), timeout=10, message="redis-server to die with its supervisor")
 
 
 def test_a_too_long_home_is_a_clear_error(tmp_path: Path):

@@ -11,16 +11,9 @@ import psutil
 import pytest
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import events, poll_for
+from tests.support import alive, events, poll_for
 
 pytestmark = pytest.mark.celery
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def sleepers(ws: Workspace) -> list[int]:

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from tests.conftest import Workspace
-from tests.support import HERE, poll_for
+from tests.support import HERE, alive, poll_for
 from workerguard import keys
 from workerguard.workers import HostProcesses, Scan, cgroups
 
@@ -37,13 +37,6 @@ def modes() -> list[str]:
 def mode(request: pytest.FixtureRequest, workspace: Workspace) -> Iterator[str]:
     workspace.guard_settings["identity"] = request.param
     yield request.param
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def workers(ws: Workspace, profile: str = "demo") -> list[int]:
@@ -234,15 +227,15 @@ def test_the_fallback_mode_is_forced_by_the_environment(workspace: Workspace, re
 
 
 class ScanSizes(HostProcesses):
-    """Records how many processes each scan read."""
+    """Records which processes each scan read."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sizes: list[int] = []
+        self.scans: list[set[int]] = []
 
     def scan(self, only: Any = None) -> Scan:
         found = super().scan(only)
-        self.sizes.append(len(found.processes))
+        self.scans.append(set(found.processes))
         return found
 
 
@@ -253,20 +246,20 @@ def test_a_converge_in_cgroup_mode_reads_only_the_processes_of_the_hosts_groups(
     workspace.guard_settings["identity"] = "cgroup"
     workspace.add_profile(min_workers=2, max_workers=2)
     del workspace.profiles["demo"]["match"]  # adoption would need every process
+    bystanders = {workspace.tracker.sleeper("--tag", "bystander").pid for _ in range(3)}
     table = workspace.table(ScanSizes)
     guard = workspace.guard(redis_client, table)
     started = guard.ensure("demo")["started"]
-    host = len(psutil.pids())
-    assert len(started) == 2 and host > 20
-    assert max(table.sizes) <= 2, table.sizes  # the converge: only its own instances' processes
+    assert len(started) == 2
+    assert all(len(read) <= 2 and not read & bystanders for read in table.scans), table.scans
     psutil.Process(started[0]).kill()
     poll_for(lambda: not alive(started[0]))
     healed = guard.heal("demo")
     assert healed["action"] == "started" and len(healed["running"]) == 2
-    assert max(table.sizes) <= 2, table.sizes
-    table.sizes = []
+    assert all(len(read) <= 2 and not read & bystanders for read in table.scans), table.scans
+    table.scans = []
     assert guard.sweep()[0]["action"] == "already_running"
-    assert table.sizes[0] > 20  # a sweep still reads every process: the safety net
+    assert bystanders <= table.scans[0]  # a sweep still reads every process: the safety net
 
 
 def test_an_empty_group_of_a_start_in_progress_survives_a_concurrent_discovery(

@@ -16,7 +16,7 @@ import pytest
 
 from tests.blackhole import BlackHoleProxy
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import RedisServer, cli_env, free_port, poll_for, run_cli
+from tests.support import RedisServer, alive, cli_env, free_port, poll_for, run_cli
 from tests.test_metrics import reachable, value
 from workerguard.connect import HEALTH_CHECK_INTERVAL, SOCKET_TIMEOUT
 from workerguard.metrics import BROKER_PROBE_INTERVAL
@@ -97,7 +97,7 @@ def test_a_black_holed_redis_path_is_noticed_and_recovered_from_and_requests_ans
     assert "dropping stale connection" in harness.log_tail(200_000)  # it noticed by itself
 
     psutil.Process(worker).send_signal(signal.SIGKILL)  # a sweep must notice and restart it
-    poll_for(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie",
+    poll_for(lambda: not alive(worker),
              timeout=10, message="the killed worker to go")
     harness.client_app().send_task(SWEEP_TASK)
     restarted = poll_for(lambda: [p for p in workspace.running() if p != worker], timeout=30,

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from tests.support import LineReader, ProcessTracker, free_port, poll_for
+from tests.support import LineReader, ProcessTracker, alive, free_port, poll_for
 from workerguard.probes import AnyProbe, Prober, ProbeResult, ProbeSpec, ProbeTarget, run_probe
 
 WORKERS = Path(__file__).resolve().parent / "probe_workers.py"
@@ -62,13 +61,6 @@ def consecutive_free_ports(count: int) -> int:
                 continue
             return base
     raise AssertionError("no run of free ports")
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @dataclass
@@ -257,7 +249,7 @@ def test_a_hanging_probe_is_killed_with_its_whole_group_at_its_timeout(
         assert result.output.startswith("timed out after 1.5 s")
         assert 1.5 <= result.duration < 1.5 + MARGIN
         assert len(pids) == 2
-        poll_for(lambda: all(gone(pid) for pid in pids), 5, message="the probe and its child to be gone")
+        poll_for(lambda: all(not alive(pid) for pid in pids), 5, message="the probe and its child to be gone")
     finally:
         adopt_pids(tracker, pidfile)
 
@@ -414,7 +406,7 @@ def test_hanging_probes_do_not_delay_the_other_instances_or_profiles(
         begun = time.monotonic()
         watcher.stop()
         assert time.monotonic() - begun < 2.0, "stop() cancels probes that would run for 30 s"
-        poll_for(lambda: all(gone(pid) for pid in pids), 5, message="stop() to kill running probes")
+        poll_for(lambda: all(not alive(pid) for pid in pids), 5, message="stop() to kill running probes")
     finally:
         for pidfile in pidfiles:
             adopt_pids(tracker, pidfile)
@@ -448,7 +440,7 @@ def test_wait_ready_gives_up_at_the_start_timeout_with_the_last_output(
         assert not result.ok and result.output.startswith("timed out after")
         assert 1.5 - 0.1 <= took <= 1.5 + MARGIN, "the probe's timeout is clipped to the deadline"
         pids = _hang_pids(pidfile)
-        poll_for(lambda: all(gone(pid) for pid in pids), 5, message="the probe and its child to be gone")
+        poll_for(lambda: all(not alive(pid) for pid in pids), 5, message="the probe and its child to be gone")
     finally:
         adopt_pids(tracker, pidfile)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, run_cli, short_tmpdir, to_toml
+from tests.support import SLEEPER, ProcessTracker, alive, cli_env, poll_for, run_cli, short_tmpdir, to_toml
 from workerguard.config import load_config
 from workerguard.workers import HostProcesses
 
@@ -62,7 +62,7 @@ def test_up_keeps_the_demo_alive_and_ctrl_c_stops_only_itself(home: Path,
     up.send_signal(signal.SIGINT)
     assert up.wait(60) == 0
     for child in children:
-        poll_for(lambda child=child: not child.is_running() or  # type: ignore[misc]
-                 child.status() == psutil.STATUS_ZOMBIE, timeout=30, message=f"{child.pid} to exit")
+        poll_for(lambda child=child: not alive(child.pid),  # type: ignore[misc]
+                 timeout=30, message=f"{child.pid} to exit")
     poll_for(lambda: not server.is_running(), timeout=30, message="the embedded server to stop")
     assert managed() == [worker]  # the managed worker keeps running

@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from tests.conftest import Workspace
-from tests.support import SLEEPER, poll_for
+from tests.support import SLEEPER, alive, poll_for
 from workerguard.config import Profile
 from workerguard.workers import Instance, SpawnFailure, stop_instances
 from workerguard.workers.spawn import child_environment
@@ -50,7 +50,7 @@ def test_a_worker_with_children_is_one_instance_and_stop_ends_the_tree(workspace
     outcome = workspace.table().stop([instance], "SIGTERM", 3)
     assert outcome.stopped == [root]
     for pid in [root, *kids]:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert not alive(pid)
 
 
 def test_decoys_with_similar_names_are_never_instances(workspace: Workspace):
