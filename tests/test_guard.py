@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.conftest import Workspace
-from tests.support import CountingTable, free_port, poll_for
+from tests.support import SLEEPER, CountingTable, free_port, poll_for
 from workerguard import events, keys
 from workerguard.connect import redis_client as redis_client_for
 from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
@@ -25,6 +25,16 @@ def read_events(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
 
 def running(guard: Guard, profile: str = "demo") -> list[int]:
     return list(guard.status(profile)["running"])
+
+
+def running_the_worker(guard: Guard, profile: str = "demo") -> bool:
+    """An instance runs the worker itself: past the spawn trampoline (whose shell exits
+    without starting anything when its guard dies before it is told to go)."""
+    try:
+        return any(psutil.Process(pid).cmdline()[1:2] == [str(SLEEPER)]
+                   for pid in running(guard, profile))
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_ensure_starts_one_then_reports_it_running(workspace: Workspace, redis_client):
@@ -186,7 +196,7 @@ def test_a_sigkilled_lock_holder_delays_the_next_caller_by_at_most_lock_expire(
                                       "--local", "--config", str(config_path)])
     key = keys.lock(workspace.host_id, "demo")
     guard = workspace.guard(redis_client)
-    poll_for(lambda: redis_client.exists(key) and running(guard), timeout=20,
+    poll_for(lambda: redis_client.exists(key) and running_the_worker(guard), timeout=20,
              message="holder to take the lock and spawn")
     holder.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
