@@ -25,7 +25,6 @@ def sleepers(ws: Workspace) -> list[int]:
     return sorted(p for p in pids if alive(p))
 
 
-
 def test_a_worker_killed_20_times_gets_exactly_one_replacement_each_time(
         workspace: Workspace, harness: CeleryHarness, redis_client):
     workspace.add_profile(start_seconds=0.2)

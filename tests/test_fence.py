@@ -27,7 +27,6 @@ from workerguard.runtime import default_runtime_dir
 FAILPOINT = HERE / "failpoint_guard.py"
 
 
-
 def private_env(base: Path, name: str) -> dict[str, str]:
     """An environment whose TMPDIR and HOME are its own (as under PrivateTmp or another HOME)."""
     own = base / name

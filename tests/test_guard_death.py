@@ -23,7 +23,6 @@ pytestmark = pytest.mark.celery
 FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 
 
-
 def test_requests_in_flight_when_the_guard_is_sigkilled_end_in_a_final_state(
         workspace: Workspace, harness: CeleryHarness, redis_client):
     workspace.add_profile(start_seconds=0.3, stop_timeout=3)

@@ -7,6 +7,7 @@ command line names this test's home directory, never what workerguard reports.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,8 +27,6 @@ FAST = {"interval": 0.3, "timeout": 1.0, "failure_threshold": 3, "start_interval
 
 def probed_profile(ws: Workspace, name: str, mode: str, *args: str, probe: dict[str, Any],
                    **overrides: Any) -> None:
-    import sys
-
     ws.profiles[name] = {"command": [sys.executable, str(WORKER), mode, *args],
                          "start_seconds": 0.2, "stop_timeout": 3, "probe": {**FAST, **probe},
                          **overrides}
@@ -47,7 +46,6 @@ def workers(ws: Workspace, name: str | None = None) -> list[psutil.Process]:
 
 def pids(ws: Workspace, name: str | None = None) -> list[int]:
     return sorted(p.pid for p in workers(ws, name))
-
 
 
 def heartbeat_profile(ws: Workspace, name: str = "bot", **overrides: Any) -> None:
@@ -238,8 +236,6 @@ def test_of_three_instances_only_the_hung_one_is_replaced_and_a_flood_never_doub
 @pytest.mark.celery
 def test_a_stopped_profile_is_not_probed(workspace: Workspace, harness: CeleryHarness):
     counter = workspace.home / "probes.count"
-    import sys
-
     probe = [sys.executable, "-c",
              f"open({str(counter)!r}, 'a').write('x')"]
     heartbeat_profile(workspace)

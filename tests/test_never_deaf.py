@@ -40,7 +40,6 @@ def proxy(redis_server: RedisServer) -> Iterator[BlackHoleProxy]:
     proxy.close()
 
 
-
 def broker_up(port: int, host: str) -> float | None:
     samples = reachable(port)
     if samples is None or "workerguard_broker_up" not in samples:

@@ -19,7 +19,15 @@ import pytest
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from tests.support import LineReader, ProcessTracker, alive, free_port, poll_for
-from workerguard.probes import AnyProbe, Prober, ProbeResult, ProbeSpec, ProbeTarget, run_probe
+from workerguard.probes import (
+    AnyProbe,
+    Prober,
+    ProbeResult,
+    ProbeSpec,
+    ProbeTarget,
+    run_probe,
+    wait_ready,
+)
 
 WORKERS = Path(__file__).resolve().parent / "probe_workers.py"
 SPEC: TypeAdapter[AnyProbe] = TypeAdapter(ProbeSpec)
@@ -412,15 +420,15 @@ def test_hanging_probes_do_not_delay_the_other_instances_or_profiles(
             adopt_pids(tracker, pidfile)
 
 
-def test_wait_ready_returns_at_the_first_pass(
-        tracker: ProcessTracker, prober: Callable[..., tuple[Prober, Recorder]], tmp_path: Path) -> None:
+def test_wait_ready_returns_at_the_first_pass(tracker: ProcessTracker, tmp_path: Path) -> None:
     port = free_port()
     spec = probe(kind="http", url=f"http://127.0.0.1:{port}/", start_interval=0.2, start_timeout=20)
-    watcher, seen = prober()
+    seen = Recorder()
     begun = time.time()
     worker = tracker.popen([sys.executable, str(WORKERS), "http", str(port), str(tmp_path / "f"),
                             "--delay", "3"])
-    result = watcher.wait_ready("web", spec, target(worker.pid), started_at=begun)
+    result = wait_ready(spec, target(worker.pid), started_at=begun,
+                        on_result=lambda r: seen.on_result("web", None, r))
     took = time.time() - begun
     assert result.ok, result
     assert 3.0 <= took <= 3.0 + 0.2 + MARGIN, took
@@ -428,14 +436,13 @@ def test_wait_ready_returns_at_the_first_pass(
 
 
 def test_wait_ready_gives_up_at_the_start_timeout_with_the_last_output(
-        tracker: ProcessTracker, prober: Callable[..., tuple[Prober, Recorder]], tmp_path: Path) -> None:
+        tracker: ProcessTracker, tmp_path: Path) -> None:
     pidfile = tmp_path / "pids"
     spec = probe(kind="command", command=[sys.executable, str(WORKERS), "hang", str(pidfile)],
                  timeout=10, start_timeout=1.5)
-    watcher, _ = prober()
     begun = time.time()
     try:
-        result = watcher.wait_ready("bot", spec, target(os.getpid()), started_at=begun)
+        result = wait_ready(spec, target(os.getpid()), started_at=begun)
         took = time.time() - begun
         assert not result.ok and result.output.startswith("timed out after")
         assert 1.5 - 0.1 <= took <= 1.5 + MARGIN, "the probe's timeout is clipped to the deadline"

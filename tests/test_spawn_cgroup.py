@@ -228,7 +228,6 @@ def test_no_shell_adds_anything_to_the_environment(tmp_path: Path):
         assert shown == env, shell
 
 
-
 def test_priming_moves_this_process_into_its_own_cgroup_and_nowhere_else(tree: CgroupTree):
     def priming() -> list[threading.Thread]:
         return [t for t in threading.enumerate() if t.name == "workerguard-cgroup-prime"]

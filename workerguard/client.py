@@ -35,7 +35,6 @@ ANSWER_TIMEOUT = 10.0
 """How long a request waits for a guard to pick it up; it expires after that."""
 
 
-
 class NoGuardAnswered(WorkerguardError):
     """No guard consumed the request's queue in time; the request expired unanswered."""
 

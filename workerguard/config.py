@@ -38,7 +38,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from .config_errors import explain
-from .errors import ConfigError
+from .errors import ConfigError, UnknownProfile
 from .probes.spec import ProbeSpec
 from .redact import redact_url
 from .runtime import default_runtime_dir
@@ -339,8 +339,6 @@ class Config:
     source: str
 
     def profile(self, name: str) -> Profile:
-        from .errors import UnknownProfile
-
         try:
             return self.profiles[name]
         except (KeyError, TypeError):

@@ -19,7 +19,9 @@ Why each mechanism around a converge is there (benchmarks/README rows in bracket
 The guard takes a Redis client, a config and a process table (``HostProcesses``); it
 knows nothing of Celery, so the CLI's ``--local`` mode, the Celery tasks and the tests
 all call exactly this code. With ``on_exit`` set (the guard worker), every instance it
-sees is watched, and an exit it did not cause is recorded and handed to ``on_exit``.
+sees is watched, and an exit it did not cause is recorded and handed to ``on_exit``; with
+``health`` set, every instance it sees is probed, and an unhealthy one is recorded and
+handed to ``on_replace``.
 """
 
 from __future__ import annotations
@@ -305,8 +307,10 @@ class Guard:
 
     def _ready(self, profile: Profile, spawned: SpawnOutcome) -> SpawnOutcome:
         """Keep the instances that passed their probe; stop the rest, as failed starts."""
-        ready, failures = [], list(spawned.failures)
-        late = []
+        ready: list[Instance] = []
+        late: list[Instance] = []
+        failures = list(spawned.failures)
+
         def observed(result: ProbeResult) -> None:
             self.observer.probed(profile.name, result.ok, result.duration)
 
@@ -377,8 +381,10 @@ class Guard:
         """``already_running`` from the verified known instances, or None."""
         known = decode_known(profile, raw)
         verified = self.table.verify(known) if known else None
-        plan = self._plan(profile, "ensure", verified) if verified else None
-        if not verified or plan is None or not plan.is_noop:
+        if not verified:
+            return None
+        plan = self._plan(profile, "ensure", verified)
+        if not plan.is_noop:
             return None
         self._watch(verified)
         return self._already_running(profile, plan, verified)

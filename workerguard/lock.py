@@ -40,8 +40,6 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 _SLICE = 1.0
 
 
-
-
 class ProfileLock(redis_lock.Lock):  # type: ignore[misc]
     def __init__(self, client: redis.Redis, host: str, profile: str, expire: int) -> None:
         super().__init__(client, f"{host}:{profile}", expire=expire, auto_renewal=True,

@@ -20,7 +20,8 @@ from .state import Backoff
 from .workers import Instance, SpawnFailure
 
 Result = dict[str, Any]
-"""The task contract's result: built here, the one place that words it (README, "Result keys")."""
+"""A result as a dict: a status or prune report, or a task result as it travels (a
+converge's answer is an ``Outcome``; its ``contract()`` is that dict: README, "Result keys")."""
 
 
 def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],

@@ -26,7 +26,6 @@ EXIT_USAGE = 2
 USAGE_ERRORS = (ConfigError, UnknownProfile, InvalidRequest)
 
 
-
 def requester() -> str:
     """Who asked, for the action log: ``cli:USER@HOST pid N``."""
     try:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .run import ProbeResult, cut, run_probe, wait_ready
+from .run import ProbeResult, cut, run_probe
 from .spec import AnyProbe, ProbeTarget
 
 log = logging.getLogger("workerguard.probes")
@@ -164,15 +164,6 @@ class Prober:
         time, result, output (cut) and duration. JSON-ready values."""
         with self._lock:
             return {key: watch.snapshot() for key, watch in self._watches.items()}
-
-    def wait_ready(self, profile: str, spec: AnyProbe, target: ProbeTarget,
-                   started_at: float | None = None, deadline: float | None = None) -> ProbeResult:
-        """Probe every ``start_interval`` in the calling thread until the first pass or the
-        deadline (epoch seconds; default ``started_at + start_timeout``); return the last
-        result. The first probe runs ``initial_delay`` after ``started_at`` (default now).
-        No probe outlives the deadline: the last one's timeout is clipped to it."""
-        return wait_ready(spec, target, started_at, deadline, cancel=self._stopping,
-                          on_result=lambda result: self._report(profile, None, result))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the timer and the workers; running command probes are killed (as failures)."""

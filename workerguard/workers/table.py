@@ -38,6 +38,10 @@ log = logging.getLogger("workerguard.workers")
 Identity = Literal["auto", "cgroup", "registry"]
 
 
+_MARK_POLL = 0.1
+"""Between two looks for a daemon's mark: each is a full process scan (~25 ms here)."""
+
+
 def command_fingerprint(profile: Profile) -> str:
     """What decides whether a running instance is ``outdated``: its argv."""
     raw = json.dumps(list(profile.command)).encode()
@@ -207,7 +211,8 @@ class HostProcesses:
         if code is None and not any(pid == item.popen.pid for pid, _ in live):
             live.append((item.popen.pid, item.create_time))
         if code == 0 and not live and item.group is None:  # a daemon that escaped the tree
-            live = self._marked_within(item.instance_id, item.started_at + profile.start_seconds)
+            window_left = item.started_at + profile.start_seconds - time.time()
+            live = self._marked_within(item.instance_id, min(window_left, profile.start_seconds))
         if code is None or (code == 0 and live):
             main_pid, main_created = ((item.popen.pid, item.create_time) if code is None
                                       else min(live, key=lambda m: (m[1], m[0])))
@@ -231,14 +236,16 @@ class HostProcesses:
             item.popen.pid, code, spawn.tail(log_file),
             f"pid {item.popen.pid} exited with code {code} within {profile.start_seconds:g} s"))
 
-    def _marked_within(self, instance_id: str, deadline: float) -> list[tuple[int, float]]:
-        """``_marked``, asked until the start window ends: the launcher of a daemon can exit
-        (ending the wait early) while its child is still forking the daemon itself."""
+    def _marked_within(self, instance_id: str, seconds: float) -> list[tuple[int, float]]:
+        """``_marked``, asked for up to ``seconds`` (what is left of the start window, on the
+        monotonic clock: a clock set back cannot stretch it): the launcher of a daemon can
+        exit (ending the wait early) while its child is still forking the daemon itself."""
+        deadline = time.monotonic() + max(0.0, seconds)
         while True:
             found = self._marked(instance_id)
-            if found or time.time() >= deadline:
+            if found or time.monotonic() >= deadline:
                 return found
-            time.sleep(0.02)
+            time.sleep(_MARK_POLL)
 
     def _marked(self, instance_id: str) -> list[tuple[int, float]]:
         """Processes that carry ``instance_id`` in their environment (the last resort)."""
