@@ -21,7 +21,6 @@ from workerguard import keys
 FAILPOINT = HERE / "failpoint_guard.py"
 
 
-
 def run_to_stage(workspace: Workspace, stage: str, *extra: str) -> subprocess.Popen[str]:
     proc = workspace.tracker.popen(
         [sys.executable, str(FAILPOINT), str(workspace.write_config()), stage, *extra],
@@ -98,14 +97,21 @@ def restart(server: RedisServer) -> RedisServer:
 def first_answer(harness: CeleryHarness, task: str, *args: Any) -> Any:
     """Send ``task`` until the guard, reconnecting to Redis, answers it; return the result."""
 
+    last: list[Any] = []
+
     def answered() -> Any:
         try:
             request = harness.call(task, *args, timeout=10)
         except CeleryTimeout:  # still reconnecting (Celery backs off): send another
+            last[:] = ["no answer within 10 s"]
             return False
+        last[:] = [request.state, request.result]
         return request.state == "SUCCESS" and request.result
 
-    return poll_for(answered, timeout=90, interval=0.5, message="the guard to reconnect")
+    try:
+        return poll_for(answered, timeout=90, interval=0.5, message="the guard to reconnect")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last: {last}; guard log:\n{harness.log_tail(6000)}") from None
 
 
 def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconnects(

@@ -15,7 +15,7 @@ from kombu.entity import Exchange, Queue
 
 from ..config import Config
 from ..connect import celery_url, result_backend_settings, socket_options
-from . import quiet, runtime
+from . import brokerfix, quiet, runtime
 
 DEFAULT_QUEUE = "workerguard"
 BROADCAST = "workerguard.broadcast"
@@ -61,6 +61,7 @@ def visibility_timeout(config: Config) -> int:
 def make_app(config: Config, redis_url: str) -> Celery:
     """Build the guard's Celery app for ``config``, talking to ``redis_url``."""
     settings = config.settings
+    brokerfix.install()
     url = celery_url(redis_url)
     app = Celery("workerguard", broker=url, backend=quiet.backend_url(url), task_cls=quiet.TASK,
                  set_as_current=False)
