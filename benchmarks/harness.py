@@ -20,8 +20,8 @@ import redis
 
 from tests.support import ProcessTracker, RedisServer, cli_env, poll_for, short_tmpdir, start_redis, to_toml
 from workerguard.config import Config, load_config
-from workerguard.connect import redis_client
-from workerguard.guard import Guard
+from workerguard.ops.connect import redis_client
+from workerguard.policy.guard import Guard
 
 __all__ = ["Bench", "kill_and_wait", "percentile", "poll_for", "summary_ms"]
 

@@ -13,7 +13,7 @@ from importlib.metadata import version
 from benchmarks import hung, probecpu, restart, rows
 from benchmarks.harness import bench
 from benchmarks.rows import Row, log
-from workerguard.embedded import redis_server_binary
+from workerguard.ops.embedded import redis_server_binary
 
 ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown", "restart", "idle", "hung",
         "probecpu")

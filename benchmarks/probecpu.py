@@ -33,7 +33,7 @@ from benchmarks.harness import Bench, poll_for
 from benchmarks.probes import measure
 from benchmarks.rows import Row, log
 from tests.support import free_port
-from workerguard.probes import AnyProbe, ProbeSpec
+from workerguard.probes.spec import AnyProbe, ProbeSpec
 
 INSTANCES = 50
 INTERVAL = 1.0

@@ -33,7 +33,8 @@ from pydantic import TypeAdapter
 
 from benchmarks.rows import Row
 from tests.support import LineReader, ProcessTracker, free_port
-from workerguard.probes import AnyProbe, Prober, ProbeSpec, ProbeTarget
+from workerguard.probes.scheduler import Prober
+from workerguard.probes.spec import AnyProbe, ProbeSpec, ProbeTarget
 
 WORKERS = Path(__file__).resolve().parent.parent / "tests" / "probe_workers.py"
 SETTLE = 1.5

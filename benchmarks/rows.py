@@ -19,9 +19,9 @@ from celery.result import ResultSet
 
 from benchmarks import scriptlock
 from benchmarks.harness import Bench, kill_and_wait, median, percentile, poll_for, summary_ms
-from workerguard.guard import Guard
-from workerguard.lock import ProfileLock
-from workerguard.workers import scan_processes
+from workerguard.policy.guard import Guard
+from workerguard.store.lock import ProfileLock
+from workerguard.workers.discover import scan_processes
 
 HERE = Path(__file__).resolve().parent
 CALLERS = 20
@@ -183,8 +183,8 @@ def lock_handoff(b: Bench, trials: int) -> Row:
 # crashed holder ----------------------------------------------------------------------------
 _WG_HOLDER = """
 import sys, time
-from workerguard.connect import redis_client
-from workerguard.lock import ProfileLock
+from workerguard.ops.connect import redis_client
+from workerguard.store.lock import ProfileLock
 lock = ProfileLock(redis_client(sys.argv[1]), sys.argv[2], "crash", int(sys.argv[3]))
 assert lock.acquire_within(10)
 print("locked", flush=True)
@@ -384,8 +384,8 @@ def _timed_scan() -> float:
 # where an ensure's time goes --------------------------------------------------------------
 def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
     """In-process costs of one ensure with the worker running (p50 / p99 of ``n``)."""
-    from workerguard.known import decode_known
-    from workerguard.workers import verify_known
+    from workerguard.store.known_instances import decode_known
+    from workerguard.workers.discover import verify_known
 
     path = b.write_config("breakdown", {"bd": b.profile(5)})
     guard = b.guard(path)

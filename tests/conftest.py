@@ -16,8 +16,8 @@ import redis
 
 from tests.support import SLEEPER, ProcessTracker, RedisServer, short_tmpdir, start_redis, to_toml
 from workerguard.config import Config, Settings, load_config
-from workerguard.guard import Guard
-from workerguard.workers import HostProcesses
+from workerguard.policy.guard import Guard
+from workerguard.workers.host import HostProcesses
 
 TableT = TypeVar("TableT", bound=HostProcesses)
 

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workerguard import keys
 from workerguard.config import load_config
-from workerguard.connect import redis_client
-from workerguard.guard import Guard
-from workerguard.workers import HostProcesses
+from workerguard.ops.connect import redis_client
+from workerguard.policy.guard import Guard
+from workerguard.store import keys
+from workerguard.workers.host import HostProcesses
 
 
 def announce(stage: str) -> None:

@@ -21,8 +21,9 @@ import psutil
 import pytest
 import redis
 
-from workerguard.embedded import redis_server_binary
-from workerguard.workers import Discovery, HostProcesses, Scan
+from workerguard.ops.embedded import redis_server_binary
+from workerguard.workers.discover import Discovery, Scan
+from workerguard.workers.host import HostProcesses
 
 HERE = Path(__file__).resolve().parent
 SLEEPER = HERE / "sleeper.py"
@@ -360,7 +361,7 @@ def tiny_tmpfs(inodes: int) -> Iterator[Path]:
 
 def events(client: Any, action: str, profile: str | None = None) -> list[dict[bytes, bytes]]:
     """The action log's entries of ``action`` (of ``profile``), oldest first."""
-    from workerguard import keys
+    from workerguard.store import keys
 
     return [e for _, e in client.xrange(keys.EVENTS) if e[b"action"] == action.encode()
             and (profile is None or e[b"profile"] == profile.encode())]

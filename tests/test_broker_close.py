@@ -1,5 +1,5 @@
 """A late use of a closed broker connection is a connection error, which Celery ignores
-while it reconnects (``workerguard.tasks.brokerfix``), not an AttributeError that shuts
+while it reconnects (``workerguard.tasks.closed_channel``), not an AttributeError that shuts
 the guard worker down."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
 from tests.support import RedisServer
-from workerguard.tasks import brokerfix
+from workerguard.tasks import closed_channel
 
 
 @pytest.fixture
 def closed_with_a_request_in_flight(redis_server: RedisServer) -> Iterator[tuple[Connection, object]]:
     """A consumer connection holding one unacked request (``acks_late``) whose transport
     was released first, as when Celery drops a broken connection."""
-    brokerfix.install()
+    closed_channel.install()
     name = f"wg-close-{uuid.uuid4().hex[:8]}"
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
     with Connection(redis_server.url) as producer:

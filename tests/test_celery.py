@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import HERE, cli_env, events, poll_for, run_cli
-from workerguard import keys
+from workerguard.store import keys
 
 pytestmark = pytest.mark.celery
 
@@ -210,7 +210,7 @@ def test_two_beats_by_mistake_do_not_double_the_sweeps(workspace: Workspace,
 
 def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
         workspace: Workspace, harness: CeleryHarness, redis_client):
-    from workerguard.lock import ProfileLock
+    from workerguard.store.lock import ProfileLock
 
     workspace.add_profile()
     workspace.guard_settings["lock_timeout"] = 0.5

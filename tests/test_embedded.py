@@ -27,7 +27,7 @@ from tests.support import (
 HOLD = """
 import sys, time
 from pathlib import Path
-from workerguard.embedded import embedded_redis
+from workerguard.ops.embedded import embedded_redis
 with embedded_redis(Path(sys.argv[1]), linger=float(sys.argv[2])) as url:
     print(url, flush=True)
     time.sleep(600)
@@ -112,8 +112,8 @@ def test_a_sigkilled_supervisor_takes_its_server_with_it(home: Path, tracker):
 
 
 def test_a_too_long_home_is_a_clear_error(tmp_path: Path):
-    from workerguard.embedded import socket_path
     from workerguard.errors import EmbeddedRedisError
+    from workerguard.ops.embedded import socket_path
 
     with pytest.raises(EmbeddedRedisError, match="WORKERGUARD_HOME"):
         socket_path(tmp_path / ("x" * 120))

@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import LineReader, cli_env, run_cli
-from workerguard.events import parse_since
-from workerguard.state import State
+from workerguard.store.events import parse_since
+from workerguard.store.state import State
 
 
 def events(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:

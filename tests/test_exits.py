@@ -54,7 +54,7 @@ def test_a_worker_killed_20_times_gets_exactly_one_replacement_each_time(
 
 def test_a_paused_profiles_worker_that_exits_stays_down(workspace: Workspace,
                                                         harness: CeleryHarness, redis_client):
-    from workerguard.state import State
+    from workerguard.store.state import State
 
     workspace.add_profile()
     harness.start_worker()

@@ -15,12 +15,12 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import CountingTable, poll_for
-from workerguard import keys
-from workerguard.flight import Coalescer
-from workerguard.guard import Guard
-from workerguard.known import encode_known
-from workerguard.lock import ProfileLock
-from workerguard.observe import NullObserver
+from workerguard.policy.coalesce import Coalescer
+from workerguard.policy.guard import Guard
+from workerguard.policy.hooks import NullObserver
+from workerguard.store import keys
+from workerguard.store.known_instances import encode_known
+from workerguard.store.lock import ProfileLock
 from workerguard.workers.discover import alive
 from workerguard.workers.model import Instance
 

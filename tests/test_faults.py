@@ -16,7 +16,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import HERE, RedisServer, cli_env, poll_for, run_cli, short_tmpdir, start_redis
-from workerguard import keys
+from workerguard.store import keys
 
 FAILPOINT = HERE / "failpoint_guard.py"
 

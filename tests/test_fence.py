@@ -20,9 +20,9 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import HERE, cli_env, poll_for, run_cli, short_tmpdir, tiny_tmpfs
-from workerguard import keys
 from workerguard.config import Settings
-from workerguard.runtime import default_runtime_dir
+from workerguard.store import keys
+from workerguard.workers.rundir import default_runtime_dir
 
 FAILPOINT = HERE / "failpoint_guard.py"
 

@@ -12,11 +12,11 @@ import redis
 
 from tests.conftest import Workspace
 from tests.support import SLEEPER, CountingTable, free_port, poll_for
-from workerguard import events, keys
-from workerguard.connect import redis_client as redis_client_for
 from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
-from workerguard.guard import Guard
-from workerguard.lock import ProfileLock
+from workerguard.ops.connect import redis_client as redis_client_for
+from workerguard.policy.guard import Guard
+from workerguard.store import events, keys
+from workerguard.store.lock import ProfileLock
 
 
 def read_events(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:

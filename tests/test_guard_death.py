@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import poll_for
-from workerguard.lock import ProfileLock
+from workerguard.store.lock import ProfileLock
 from workerguard.tasks.app import RESTORE_INTERVAL, visibility_timeout
 
 pytestmark = pytest.mark.celery

@@ -19,8 +19,10 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import HERE, alive, poll_for
-from workerguard import keys
-from workerguard.workers import HostProcesses, Scan, cgroups
+from workerguard.store import keys
+from workerguard.workers import cgroups
+from workerguard.workers.discover import Scan
+from workerguard.workers.host import HostProcesses
 
 SHAPESHIFTER = HERE / "shapeshifter.py"
 CGROUPS_USABLE = (cgroups.default_root() is not None
@@ -67,7 +69,7 @@ def shapeshifter(ws: Workspace, name: str = "demo", *args: str, **overrides: obj
 
 
 def hammer(ws: Workspace, guard: object, times: int = 4) -> None:
-    from workerguard.guard import Guard
+    from workerguard.policy.guard import Guard
 
     assert isinstance(guard, Guard)
     for _ in range(times):

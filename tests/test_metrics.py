@@ -11,11 +11,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import cli_env, free_port, poll_for, run_cli
-from workerguard.backoff import Backoff
 from workerguard.config import load_config
-from workerguard.metrics import GuardMetrics
-from workerguard.outcome import Action, Outcome
-from workerguard.workers import Instance
+from workerguard.ops.metrics import GuardMetrics
+from workerguard.policy.outcome import Action, Outcome
+from workerguard.store.backoff import Backoff
+from workerguard.workers.model import Instance
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 

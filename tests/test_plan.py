@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from workerguard.plan import make_plan
+from workerguard.policy.plan import make_plan
 from workerguard.workers.model import Instance
 
 instances_strategy = st.lists(

@@ -19,15 +19,9 @@ import pytest
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from tests.support import LineReader, ProcessTracker, alive, free_port, poll_for
-from workerguard.probes import (
-    AnyProbe,
-    Prober,
-    ProbeResult,
-    ProbeSpec,
-    ProbeTarget,
-    run_probe,
-    wait_ready,
-)
+from workerguard.probes.run import ProbeResult, run_probe, wait_ready
+from workerguard.probes.scheduler import Prober
+from workerguard.probes.spec import AnyProbe, ProbeSpec, ProbeTarget
 
 WORKERS = Path(__file__).resolve().parent / "probe_workers.py"
 SPEC: TypeAdapter[AnyProbe] = TypeAdapter(ProbeSpec)

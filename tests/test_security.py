@@ -166,7 +166,7 @@ def test_every_queued_command_with_a_wrong_password_prints_one_line_and_exits_1(
 @pytest.mark.celery
 def test_a_failed_request_says_what_failed_but_shows_no_traceback_or_path(
         workspace: Workspace, harness: CeleryHarness, redis_client):
-    from workerguard.tasks.quiet import HIDDEN
+    from workerguard.tasks.caller_errors import HIDDEN
 
     workspace.add_profile("demo", "--exit-code", "3")  # a worker that fails at start
     harness.start_worker()

@@ -22,8 +22,9 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import poll_for
-from workerguard.workers import HostProcesses, cgroups, spawn
+from workerguard.workers import cgroups, spawn
 from workerguard.workers.cgroups import CgroupTree
+from workerguard.workers.host import HostProcesses
 from workerguard.workers.spawn import JoinFailed, Launched, child_environment
 
 FORKS_AT_ONCE = ["/bin/sh", "-c", "sleep 60 & exec sleep 60"]

@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import Workspace
 from tests.support import LineReader, cli_env, run_cli
-from workerguard.table import duration
+from workerguard.cli.status_table import duration
 
 
 def test_table_shows_profile_host_state_pids_uptime_command(workspace: Workspace, redis_client):
@@ -41,7 +41,7 @@ def test_table_shows_profile_host_state_pids_uptime_command(workspace: Workspace
 def test_table_shows_each_instances_health():
     from rich.console import Console
 
-    from workerguard.table import status_table
+    from workerguard.cli.status_table import status_table
 
     def instance(pid: int, health: dict[str, object] | None) -> dict[str, object]:
         return {"pid": pid, "uptime": 5.0, **({"health": health} if health else {})}

@@ -11,9 +11,9 @@ from typing import Any
 
 from tests.conftest import Workspace
 from tests.support import events, poll_for, tiny_tmpfs
-from workerguard.connect import redis_client as client_for
-from workerguard.workers import HostProcesses, SpawnOutcome
+from workerguard.ops.connect import redis_client as client_for
 from workerguard.workers.discover import BoundedCache, _Classifier
+from workerguard.workers.host import HostProcesses, SpawnOutcome
 
 
 def test_eight_concurrent_ensures_of_a_failing_worker_make_one_failed_start(
@@ -25,7 +25,7 @@ def test_eight_concurrent_ensures_of_a_failing_worker_make_one_failed_start(
 
     def caller() -> None:  # each like a CLI process: its own guard and connection
         from workerguard.config import load_config
-        from workerguard.guard import Guard
+        from workerguard.policy.guard import Guard
 
         client = client_for(workspace.redis_url)
         guard = Guard(client, load_config(config_path, environ={}))

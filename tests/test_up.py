@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import SLEEPER, ProcessTracker, alive, cli_env, poll_for, run_cli, short_tmpdir, to_toml
 from workerguard.config import load_config
-from workerguard.workers import HostProcesses
+from workerguard.workers.host import HostProcesses
 
 pytestmark = pytest.mark.celery
 

@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import Workspace
 from tests.support import SLEEPER, alive, poll_for
 from workerguard.config import Profile
-from workerguard.workers import Instance, SpawnFailure, stop_instances
-from workerguard.workers.spawn import child_environment
+from workerguard.workers.model import Instance
+from workerguard.workers.spawn import SpawnFailure, child_environment
+from workerguard.workers.stop import stop_instances
 
 
 def sleeper_profile(ws: Workspace, *extra: str, **overrides: Any) -> Profile:

@@ -18,18 +18,19 @@ import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from .config import Config, load_config
-from .connect import redis_client, redis_url
-from .errors import (
+from workerguard.config.load import Config, load_config
+from workerguard.errors import (
     ActionFailed,
     InvalidRequest,
     RedisUnavailable,
     UnknownProfile,
     WorkerguardError,
 )
-from .report import Result
-from .tasks import validate
-from .tasks.app import host_queue, make_app, node_name
+from workerguard.ops.connect import redis_client, redis_url
+from workerguard.policy.reports import Result
+from workerguard.tasks import validate
+from workerguard.tasks.app import make_app
+from workerguard.tasks.routing import host_queue, node_name
 
 ANSWER_TIMEOUT = 10.0
 """How long a request waits for a guard to pick it up; it expires after that."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from . import actions, operations, services
-from .common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from workerguard.cli import actions, operations, services
+from workerguard.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
 

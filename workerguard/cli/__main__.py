@@ -1,3 +1,3 @@
-from . import main
+from workerguard.cli import main
 
 main()

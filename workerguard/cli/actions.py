@@ -9,11 +9,7 @@ from collections.abc import Callable
 
 import click
 
-from ..config import MAX_WORKERS_LIMIT
-from ..errors import WorkerguardError
-from ..redact import redact_text
-from ..report import Result
-from .common import (
+from workerguard.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     USAGE_ERRORS,
@@ -25,6 +21,10 @@ from .common import (
     requester,
     usage_error,
 )
+from workerguard.config.schema import MAX_WORKERS_LIMIT
+from workerguard.errors import WorkerguardError
+from workerguard.policy.reports import Result
+from workerguard.redact import redact_text
 
 
 @click.command()
@@ -127,7 +127,7 @@ def _status_printer(as_json: bool, table: bool | None) -> Callable[[Result, str 
         try:
             from rich.console import Console
 
-            from ..table import render
+            from workerguard.cli.status_table import render
         except ImportError:
             if table:
                 click.echo("error: --table needs rich: pip install 'workerguard[ops]'", err=True)

@@ -15,10 +15,10 @@ from typing import Any, NoReturn
 
 import click
 
-from ..config import Config, load_config
-from ..errors import ActionFailed, ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
-from ..redact import redact_text
-from ..report import Result
+from workerguard.config.load import Config, load_config
+from workerguard.errors import ActionFailed, ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
+from workerguard.policy.reports import Result
+from workerguard.redact import redact_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -85,7 +85,7 @@ class Where:
         """``Guard.<method>(*args, **kwargs)`` here, or task ``workerguard.<method>`` remotely."""
         if self.local:
             return run_local(config, lambda guard: getattr(guard, method)(*args, **kwargs))
-        from ..client import call_and_wait
+        from workerguard.client import call_and_wait
 
         return call_and_wait(config, f"workerguard.{method}", args, kwargs, host=self.host,
                              timeout=self.timeout)
@@ -100,9 +100,9 @@ class Where:
 def run_local(config: Config, call: Callable[[Any], Any]) -> Result:
     """Run one guard action in this process, under the same lock the tasks use; its answer
     as the task would return it (the contract dict)."""
-    from ..connect import redis_client, redis_url
-    from ..guard import Guard
-    from ..outcome import Outcome
+    from workerguard.ops.connect import redis_client, redis_url
+    from workerguard.policy.guard import Guard
+    from workerguard.policy.outcome import Outcome
 
     with redis_url(config.settings) as url:
         client = redis_client(url)

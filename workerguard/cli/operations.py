@@ -6,8 +6,7 @@ import sys
 
 import click
 
-from ..redact import redact_text, redact_url
-from .common import (
+from workerguard.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -18,6 +17,7 @@ from .common import (
     json_option,
     load,
 )
+from workerguard.redact import redact_text, redact_url
 
 
 @click.command()
@@ -37,10 +37,10 @@ def events(profile: str | None, config_file: str | None, host: str | None, since
     One line per event (time, host, profile, action, pids, requested by); --json
     prints one JSON object per line.
     """
-    from .. import events as log
-    from ..connect import redis_client, redis_url
-    from ..errors import RedisUnavailable
-    from ..lock import REDIS_ERRORS
+    from workerguard.errors import RedisUnavailable
+    from workerguard.ops.connect import redis_client, redis_url
+    from workerguard.store import events as log
+    from workerguard.store.lock import REDIS_ERRORS
 
     config = load(config_file)
     try:
@@ -80,7 +80,7 @@ def ping(config_file: str | None, host: str | None, timeout: float) -> None:
 
     For healthchecks (docker compose, systemd, monitoring).
     """
-    from ..client import ping as ping_guard
+    from workerguard.client import ping as ping_guard
 
     config = load(config_file)
     with errors():
@@ -101,9 +101,9 @@ def reload(config_file: str | None, host: str | None, as_json: bool, timeout: fl
     listener, is refused: the guard keeps its running config and this exits 1.
     Same as `kill -HUP` on the guard worker process.
     """
-    from ..client import reload as reload_guard
-    from ..config import load_config
-    from ..errors import ConfigError
+    from workerguard.client import reload as reload_guard
+    from workerguard.config.load import load_config
+    from workerguard.errors import ConfigError
 
     try:
         config = load_config(config_file)
@@ -145,6 +145,6 @@ def schema() -> None:
     """
     import json
 
-    from ..config import json_schema
+    from workerguard.config.schema import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))

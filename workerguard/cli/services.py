@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import config_option, errors, load, loglevel_option
+from workerguard.cli.common import config_option, errors, load, loglevel_option
 
 
 @click.command()
@@ -17,7 +17,7 @@ from .common import config_option, errors, load, loglevel_option
 @loglevel_option
 def worker(config_file: str | None, pool: str, concurrency: int, loglevel: str) -> None:
     """Run the guard: a Celery worker on this host's queues and the sweep broadcast."""
-    from ..runners import run_worker
+    from workerguard.ops.runners import run_worker
 
     config = load(config_file)
     with errors():
@@ -29,7 +29,7 @@ def worker(config_file: str | None, pool: str, concurrency: int, loglevel: str) 
 @loglevel_option
 def beat(config_file: str | None, loglevel: str) -> None:
     """Run Celery beat with the sweep schedule (every sweep_interval seconds). Run one."""
-    from ..runners import run_beat
+    from workerguard.ops.runners import run_beat
 
     run_beat(load(config_file), loglevel)
 
@@ -46,7 +46,7 @@ def flower(config_file: str | None, address: str, port: int, flower_args: tuple[
     Further arguments go to Flower, e.g. --basic-auth=USER:PASS (or set
     FLOWER_BASIC_AUTH, which keeps the password off the command line).
     """
-    from ..runners import run_flower
+    from workerguard.ops.runners import run_flower
 
     config = load(config_file)
     with errors():
@@ -61,7 +61,7 @@ def up(config_file: str | None, loglevel: str) -> None:
 
     Ctrl-C stops the three; the workers they manage keep running.
     """
-    from ..runners import run_up
+    from workerguard.ops.runners import run_up
 
     config = load(config_file)
     with errors():

@@ -25,8 +25,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..childenv import base_environment
-from .spec import AnyProbe, CommandProbe, HeartbeatProbe, HttpProbe, ProbeTarget, TcpProbe, expand
+from workerguard.probes.spec import (
+    AnyProbe,
+    CommandProbe,
+    HeartbeatProbe,
+    HttpProbe,
+    ProbeTarget,
+    TcpProbe,
+    expand,
+)
+from workerguard.workers.childenv import base_environment
 
 OUTPUT_LIMIT = 500
 """Characters of output kept in a result."""

@@ -27,8 +27,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .run import ProbeResult, cut, run_probe
-from .spec import AnyProbe, ProbeTarget
+from workerguard.probes.run import ProbeResult, cut, run_probe
+from workerguard.probes.spec import AnyProbe, ProbeTarget
 
 log = logging.getLogger("workerguard.probes")
 State = Literal["starting", "healthy", "unhealthy"]

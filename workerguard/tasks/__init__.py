@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .app import BROADCAST, DEFAULT_QUEUE, host_queue, make_app
+from workerguard.tasks.app import make_app
+from workerguard.tasks.routing import BROADCAST, DEFAULT_QUEUE, host_queue
 
 __all__ = ["BROADCAST", "DEFAULT_QUEUE", "app", "host_queue", "make_app"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from ..config import load_config
-        from ..embedded import socket_path, url_for
+        from workerguard.config.load import load_config
+        from workerguard.ops.embedded import socket_path, url_for
 
         config = load_config()
         url = config.settings.redis_url or url_for(socket_path(config.settings.home))

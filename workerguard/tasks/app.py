@@ -10,36 +10,19 @@ from __future__ import annotations
 import math
 
 from celery import Celery
-from kombu.common import Broadcast
-from kombu.entity import Exchange, Queue
+from kombu.entity import Exchange
 
-from ..config import Config
-from ..connect import celery_url, result_backend_settings, socket_options
-from . import brokerfix, quiet, runtime
-
-DEFAULT_QUEUE = "workerguard"
-BROADCAST = "workerguard.broadcast"
-SWEEP_TASK = "workerguard.sweep"
-
-
-def host_queue(host_id: str) -> str:
-    return f"{DEFAULT_QUEUE}.{host_id}"
-
-
-def node_name(host_id: str) -> str:
-    """The guard worker's Celery node name: one guard per host answers to it."""
-    return f"workerguard@{host_id}"
-
-
-def direct_queue(name: str) -> Queue:
-    """Declared exactly as plain Celery declares a missing queue named in ``send_task``,
-    so a sender that knows only the queue name and the guard agree on the binding."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
-
-
-def sweep_queue() -> Broadcast:
-    return Broadcast(BROADCAST, routing_key=BROADCAST)
-
+from workerguard.config.load import Config
+from workerguard.ops.connect import celery_url, result_backend_settings, socket_options
+from workerguard.tasks import caller_errors, closed_channel, context
+from workerguard.tasks.routing import (
+    BROADCAST,
+    DEFAULT_QUEUE,
+    SWEEP_TASK,
+    direct_queue,
+    host_queue,
+    sweep_queue,
+)
 
 RESTORE_INTERVAL = 2
 """Seconds between the guard's scans for requests whose guard died (kombu's restore)."""
@@ -61,10 +44,10 @@ def visibility_timeout(config: Config) -> int:
 def make_app(config: Config, redis_url: str) -> Celery:
     """Build the guard's Celery app for ``config``, talking to ``redis_url``."""
     settings = config.settings
-    brokerfix.install()
+    closed_channel.install()
     url = celery_url(redis_url)
-    app = Celery("workerguard", broker=url, backend=quiet.backend_url(url), task_cls=quiet.TASK,
-                 set_as_current=False)
+    app = Celery("workerguard", broker=url, backend=caller_errors.backend_url(url),
+                 task_cls=caller_errors.TASK, set_as_current=False)
     app.conf.update(
         # JSON only: a pickle message is refused before it reaches a task.
         task_serializer="json",
@@ -126,8 +109,8 @@ def make_app(config: Config, redis_url: str) -> Celery:
         },
     )
     # Never in app.conf: inspect and Flower publish it (see runtime).
-    runtime.attach(app, runtime.Runtime(config, redis_url))
-    from .handlers import register
+    context.attach(app, context.Runtime(config, redis_url))
+    from workerguard.tasks.handlers import register
 
     register(app)
     return app

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from ..errors import (
+from workerguard.errors import (
     ActionFailed,
     ConfigError,
     InvalidRequest,
@@ -19,11 +19,11 @@ from ..errors import (
     RedisUnavailable,
     UnknownProfile,
 )
-from ..guard import Guard
-from ..outcome import Outcome
-from . import refused, runtime, validate  # noqa: F401 (refused answers rejected messages)
-from .healing import exit_listener, register_healing, replace_listener, schedule_retry
-from .reload import reload_config, rotate_logs
+from workerguard.policy.guard import Guard
+from workerguard.policy.outcome import Outcome
+from workerguard.tasks import context, early_refusal, validate  # noqa: F401 (refused answers rejected messages)
+from workerguard.tasks.heal_requests import exit_listener, register_healing, replace_listener, schedule_retry
+from workerguard.tasks.reload import reload_config, rotate_logs
 
 log = logging.getLogger("workerguard.tasks")
 RETRY_ON = (LockTimeout, RedisUnavailable)
@@ -37,7 +37,7 @@ EXPECTED = (InvalidRequest, UnknownProfile, ActionFailed, ConfigError)
 
 def guard_for(app: Celery) -> Guard:
     """This process's guard for the app's current config (see ``runtime``)."""
-    return runtime.of(app).guard()
+    return context.of(app).guard()
 
 
 def _who(task: Task, requested_by: str | None) -> str:
@@ -53,7 +53,7 @@ def _checked(result: Outcome | dict[str, Any]) -> dict[str, Any]:
 
 
 def register(app: Celery) -> None:
-    state = runtime.of(app)
+    state = context.of(app)
     state.on_exit = exit_listener(app, state.config.settings.host_id)
     state.on_replace = replace_listener(app, state.config.settings.host_id)
     register_healing(app, guard_for, _who, _checked, EXPECTED, RETRY)

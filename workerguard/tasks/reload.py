@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..config import load_config
-from ..errors import ConfigError
-from ..redact import redact_text
-from ..report import Result
-from ..workers.logs import rotate_all
-from ..workers.spawn import log_path
-from . import runtime
+from workerguard.config.load import load_config
+from workerguard.errors import ConfigError
+from workerguard.policy.reports import Result
+from workerguard.redact import redact_text
+from workerguard.tasks import context
+from workerguard.workers.logs import rotate_all
+from workerguard.workers.spawn import log_path
 
 log = logging.getLogger("workerguard.reload")
 
@@ -31,7 +31,7 @@ def rotate_logs(guard: Any) -> None:
 
 def reload_config(app: Any, requested_by: str) -> Result:
     """Reload the config of ``app``'s guard and sweep once; raises ``ConfigError`` if refused."""
-    live = runtime.of(app)
+    live = context.of(app)
     source = live.config.source
     try:
         changed = live.swap(load_config(source))

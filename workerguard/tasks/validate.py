@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..config import MAX_WORKERS_LIMIT, PROFILE_NAME, Config
-from ..errors import InvalidRequest, UnknownProfile
+from workerguard.config.load import Config
+from workerguard.config.schema import MAX_WORKERS_LIMIT, PROFILE_NAME
+from workerguard.errors import InvalidRequest, UnknownProfile
 
 MAX_REQUESTER = 200
 

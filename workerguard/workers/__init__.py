@@ -1,29 +1,8 @@
-"""The process layer: find, start and stop worker processes. No Celery, no Redis here."""
+"""The host's processes: find, start, watch and stop worker processes. No Celery, no Redis.
 
-from .discover import Discovery, Scan, scan_processes, verify_known
-from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance, Leftover
-from .spawn import SpawnFailure
-from .stop import StopOutcome, stop_instances
-from .table import HostProcesses, SpawnOutcome, command_fingerprint
-from .watch import Exit, ExitWatcher, describe_exit
-
-__all__ = [
-    "MARK_HOST",
-    "MARK_INSTANCE",
-    "MARK_PROFILE",
-    "Discovery",
-    "Exit",
-    "ExitWatcher",
-    "HostProcesses",
-    "Instance",
-    "Leftover",
-    "Scan",
-    "SpawnFailure",
-    "SpawnOutcome",
-    "StopOutcome",
-    "command_fingerprint",
-    "describe_exit",
-    "scan_processes",
-    "stop_instances",
-    "verify_known",
-]
+``host.HostProcesses`` is the face the guard uses; behind it, ``discover`` (which
+processes are instances), ``spawn``, ``stop``, ``watch`` (exits as they happen),
+``cgroups`` and ``registry`` (the two identity modes), ``fence`` (the host-wide
+``flock``), ``logs``, and the runtime directory they share (``rundir``).
+Modules are imported by their full path; this package re-exports nothing.
+"""

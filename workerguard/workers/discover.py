@@ -34,11 +34,11 @@ from typing import Generic, TypeVar
 
 import psutil
 
-from ..config import Profile
-from . import cgroups
-from .cgroups import CgroupTree
-from .model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance, Leftover, same_start
-from .registry import Record
+from workerguard.config.schema import Profile
+from workerguard.workers import cgroups
+from workerguard.workers.cgroups import CgroupTree
+from workerguard.workers.model import MARK_HOST, MARK_INSTANCE, MARK_PROFILE, Instance, Leftover, same_start
+from workerguard.workers.registry import Record
 
 K = TypeVar("K")
 V = TypeVar("V")

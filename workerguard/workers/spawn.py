@@ -75,10 +75,10 @@ from typing import IO
 
 import psutil
 
-from ..childenv import base_environment
-from ..config import Profile
-from . import cgroups
-from .model import MARK_HOST, MARK_INDEX, MARK_INSTANCE, MARK_PROFILE
+from workerguard.config.schema import Profile
+from workerguard.workers import cgroups
+from workerguard.workers.childenv import base_environment
+from workerguard.workers.model import MARK_HOST, MARK_INDEX, MARK_INSTANCE, MARK_PROFILE
 
 _WINDOWS_FLAGS = 0x08000000 | 0x00000200 | 0x00000008
 """CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS (untested here)."""

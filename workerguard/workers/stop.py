@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 
-from . import cgroups
-from .model import Instance, same_start
+from workerguard.workers import cgroups
+from workerguard.workers.model import Instance, same_start
 
 _POLL = 0.02
 _KILL_GRACE = 5.0

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from .discover import alive
+from workerguard.workers.discover import alive
 
 log = logging.getLogger("workerguard.watch")
 _CODES_KEPT = 4096

@@ -1,0 +1,3 @@
+"""Running workerguard: Redis connections, the embedded Redis, the long-running commands
+(worker, beat, flower, up) and their Prometheus metrics.
+"""

@@ -1,0 +1,189 @@
+"""Prometheus metrics of a guard worker (``metrics_port`` / ``WORKERGUARD_METRICS_PORT``).
+
+The guard reports through the small observer hook of ``observe``; this module turns
+those calls into metrics in a registry of its own and serves them over HTTP from the
+guard worker's main process. That is right for the ``threads`` and ``solo`` pools
+(one process). With ``prefork`` the tasks run in pool children whose counters the
+main process never sees, so ``runners.run_worker`` refuses metrics with prefork
+rather than serve numbers that are silently wrong.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from workerguard.config.load import Config
+from workerguard.policy.outcome import Outcome
+
+LABELS = ("host", "profile")
+LOCK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BROKER_PROBE_INTERVAL = 2.0
+PROBE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class GuardMetrics:
+    """Implements ``observe.Observer``: one registry per guard worker."""
+
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.host = config.settings.host_id
+        r = self.registry
+        self.instances = Gauge("workerguard_instances", "Instances running after the last "
+                               "result or sweep.", LABELS, registry=r)
+        self.min_workers = Gauge("workerguard_min_workers", "Configured min_workers.", LABELS,
+                                 registry=r)
+        self.max_workers = Gauge("workerguard_max_workers", "Configured max_workers.", LABELS,
+                                 registry=r)
+        self.paused = Gauge("workerguard_paused", "1 while the profile is paused by stop_all.",
+                            LABELS, registry=r)
+        self.backoff = Gauge("workerguard_backoff", "1 while starts are delayed by crash-loop "
+                             "backoff.", LABELS, registry=r)
+        self.starts = Counter("workerguard_starts", "Instances started.", LABELS, registry=r)
+        self.stops = Counter("workerguard_stops", "Instances stopped.", LABELS, registry=r)
+        self.failed_starts = Counter("workerguard_start_failures", "Converges in which a "
+                                     "started instance died within start_seconds.", LABELS,
+                                     registry=r)
+        self.errors = Counter("workerguard_errors", "Converges that failed without acting "
+                              "(lock timeout, Redis unreachable) during sweeps.", LABELS,
+                              registry=r)
+        self.pauses = Counter("workerguard_pauses", "stop_all requests (each pauses the "
+                              "profile).", LABELS, registry=r)
+        self.exits = Counter("workerguard_exits", "Instances that exited without the guard "
+                             "stopping them (each is restarted at once unless paused or in "
+                             "backoff).", LABELS, registry=r)
+        self.orphans = Gauge("workerguard_orphaned_instances", "Instances of profiles that are no "
+                             "longer configured, seen by the last status or sweep.", ("host",),
+                             registry=r)
+        self.probes = Counter("workerguard_probes", "Probes run (readiness and liveness), by "
+                              "result (ok / failed).", (*LABELS, "result"), registry=r)
+        self.probe_duration = Histogram("workerguard_probe_duration_seconds", "Duration of a "
+                                        "probe.", LABELS, buckets=PROBE_BUCKETS, registry=r)
+        self.coalesced_requests = Counter("workerguard_coalesced_requests", "ensure requests "
+                                          "answered by an identical request's converge "
+                                          "(single-flight) instead of their own.", LABELS,
+                                          registry=r)
+        self.unhealthy_instances = Counter("workerguard_unhealthy", "Instances that failed their "
+                                           "probe failure_threshold times in a row (each is "
+                                           "replaced).", LABELS, registry=r)
+        self.lock_wait = Histogram("workerguard_lock_wait_seconds", "Time a request waited "
+                                   "for its profile's lock.", LABELS, buckets=LOCK_BUCKETS,
+                                   registry=r)
+        self.sweep_duration = Histogram("workerguard_sweep_duration_seconds", "Duration of a "
+                                        "sweep of this host.", ("host",), buckets=SWEEP_BUCKETS,
+                                        registry=r)
+        self.last_sweep = Gauge("workerguard_last_sweep_timestamp_seconds", "Unix time the "
+                                "last sweep of this host finished.", ("host",), registry=r)
+        self.sweep_interval = Gauge("workerguard_sweep_interval_seconds", "Configured "
+                                    "sweep_interval.", ("host",), registry=r)
+        self.sweep_interval.labels(self.host).set(config.settings.sweep_interval)
+        self.broker_up = Gauge("workerguard_broker_up", "1 while this guard reaches its Redis "
+                               "broker (a PING every few seconds answered within the socket "
+                               "timeout), else 0.", ("host",), registry=r)
+        for profile in config.profiles.values():
+            labels = (self.host, profile.name)
+            self.min_workers.labels(*labels).set(profile.min_workers)
+            self.max_workers.labels(*labels).set(profile.max_workers)
+            for family in (self.starts, self.stops, self.failed_starts, self.errors, self.pauses,
+                           self.exits, self.unhealthy_instances):
+                family.labels(*labels)  # present at 0 from the start: rate() needs a base
+            if profile.probe is not None:
+                for outcome in ("ok", "failed"):
+                    self.probes.labels(*labels, outcome)
+        self._lock = threading.Lock()
+
+    # observe.Observer --------------------------------------------------------------------
+    def lock_waited(self, profile: str, seconds: float) -> None:
+        self.lock_wait.labels(self.host, profile).observe(seconds)
+
+    def acted(self, mode: str, result: Outcome) -> None:
+        if result.dry_run:
+            return
+        labels = (result.host, result.profile)
+        with self._lock:
+            self._refresh(labels, result)
+            self.starts.labels(*labels).inc(len(result.started))
+            self.stops.labels(*labels).inc(len(result.stopped))
+            if result.action == "start_failed":
+                self.failed_starts.labels(*labels).inc()
+            elif result.action == "error":
+                self.errors.labels(*labels).inc()
+            if mode == "stop_all":
+                self.pauses.labels(*labels).inc()
+                self.paused.labels(*labels).set(1)
+            elif mode == "ensure":
+                self.paused.labels(*labels).set(0)
+
+    def exited(self, profile: str) -> None:
+        self.exits.labels(self.host, profile).inc()
+
+    def orphaned(self, count: int) -> None:
+        self.orphans.labels(self.host).set(count)
+
+    def coalesced(self, profile: str) -> None:
+        self.coalesced_requests.labels(self.host, profile).inc()
+
+    def probed(self, profile: str, ok: bool, seconds: float) -> None:
+        self.probes.labels(self.host, profile, "ok" if ok else "failed").inc()
+        self.probe_duration.labels(self.host, profile).observe(seconds)
+
+    def unhealthy(self, profile: str) -> None:
+        self.unhealthy_instances.labels(self.host, profile).inc()
+
+    def swept(self, results: Sequence[Outcome], seconds: float) -> None:
+        self.sweep_duration.labels(self.host).observe(seconds)
+        self.last_sweep.labels(self.host).set(time.time())
+        for result in results:
+            self.acted("sweep", result)
+
+    def watch_broker(self, url: str, interval: float = BROKER_PROBE_INTERVAL) -> None:
+        """PING the broker every ``interval`` s from a daemon thread; set ``broker_up``.
+
+        The same Redis, the same network path and the same socket options as the Celery
+        connections: when this fails, the guard cannot hear requests either.
+        """
+        from workerguard.ops.connect import redis_client
+        from workerguard.store.lock import REDIS_ERRORS
+
+        client = redis_client(url)
+        gauge = self.broker_up.labels(self.host)
+
+        def probe() -> None:
+            while True:
+                try:
+                    client.ping()
+                    gauge.set(1)
+                except REDIS_ERRORS:
+                    gauge.set(0)
+                time.sleep(interval)
+
+        threading.Thread(target=probe, name="broker-probe", daemon=True).start()
+
+    # helpers -----------------------------------------------------------------------------
+    def _refresh(self, labels: tuple[str, str], result: Outcome) -> None:
+        if result.action == "error":  # it knows nothing of instances, pause or backoff
+            return
+        self.instances.labels(*labels).set(len(result.running))
+        if result.action == "paused":
+            self.paused.labels(*labels).set(1)
+        in_backoff = result.action == "backoff" or (
+            result.backoff is not None and result.backoff.next_attempt > result.time)
+        self.backoff.labels(*labels).set(1 if in_backoff else 0)
+
+
+def serve(config: Config) -> GuardMetrics:
+    """Register the metrics and serve them on ``metrics_addr:metrics_port`` (a daemon thread)."""
+    port = config.settings.metrics_port
+    if port is None:
+        raise ValueError("metrics_port is not set")
+    metrics = GuardMetrics(config)
+    ProcessCollector(registry=metrics.registry)
+    PlatformCollector(registry=metrics.registry)
+    start_http_server(port, addr=config.settings.metrics_addr, registry=metrics.registry)
+    return metrics

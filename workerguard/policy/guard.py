@@ -1,0 +1,575 @@
+"""The one place that combines the lock, the process table and the plan.
+
+Each action runs discover -> plan -> act -> verify -> record under one Redis lock per
+(host, profile) and, inside it, the host fence (``flock``): if the Redis lock is lost
+(expiry during a long stall, a failover), a second guard on this host still waits for
+the first to finish instead of acting on a stale view. Crash-loop state and the action
+log entry are written before the lock is released, so the next holder reads them.
+
+Why each mechanism around a converge is there (benchmarks/README rows in brackets):
+
+* the Redis lock: one converge per (host, profile) across every guard and CLI;
+* the fence: the Redis lock is only as good as its TTL; the kernel's lock is not;
+* the fast path (``State.snapshot_if_unlocked`` + ``verify``): an ensure of a profile
+  that is within bounds is answered in one Redis round trip and one ``/proc`` read per
+  instance, without the lock or a process scan ["ensure, already running"];
+* single-flight (``flight.Coalescer``): identical ensures that arrive while one waits
+  share its converge instead of queueing on the lock one after another ["burst of 50"].
+
+The guard takes a Redis client, a config and a process table (``HostProcesses``); it
+knows nothing of Celery, so the CLI's ``--local`` mode, the Celery tasks and the tests
+all call exactly this code. With ``on_exit`` set (the guard worker), every instance it
+sees is watched, and an exit it did not cause is recorded and handed to ``on_exit``; with
+``health`` set, every instance it sees is probed, and an unhealthy one is recorded and
+handed to ``on_replace``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import redis
+import redis_lock
+
+from workerguard.config.load import Config
+from workerguard.config.schema import Profile
+from workerguard.errors import LockLost, LockTimeout, RedisUnavailable, WorkerguardError
+from workerguard.policy import reports
+from workerguard.policy.coalesce import Coalescer
+from workerguard.policy.hooks import NULL_OBSERVER, Observer
+from workerguard.policy.outcome import Outcome
+from workerguard.policy.plan import Plan, make_plan
+from workerguard.policy.reports import Result
+from workerguard.probes.liveness import Health, Unhealthy
+from workerguard.probes.readiness import await_ready, not_ready
+from workerguard.probes.run import ProbeResult
+from workerguard.store.known_instances import decode_known
+from workerguard.store.lock import REDIS_ERRORS, ProfileLock
+from workerguard.store.state import Backoff, State
+from workerguard.workers import cgroups
+from workerguard.workers.discover import Discovery
+from workerguard.workers.fence import host_fence
+from workerguard.workers.host import HostProcesses, SpawnOutcome
+from workerguard.workers.model import Instance, Leftover
+from workerguard.workers.spawn import log_path, tail
+from workerguard.workers.watch import Exit, describe_exit
+
+log = logging.getLogger("workerguard.policy.guard")
+Intent = Literal["ensure", "heal", "replace", "enforce", "stop_all"]
+"""ensure: start and stop, clears a pause. heal: the same for sweeps and exit events,
+but a paused profile stays stopped. replace: heal, after stopping one unhealthy instance
+(counted toward backoff). enforce: only stop extras. stop_all: stop and pause."""
+ExitListener = Callable[[str, str], None]
+"""(profile, reason): an instance of ``profile`` exited and the guard did not cause it."""
+ReplaceListener = Callable[[Unhealthy], None]
+"""An instance failed its probe ``failure_threshold`` times in a row: ask for ``replace``."""
+_PARALLEL_CONVERGES = 32
+"""Converges of one sweep at once: mostly waiting out start windows, so cheap threads."""
+
+
+class Guard:
+    def __init__(self, client: redis.Redis, config: Config, *, clock: Callable[[], float] = time.time,
+                 observer: Observer | None = None, table: HostProcesses | None = None,
+                 on_exit: ExitListener | None = None, health: Health | None = None,
+                 on_replace: ReplaceListener | None = None) -> None:
+        self.client = client
+        self.config = config
+        self.settings = config.settings
+        self.host = config.settings.host_id
+        self.state = State(client, self.host, config.settings.events_maxlen,
+                           known_ttl=max(2 * config.settings.sweep_interval, 10.0))
+        self.clock = clock
+        self.observer = observer or NULL_OBSERVER
+        self.table = table or HostProcesses(
+            self.host, registry_dir=self.settings.registry_dir, log_dir=self.settings.log_dir,
+            identity=self.settings.identity, cgroup_root=self.settings.cgroup_root,
+            log_max_bytes=self.settings.log_max_bytes, log_backups=self.settings.log_backups)
+        self.on_exit = on_exit
+        self.health = health
+        self.on_replace = on_replace
+        self._flights: Coalescer[Outcome] = Coalescer(on_join=self._coalesced)
+        self._exits = (ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit")
+                       if on_exit or health else None)
+
+    def __repr__(self) -> str:
+        return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
+
+    # public actions --------------------------------------------------------------------
+    def ensure(self, profile: str, *, dry_run: bool = False, force: bool = False,
+               requested_by: str = "unknown") -> Outcome:
+        """Converge to min..max instances: start missing, stop extras; clears a pause.
+
+        Identical ensures that arrive in this process while one is waiting to start
+        share its result; the event log names the first requester.
+        """
+        spec = self.config.profile(profile)
+        return self._flights.run(("ensure", profile, dry_run, force), lambda: self._observed(
+            "ensure", self._converge(spec, "ensure", dry_run=dry_run, force=force,
+                                     requested_by=requested_by)))
+
+    def heal(self, profile: str, *, requested_by: str = "exit") -> Outcome:
+        """Converge like a sweep does for one profile: a paused profile stays stopped."""
+        return self._observed("heal", self._converge(self.config.profile(profile), "heal",
+                                                     requested_by=requested_by))
+
+    def replace(self, profile: str, instance_id: str, *, reason: str = "",
+                requested_by: str = "probe") -> Outcome:
+        """Stop the unhealthy instance ``instance_id`` (gracefully, then its whole group) and
+        heal: a start follows unless backoff holds it. Counts toward crash-loop backoff.
+        An instance already gone, or a paused profile, is just healed (or left paused)."""
+        return self._observed("replace", self._converge(
+            self.config.profile(profile), "replace", victim=instance_id, reason=reason,
+            requested_by=requested_by))
+
+    def enforce(self, profile: str, *, max_workers: int | None = None, dry_run: bool = False,
+                requested_by: str = "unknown") -> Outcome:
+        """Stop instances beyond ``max_workers`` (the profile's when None); never starts."""
+        return self._observed("enforce", self._converge(
+            self.config.profile(profile), "enforce", dry_run=dry_run, max_workers=max_workers,
+            requested_by=requested_by))
+
+    def stop_all(self, profile: str, *, dry_run: bool = False,
+                 requested_by: str = "unknown") -> Outcome:
+        """Stop every instance and pause the profile so sweeps leave it stopped."""
+        return self._observed("stop_all", self._converge(
+            self.config.profile(profile), "stop_all", dry_run=dry_run, requested_by=requested_by))
+
+    def status(self, profile: str | None = None) -> Result:
+        """Instances per profile on this host, with pause, backoff and orphans. No lock."""
+        profiles = ([self.config.profile(profile)] if profile is not None
+                    else list(self.config.profiles.values()))
+        found = self._discover(profiles)
+        names = [p.name for p in profiles]
+        with self._redis():
+            paused = self.state.paused(names)
+            backoffs = self.state.backoffs(names)
+        return reports.status_result(self.host, profile, profiles, found.instances, paused,
+                                    backoffs, self.clock(), orphans=found.orphans,
+                                    identity=self.table.mode,
+                                    health=self.health.snapshot() if self.health else None)
+
+    def sweep(self, *, requested_by: str = "beat") -> list[Outcome]:
+        """Heal every profile of this host, with one process scan.
+
+        A profile within bounds (or paused) is answered from the scan without its lock;
+        the others converge in parallel, each under its own lock. Any error of one
+        profile becomes that profile's error result; the rest of the sweep goes on.
+        """
+        began = time.monotonic()
+        profiles = list(self.config.profiles.values())
+        with self._redis():  # read before the scan: a converge that writes later wins
+            paused, known = self.state.paused_and_known([p.name for p in profiles])
+        found = self._discover(profiles)
+        self._report_orphans(found)
+        for instances in found.instances.values():
+            self._watch(instances)
+        results: dict[str, Outcome] = {}
+        refresh = []
+        pending = []
+        for profile in profiles:
+            instances = found.instances[profile.name]
+            plan = self._plan(profile, "heal", instances)
+            if self.health is not None:
+                self.health.pause(profile.name, bool(paused[profile.name]))
+            if paused[profile.name]:
+                results[profile.name] = reports.paused_result(self.host, profile.name, instances,
+                                                             paused[profile.name] or {})
+            elif plan.is_noop and not self._leftovers(found, profile):
+                results[profile.name] = self._already_running(profile, plan, instances)
+                refresh.append((profile, known[profile.name], instances))
+            else:
+                pending.append(profile)
+        if pending:
+            with ThreadPoolExecutor(min(_PARALLEL_CONVERGES, len(pending)),
+                                    thread_name_prefix="workerguard-sweep") as pool:
+                for profile, result in zip(pending, pool.map(
+                        lambda p: self._isolated(p, requested_by), pending), strict=True):
+                    results[profile.name] = result
+        try:  # what this scan saw becomes the known instances (unless a converge wrote since)
+            self.state.refresh_known(refresh)
+        except REDIS_ERRORS as exc:
+            log.warning("could not refresh known instances: %s", exc)
+        ordered = [results[p.name] for p in profiles]
+        self.observer.swept(ordered, time.monotonic() - began)
+        return ordered
+
+    def prune(self, *, dry_run: bool = False, requested_by: str = "unknown") -> Result:
+        """Stop the orphans of this host: instances of profiles no longer configured."""
+        deadline = time.monotonic() + self.settings.lock_timeout
+        with host_fence(self.settings.fence_dir, f"{self.host}.-orphans-", deadline):
+            found = self._discover([])
+            stopped: list[int] = []
+            if found.orphans and not dry_run:
+                self._claim_exits(found.orphans)
+                stopped = self.table.stop(found.orphans, "SIGTERM", 10.0).stopped
+                self._record("-", "pruned", stopped, requested_by,
+                             ", ".join(sorted({i.profile for i in found.orphans})))
+        return reports.prune_result(self.host, found.orphans, stopped, dry_run)
+
+    def claim_sweep(self) -> bool:
+        """Deduplicate sweeps per host (see ``State.claim_sweep``)."""
+        with self._redis():
+            return self.state.claim_sweep(self.settings.sweep_interval)
+
+    # the converge ----------------------------------------------------------------------
+    def _converge(self, profile: Profile, intent: Intent, *, dry_run: bool = False,
+                  force: bool = False, max_workers: int | None = None,
+                  victim: str | None = None, reason: str = "",
+                  requested_by: str = "unknown") -> Outcome:
+        fast = self._fast_path(profile) if intent == "ensure" and not dry_run else None
+        if fast is not None:
+            return fast
+        deadline = time.monotonic() + self.settings.lock_timeout  # the lock's, then the fence's
+        with self._locked(profile) as lock:
+            with self._redis():
+                snapshot = self.state.snapshot(profile.name)
+            if intent == "ensure" and not dry_run and not snapshot.paused:
+                fast = self._known_within_bounds(profile, snapshot.known)
+                if fast is not None:  # the converge we waited for has just done it
+                    return fast
+            lock.start_renewal()  # from here on the hold may take a while
+            with host_fence(self.settings.fence_dir, f"{self.host}.{profile.name}", deadline):
+                found = self._discover([profile], full=False)
+                instances = found.instances[profile.name]
+                if intent in ("heal", "replace") and snapshot.paused:
+                    return reports.paused_result(self.host, profile.name, instances, snapshot.paused)
+                plan = self._plan(profile, intent, instances, max_workers, victim)
+                now = self.clock()
+                blocked_by = self._blocking_backoff(profile, intent, snapshot.backoff, plan, now,
+                                                    force=force, dry_run=dry_run)
+                if dry_run:
+                    return reports.dry_run_result(self.host, profile.name, intent, plan, blocked_by)
+                self._set_pause(profile, intent, snapshot.paused, requested_by)
+                acted = self._act(lock, profile, plan.without_starts() if blocked_by else plan,
+                                  self._leftovers(found, profile))
+                after = (self._discover([profile], full=False).instances[profile.name]
+                         if acted.changed else instances)
+                self._remember(lock, profile, after)
+                return self._conclude(profile, intent, plan, acted, after, blocked_by, now,
+                                      requested_by, reason)
+
+    def _blocking_backoff(self, profile: Profile, intent: Intent, stored: Backoff, plan: Plan,
+                          now: float, *, force: bool, dry_run: bool) -> Backoff | None:
+        """The crash-loop backoff that holds this converge's starts back, or None.
+
+        ``enforce`` never starts and ``force`` ignores it; a clock set back re-anchors it
+        to now; a replacement counts as a failed start before the plan's start is judged.
+        """
+        backoff = stored if intent != "enforce" and not force else Backoff()
+        if backoff.clock_went_back(now) and not dry_run:
+            with self._redis():
+                backoff = self.state.reanchor_backoff(profile.name, backoff, now,
+                                                      profile.backoff_max)
+        if intent == "replace" and plan.stop:
+            backoff = self._count_replacement(profile, plan.stop[0], backoff, now)
+        return backoff if plan.start and backoff.active(now, profile.backoff_max) else None
+
+    def _plan(self, profile: Profile, intent: Intent, instances: list[Instance],
+              max_workers: int | None = None, victim: str | None = None) -> Plan:
+        if intent == "replace":  # the victim goes; the rest is planned as a heal
+            gone = [i for i in instances if i.instance_id == victim]
+            plan = self._plan(profile, "heal", [i for i in instances if i not in gone])
+            return Plan(keep=plan.keep, stop=(*gone, *plan.stop), start=plan.start,
+                        spare=plan.spare)
+        if intent in ("ensure", "heal"):
+            return make_plan(instances, min_workers=profile.min_workers,
+                             max_workers=profile.max_workers, keep=profile.keep,
+                             stop_adopted=profile.stop_adopted)
+        limit = 0 if intent == "stop_all" else (max_workers or profile.max_workers)
+        return make_plan(instances, min_workers=0, max_workers=limit, keep=profile.keep,
+                         may_start=False, stop_adopted=profile.stop_adopted or intent == "stop_all")
+
+    def _act(self, lock: ProfileLock, profile: Profile, plan: Plan,
+             leftovers: Sequence[Leftover]) -> Acted:
+        acted = Acted()
+        if plan.is_noop and not leftovers:
+            return acted
+        self._confirm_owned(lock)  # never act on a lock that expired under us
+        if leftovers:
+            acted.cleaned = self.table.clean(leftovers)
+        if plan.stop:
+            self._claim_exits(plan.stop)
+            if self.health is not None:
+                self.health.forget(plan.stop)
+            outcome = self.table.stop(plan.stop, profile.stop_signal, profile.stop_timeout)
+            acted.stopped = outcome.stopped
+            if outcome.survivors:
+                log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
+        if plan.start:
+            survivors = [*plan.keep, *plan.spare]
+            acted.spawned = self.table.spawn(profile, plan.start,
+                                             taken=[i.index for i in survivors if i.instance_id])
+            if profile.probe is not None:
+                acted.spawned = self._ready(profile, acted.spawned)
+        return acted
+
+    def _ready(self, profile: Profile, spawned: SpawnOutcome) -> SpawnOutcome:
+        """Keep the instances that passed their probe; stop the rest, as failed starts."""
+        ready: list[Instance] = []
+        late: list[Instance] = []
+        failures = list(spawned.failures)
+
+        def observed(result: ProbeResult) -> None:
+            self.observer.probed(profile.name, result.ok, result.duration)
+
+        for instance, result in await_ready(self.host, profile, spawned.started, observed):
+            if result.ok:
+                ready.append(instance)
+            else:
+                failures.append(not_ready(profile, instance, result,
+                                          tail(log_path(self.table.log_dir, profile.name))))
+                late.append(instance)
+        if late:
+            self._claim_exits(late)
+            self.table.stop(late, profile.stop_signal, profile.stop_timeout)
+        return SpawnOutcome(started=ready, failures=failures)
+
+    def _count_replacement(self, profile: Profile, victim: Instance, backoff: Backoff,
+                           now: float) -> Backoff:
+        """A replacement counts as a failed start. An instance that ran ``backoff_max`` or
+        longer starts the count afresh (as Kubernetes resets CrashLoopBackOff after a
+        good run), so a worker that hangs once a week is replaced at once."""
+        with self._redis():
+            if now - victim.create_time >= profile.backoff_max:
+                self.state.reset_backoff(profile.name)
+            return self.state.record_failure(profile.name, profile.start_retries,
+                                             profile.backoff_max, now)
+
+    def _conclude(self, profile: Profile, intent: Intent, plan: Plan, acted: Acted,
+                  after: list[Instance], blocked_by: Backoff | None, now: float,
+                  requested_by: str, reason: str = "") -> Outcome:
+        """Crash-loop state and the action log, still under the lock; then the result."""
+        name = profile.name
+        started, failures = acted.spawned.started, acted.spawned.failures
+        worker_failures = [f for f in failures if not f.host_error]
+        backoff = blocked_by
+        try:
+            if worker_failures:  # the delay runs from the failure, not from the plan
+                backoff = self.state.record_failure(name, profile.start_retries,
+                                                    profile.backoff_max, self.clock())
+            elif started and intent != "replace":  # a replacement stays counted
+                self.state.reset_backoff(name)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not update crash-loop state: %s", name, exc)
+        action = reports.action_for(intent, plan, acted.stopped, started, failures, bool(after))
+        if blocked_by is not None and not acted.stopped:
+            action = "backoff"
+        if intent == "replace" and acted.stopped:
+            self._record(name, "replaced", [*acted.stopped, *(s.pid for s in started)],
+                         requested_by, "; ".join([reason, *(f.describe() for f in failures)]))
+        elif action in ("started", "stopped_extras", "stopped_all", "start_failed"):
+            self._record(name, action, [*acted.stopped, *(s.pid for s in started)], requested_by,
+                         "; ".join(f.describe() for f in failures))
+        self._watch(after)
+        return reports.result(self.host, name, action, running=after,
+                             started=[s.pid for s in started], stopped=acted.stopped,
+                             kept=[i.pid for i in plan.keep], failures=failures,
+                             backoff=backoff, now=now, cleaned=acted.cleaned,
+                             spare=[i.pid for i in plan.spare])
+
+    # the fast path -------------------------------------------------------------------
+    def _fast_path(self, profile: Profile) -> Outcome | None:
+        with self._redis():
+            unlocked = self.state.snapshot_if_unlocked(profile.name)
+        if unlocked is None or unlocked.paused:
+            return None
+        return self._known_within_bounds(profile, unlocked.known)
+
+    def _known_within_bounds(self, profile: Profile, raw: bytes | None) -> Outcome | None:
+        """``already_running`` from the verified known instances, or None."""
+        known = decode_known(profile, raw)
+        verified = self.table.verify(known) if known else None
+        if not verified:
+            return None
+        plan = self._plan(profile, "ensure", verified)
+        if not plan.is_noop:
+            return None
+        self._watch(verified)
+        return self._already_running(profile, plan, verified)
+
+    def _already_running(self, profile: Profile, plan: Plan, running: list[Instance]) -> Outcome:
+        return reports.result(self.host, profile.name, "already_running", running=running,
+                             kept=[i.pid for i in plan.keep], spare=[i.pid for i in plan.spare],
+                             now=self.clock())
+
+    # exits ---------------------------------------------------------------------------
+    def _watch(self, instances: Sequence[Instance]) -> None:
+        """Watch (and probe) every instance this guard sees (the guard worker only)."""
+        if self.health is not None and instances:
+            profile = self.config.profiles.get(instances[0].profile)
+            if profile is not None:
+                self.health.watch(profile, instances)
+        if self.on_exit is None:
+            return
+        for instance in instances:
+            key = instance.instance_id or f"adopted-{instance.pid}-{instance.create_time}"
+            self.table.watcher.watch(key, instance.pid, instance.create_time,
+                                     self._exit_callback(instance))
+
+    def _exit_callback(self, instance: Instance) -> Callable[[Exit], None]:
+        def exited(event: Exit) -> None:  # in the watcher's thread: hand over, return at once
+            if instance.cgroup is not None:
+                cgroups.prime()  # a spawn into a new group is likely to follow
+            if self._exits is not None:
+                self._exits.submit(self._handle_exit, instance, event)
+
+        return exited
+
+    def _handle_exit(self, instance: Instance, event: Exit) -> None:
+        """An exit this guard did not cause: record it once per host, then heal."""
+        if self.health is not None:
+            self.health.forget([instance])
+        uptime = max(0.0, event.at - instance.create_time)
+        reason = f"pid {instance.pid} {describe_exit(event.returncode)} after {uptime:.1f} s"
+        try:
+            if not self.state.claim_exit(self._exit_key(instance)):
+                return  # stopped on purpose, or another guard of this host took it
+            self._record(instance.profile, "exited", [instance.pid], "exit watcher", reason)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not record the exit of pid %s: %s", instance.profile,
+                        instance.pid, exc)
+        self.observer.exited(instance.profile)
+        log.info("%s: %s", instance.profile, reason)
+        if self.on_exit is not None and instance.profile in self.config.profiles:
+            self.on_exit(instance.profile, reason)
+
+    def unhealthy(self, event: Unhealthy) -> None:
+        """``Health`` found ``event``'s instance unhealthy: record it, ask for its replacement.
+        Called on a probe thread: handed over at once."""
+        if self._exits is not None:
+            self._exits.submit(self._handle_unhealthy, event)
+
+    def _handle_unhealthy(self, event: Unhealthy) -> None:
+        spec = self.config.profiles.get(event.profile)
+        threshold = spec.probe.failure_threshold if spec is not None and spec.probe else "?"
+        reason = (f"pid {event.pid} failed its probe {threshold} times in a row: "
+                  f"{event.output}")
+        self._record(event.profile, "unhealthy", [event.pid], "probe", reason)
+        self.observer.unhealthy(event.profile)
+        log.warning("%s: %s", event.profile, reason)
+        if self.on_replace is not None and spec is not None and spec.probe is not None:
+            self.on_replace(event)
+
+    def _claim_exits(self, instances: Sequence[Instance]) -> None:
+        """Before stopping on purpose: no watcher of this host reports these exits."""
+        try:
+            for instance in instances:
+                self.state.claim_exit(self._exit_key(instance))
+        except REDIS_ERRORS as exc:
+            log.warning("could not mark stops as intended: %s", exc)
+
+    @staticmethod
+    def _exit_key(instance: Instance) -> str:
+        return f"{instance.instance_id or 'adopted'}:{instance.pid}:{instance.create_time:.2f}"
+
+    # helpers ---------------------------------------------------------------------------
+    def _discover(self, profiles: Sequence[Profile], full: bool = True) -> Discovery:
+        return self.table.discover(profiles, self.config.profiles.values(), full=full)
+
+    @staticmethod
+    def _leftovers(found: Discovery, profile: Profile) -> list[Leftover]:
+        return [left for left in found.leftovers if left.profile == profile.name]
+
+    def _isolated(self, profile: Profile, requested_by: str) -> Outcome:
+        try:
+            return self._converge(profile, "heal", requested_by=requested_by)
+        except WorkerguardError as exc:
+            return reports.error_result(self.host, profile.name, exc)
+        except Exception as exc:
+            log.exception("%s: unexpected error in sweep", profile.name)
+            return reports.error_result(self.host, profile.name, exc)
+
+    def _report_orphans(self, found: Discovery) -> None:
+        self.observer.orphaned(len(found.orphans))
+        for orphan in found.orphans:
+            try:
+                if self.state.claim_exit(f"orphan:{orphan.instance_id}", ttl=86_400):
+                    self._record(orphan.profile, "orphaned", [orphan.pid], "sweep",
+                                 f"profile {orphan.profile!r} is not configured; "
+                                 "`workerguard prune` stops it")
+            except REDIS_ERRORS:
+                return
+
+    def _set_pause(self, profile: Profile, intent: Intent, paused: Any, requested_by: str) -> None:
+        with self._redis():
+            if intent == "ensure" and paused:
+                self.state.unpause(profile.name)
+            elif intent == "stop_all":
+                self.state.pause(profile.name, requested_by)
+
+    def _remember(self, lock: ProfileLock, profile: Profile, instances: list[Instance]) -> None:
+        try:
+            self.state.remember(profile, instances, lock.key, lock.lock_id)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not remember instances: %s", profile.name, exc)
+
+    def _confirm_owned(self, lock: ProfileLock) -> None:
+        """The renewal thread dies silently when the key is lost (PITFALLS.md)."""
+        with self._redis():
+            if not lock.owned():
+                raise LockLost(f"lost {lock.key} before acting; nothing was touched")
+
+    @contextmanager
+    def _locked(self, profile: Profile) -> Iterator[ProfileLock]:
+        lock = ProfileLock(self.client, self.host, profile.name, self.settings.lock_expire)
+        began = time.monotonic()
+        with self._redis():
+            acquired = lock.acquire_within(self.settings.lock_timeout, renew=False)
+            self.observer.lock_waited(profile.name, time.monotonic() - began)
+            if not acquired:
+                raise LockTimeout(
+                    f"{profile.name}: lock {lock.key} still held by another caller after "
+                    f"{self.settings.lock_timeout:g} s"
+                )
+        try:
+            yield lock
+        finally:
+            try:
+                lock.release()
+            except redis_lock.NotAcquired:
+                log.warning("%s: lock expired before release", profile.name)
+            except REDIS_ERRORS as exc:
+                log.warning("%s: could not release lock (%s); it expires by itself",
+                            profile.name, type(exc).__name__)
+
+    @contextmanager
+    def _redis(self) -> Iterator[None]:
+        try:
+            yield
+        except REDIS_ERRORS as exc:
+            raise RedisUnavailable(f"redis unreachable ({type(exc).__name__}); "
+                                   "nothing was touched") from None
+
+    def _coalesced(self, key: Hashable) -> None:
+        if isinstance(key, tuple):  # ("ensure", profile, dry_run, force)
+            self.observer.coalesced(str(key[1]))
+
+    def _observed(self, mode: str, result: Outcome) -> Outcome:
+        self.observer.acted(mode, result)
+        return result
+
+    def _record(self, profile: str, action: str, pids: list[int], requested_by: str,
+                detail: str) -> None:
+        try:
+            self.state.record(profile, action, pids, requested_by, detail)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not record %s event: %s", profile, action, exc)
+
+
+@dataclass
+class Acted:
+    """What ``_act`` did."""
+
+    stopped: list[int] = field(default_factory=list)
+    cleaned: list[int] = field(default_factory=list)
+    spawned: SpawnOutcome = field(default_factory=SpawnOutcome)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.stopped or self.cleaned or self.spawned.started or self.spawned.failures)

@@ -1,0 +1,193 @@
+"""The guard's answers: ``Outcome`` constructors for converges, and the status and prune
+reports (dicts: they describe a host, not one converge).
+
+Every result has at least ``profile``, ``host``, ``action``, ``running``, ``started``,
+``stopped``, ``dry_run``, plus ``ok`` and ``message`` (the line the CLI prints,
+worded like the script it replaces: ``rpa: already running (PIDs: 51848)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from workerguard.config.schema import Profile
+from workerguard.policy.outcome import Action, Outcome, pid_list
+from workerguard.policy.plan import Plan
+from workerguard.store.state import Backoff
+from workerguard.workers.model import Instance
+from workerguard.workers.spawn import SpawnFailure
+
+Result = dict[str, Any]
+"""A result as a dict: a status or prune report, or a task result as it travels (a
+converge's answer is an ``Outcome``; its ``contract()`` is that dict: README, "Result keys")."""
+
+
+def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],
+               failures: Sequence[SpawnFailure], anything_running: bool) -> Action:
+    """The contract's ``action`` for what a converge of ``mode`` (an intent) did."""
+    if mode == "stop_all":
+        return "stopped_all" if plan.stop else "nothing_to_stop"
+    if mode == "replace" and stopped and not failures:
+        return "replaced"
+    if failures:
+        return "start_failed"
+    if started:
+        return "started"
+    if plan.stop:
+        return "stopped_extras"
+    if mode == "enforce" and not anything_running:
+        return "nothing_to_stop"
+    return "already_running" if anything_running else "nothing_to_do"
+
+
+def result(host: str, profile: str, action: Action, *, running: Sequence[Instance],
+           started: Sequence[int] = (), stopped: Sequence[int] = (), kept: Sequence[int] = (),
+           failures: Sequence[SpawnFailure] = (), backoff: Backoff | None = None,
+           now: float | None = None, spare: Sequence[int] = (), cleaned: Sequence[int] = (),
+           ) -> Outcome:
+    return Outcome(host=host, profile=profile, action=action,
+                   time=now if now is not None else time.time(), running=tuple(running),
+                   started=tuple(started), stopped=tuple(stopped), kept=tuple(kept),
+                   spare=tuple(spare), cleaned=tuple(cleaned), failures=tuple(failures),
+                   backoff=backoff)
+
+
+def paused_result(host: str, profile: str, instances: Sequence[Instance],
+                  pause: Mapping[str, Any]) -> Outcome:
+    return Outcome(host=host, profile=profile, action="paused", time=time.time(),
+                   running=tuple(instances), paused=dict(pause))
+
+
+def error_result(host: str, profile: str, exc: Exception) -> Outcome:
+    return Outcome(host=host, profile=profile, action="error", time=time.time(), error=str(exc))
+
+
+def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
+                   backoff: Backoff | None) -> Outcome:
+    start = 0 if backoff else plan.start
+    action: Action
+    if backoff:
+        action = "backoff"
+    elif mode == "stop_all":
+        action = "stopped_all" if plan.stop else "nothing_to_stop"
+    elif start:
+        action = "started"
+    elif plan.stop:
+        action = "stopped_extras"
+    elif plan.keep:
+        action = "already_running"
+    else:
+        action = "nothing_to_stop" if mode == "enforce" else "nothing_to_do"
+    plain = Outcome(host=host, profile=profile, action=action, time=time.time(),
+                    running=(*plan.keep, *plan.stop), kept=tuple(i.pid for i in plan.keep),
+                    dry_run=True, backoff=backoff, would_stop=tuple(i.pid for i in plan.stop),
+                    would_start=start)
+    if action in ("started", "stopped_extras", "stopped_all"):
+        parts = []
+        if plan.keep:
+            parts.append(f"keep {pid_list(plain.kept)}")
+        if plan.stop:
+            parts.append(f"stop {pid_list(plain.would_stop)}")
+        if start:
+            parts.append(f"start {start}")
+        text = f"{profile}: [dry-run] would {', '.join(parts)}"
+    else:
+        text = "[dry-run] " + plain.message
+    return replace(plain, message_text=text)
+
+
+def instance_entry(i: Instance, now: float,
+                   health: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "pid": i.pid, "create_time": i.create_time,
+        "uptime": round(max(0.0, now - i.create_time), 1),
+        "tree": list(i.tree), "marked": i.marked, "cmdline": list(i.cmdline),
+        "instance_id": i.instance_id, "origin": i.origin, "outdated": i.outdated,
+        "processes": len(i.tree) or 1, "index": i.index,
+    }
+    probed = health.get(i.instance_id) if health is not None and i.instance_id else None
+    if probed is not None:
+        entry["health"] = {k: probed[k] for k in ("state", "failures", "last_probe", "last_ok",
+                                                   "last_output", "last_duration")}
+    rss = _rss(i.tree or (i.pid,))
+    if rss is not None:
+        entry["rss_bytes"] = rss
+    return entry
+
+
+def _rss(pids: Sequence[int]) -> int | None:
+    import psutil
+
+    total, seen = 0, False
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+            seen = True
+        except psutil.Error:
+            continue
+    return total if seen else None
+
+
+def prune_result(host: str, orphans: Sequence[Instance], stopped: Sequence[int],
+                 dry_run: bool) -> Result:
+    names = sorted({i.profile for i in orphans})
+    if not orphans:
+        message = "no orphaned instances"
+    elif dry_run:
+        message = f"[dry-run] would stop orphans {pid_list([i.pid for i in orphans])} ({', '.join(names)})"
+    else:
+        message = f"stopped orphans {pid_list(stopped)} ({', '.join(names)})"
+    return {"profile": None, "host": host, "action": "pruned" if stopped else "nothing_to_stop",
+            "running": [], "started": [], "stopped": list(stopped), "dry_run": dry_run,
+            "orphans": [{"profile": i.profile, "pid": i.pid, "instance_id": i.instance_id}
+                        for i in orphans],
+            "time": time.time(), "ok": True, "message": message}
+
+
+def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
+                  found: Mapping[str, Sequence[Instance]],
+                  paused: Mapping[str, Mapping[str, Any] | None],
+                  backoffs: Mapping[str, Backoff], now: float,
+                  orphans: Sequence[Instance] = (), identity: str = "registry",
+                  health: Mapping[str, Mapping[str, Any]] | None = None) -> Result:
+    """Every profile's state and instances; ``health`` (the guard worker's probes, by
+    instance id) adds each probed instance's health."""
+    entries: dict[str, Any] = {}
+    lines = []
+    for p in profiles:
+        instances = found[p.name]
+        backoff = backoffs[p.name]
+        pause = paused[p.name]
+        if pause:
+            state = "paused"
+        elif backoff.active(now, p.backoff_max):
+            state = "backoff"
+        elif instances:
+            state = "running"
+        else:
+            state = "stopped"
+        entries[p.name] = {
+            "state": state,
+            "min_workers": p.min_workers,
+            "max_workers": p.max_workers,
+            "instances": [instance_entry(i, now, health) for i in instances],
+            "paused": dict(pause) if pause else None,
+            "backoff": ({"failures": backoff.failures, "next_attempt": backoff.next_attempt}
+                        if backoff.failures else None),
+            "command": list(p.command),
+        }
+        pids = pid_list([i.pid for i in instances]) or "-"
+        lines.append(f"{p.name}: {state} (PIDs: {pids})")
+    for orphan in orphans:
+        lines.append(f"{orphan.profile}: orphaned (PID: {orphan.pid}; profile not configured, "
+                     "`workerguard prune` stops it)")
+    running = [i.pid for p in profiles for i in found[p.name]]
+    return {
+        "profile": profile, "host": host, "action": "status", "running": running,
+        "started": [], "stopped": [], "dry_run": False, "profiles": entries,
+        "orphans": [{"profile": o.profile, **instance_entry(o, now)} for o in orphans],
+        "identity": identity, "time": now, "ok": True, "message": "\n".join(lines),
+    }

@@ -1,0 +1,140 @@
+"""What a guard app needs at run time, held beside the app and never in ``app.conf``.
+
+Everything in ``app.conf`` is public: ``celery inspect conf`` and Flower's worker page
+print it. The config (profile environments may hold tokens) and the Redis URL (with its
+password) therefore live in a ``Runtime`` kept in a weak registry keyed by the app.
+
+A reload swaps the config atomically: requests that already hold the old guard finish
+with it, the next ones get a guard built from the new config. Guards are per process
+(a forked pool child never shares the parent's sockets) and there is at most one per
+app, so nothing grows with the number of requests.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from workerguard.config.load import Config
+from workerguard.errors import ConfigError, WorkerguardError
+from workerguard.ops.connect import redis_client
+from workerguard.policy.guard import ExitListener, Guard, ReplaceListener
+from workerguard.policy.hooks import Observer
+from workerguard.probes.liveness import Health
+from workerguard.probes.run import ProbeResult
+
+RESTART_ONLY = ("redis_url", "host_id", "home", "metrics_port", "metrics_addr")
+"""Settings a running guard cannot take over: its queues, node name, sockets and listeners
+were made from them. A reload that changes one is refused."""
+
+
+@dataclass
+class Runtime:
+    """The live config of one guard app, its Redis URL and (per process) its guard."""
+
+    config: Config
+    redis_url: str = field(repr=False)
+    observer: Observer | None = None
+    pool: str | None = None
+    """The worker pool, once a worker runs this app (``prefork`` cannot reload)."""
+    on_exit: ExitListener | None = None
+    """Where the guard reports exits it did not cause (set for the guard worker's tasks)."""
+    on_replace: ReplaceListener | None = None
+    """Where the guard asks for the replacement of an unhealthy instance (likewise)."""
+    _health: tuple[int, Health] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _guard: tuple[int, Guard] | None = field(default=None, repr=False)
+    _client: tuple[int, redis.Redis] | None = field(default=None, repr=False)
+
+    def guard(self) -> Guard:
+        """This process's guard for the current config (rebuilt after a fork or a reload)."""
+        pid = os.getpid()
+        with self._lock:
+            if self._guard is None or self._guard[0] != pid:
+                if self._client is None or self._client[0] != pid:
+                    self._client = (pid, redis_client(self.redis_url))
+                self._guard = (pid, Guard(self._client[1], self.config, observer=self.observer,
+                                          on_exit=self.on_exit, health=self._health_here(pid),
+                                          on_replace=self.on_replace))
+            return self._guard[1]
+
+    def _health_here(self, pid: int) -> Health | None:
+        """This process's prober (its threads outlive reloads; the lock is held)."""
+        if self.on_replace is None:
+            return None
+        if self._health is None or self._health[0] != pid:
+            self._health = (pid, Health(self.config.settings.host_id,
+                                        on_unhealthy=lambda event: self.guard().unhealthy(event),
+                                        on_result=self._probed))
+        self._health[1].keep_only([n for n, p in self.config.profiles.items() if p.probe])
+        return self._health[1]
+
+    def _probed(self, profile: str, result: ProbeResult) -> None:
+        if self.observer is not None:
+            self.observer.probed(profile, result.ok, result.duration)
+
+    def swap(self, new: Config) -> list[str]:
+        """Take ``new`` as the config; the names of the settings that changed.
+
+        Refuses (``ConfigError``, nothing changed) a config that changes a restart-only
+        setting, or any reload on a prefork worker, whose pool children keep their copy.
+        """
+        if self.pool == "prefork":
+            raise ConfigError("reload needs --pool threads or solo: prefork pool children keep "
+                              "the config they forked with; restart the guard instead")
+        old = self.config.settings
+        fixed = [name for name in RESTART_ONLY
+                 if getattr(old, name) != getattr(new.settings, name)]
+        if fixed:
+            raise ConfigError(f"{new.source}: {', '.join(fixed)} cannot change without a "
+                              "restart of the guard; nothing was reloaded")
+        changed = changes(self.config, new)
+        with self._lock:
+            self.config = new
+            self._guard = None
+        return changed
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None and self._client[0] == os.getpid():
+                self._client[1].close()
+            if self._health is not None and self._health[0] == os.getpid():
+                self._health[1].stop()
+            self._client = self._guard = self._health = None
+
+
+def changes(old: Config, new: Config) -> list[str]:
+    """What differs, for the reload's answer: ``settings.X`` and ``profiles.NAME``."""
+    names = [f"settings.{name}" for name in type(old.settings).model_fields
+             if getattr(old.settings, name) != getattr(new.settings, name)]
+    names += [f"profiles.{name}" for name in sorted(set(old.profiles) | set(new.profiles))
+              if old.profiles.get(name) != new.profiles.get(name)]
+    return names
+
+
+_registry: weakref.WeakKeyDictionary[Any, Runtime] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+
+
+def attach(app: Any, runtime: Runtime) -> None:
+    with _registry_lock:
+        _registry[app] = runtime
+
+
+def of(app: Any) -> Runtime:
+    """The runtime of a workerguard app (``WorkerguardError`` for any other app)."""
+    with _registry_lock:
+        found = _registry.get(app)
+    if found is None:
+        raise WorkerguardError(f"{app!r} is not a workerguard app (built by make_app)")
+    return found
+
+
+def find(app: Any) -> Runtime | None:
+    with _registry_lock:
+        return _registry.get(app)

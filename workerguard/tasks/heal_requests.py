@@ -1,0 +1,104 @@
+"""Exit events to requests: the guard worker restarts what exited, visibly.
+
+The guard worker watches every instance it sees (``Guard(on_exit=...)``). An exit it
+did not cause becomes a ``workerguard.heal`` request on its own host queue, so the
+restart runs through the same lock, fence and plan as any request — a paused profile
+stays stopped, backoff applies, two guards never start two — and shows in Flower like
+any other request. A heal answered with crash-loop backoff schedules one more heal for
+when the backoff ends (one per profile at a time), so a crashed worker comes back
+without waiting for the next sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+
+from workerguard.policy.guard import ExitListener, Guard, ReplaceListener
+from workerguard.policy.outcome import Outcome
+from workerguard.probes.liveness import Unhealthy
+from workerguard.store import keys
+from workerguard.tasks import validate
+from workerguard.tasks.routing import host_queue
+
+log = logging.getLogger("workerguard.tasks.heal_requests")
+HEAL_TASK = "workerguard.heal"
+REPLACE_TASK = "workerguard.replace"
+HEAL_EXPIRES = 60.0
+
+
+def exit_listener(app: Celery, host_id: str) -> ExitListener:
+    """What the guard worker's ``Guard`` calls when an instance exited on its own."""
+
+    def heal(profile: str, reason: str) -> None:
+        app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": f"exit watcher: {reason}"},
+                      queue=host_queue(host_id), expires=HEAL_EXPIRES)
+
+    return heal
+
+
+def replace_listener(app: Celery, host_id: str) -> ReplaceListener:
+    """What the guard worker's ``Guard`` calls when an instance turned unhealthy."""
+
+    def replace(event: Unhealthy) -> None:
+        app.send_task(REPLACE_TASK, args=[event.profile, event.instance_id],
+                      kwargs={"reason": event.output[:300],
+                              "requested_by": f"probe: pid {event.pid} unhealthy"},
+                      queue=host_queue(host_id), expires=HEAL_EXPIRES)
+
+    return replace
+
+
+def schedule_retry(app: Celery, guard: Guard, outcome: Outcome) -> float | None:
+    """After a heal that could not start (backoff, failed start): heal again when the
+    backoff allows, once per profile. Returns the delay, or None if nothing was scheduled."""
+    held = outcome.action == "replaced" and not outcome.started and outcome.backoff is not None
+    if outcome.action not in ("backoff", "start_failed") and not held:
+        return None
+    profile = outcome.profile
+    spec = guard.config.profile(profile)
+    next_attempt = outcome.backoff.next_attempt if outcome.backoff is not None else 0.0
+    delay = min(max(0.0, next_attempt - time.time()), spec.backoff_max)
+    delay = max(delay, 0.05)
+    key = keys.retry(guard.host, profile)
+    if not guard.client.set(key, "1", nx=True, px=int(delay * 1000) + 500):
+        return None
+    app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": "backoff retry"},
+                  queue=host_queue(guard.host), countdown=delay, expires=delay + HEAL_EXPIRES)
+    return delay
+
+
+def register_healing(app: Celery, guard_for: Callable[[Celery], Guard],
+                     who: Callable[[Task, str | None], str],
+                     checked: Callable[[Outcome | dict[str, Any]], dict[str, Any]],
+                     throws: tuple[type[Exception], ...], retry: dict[str, Any]) -> None:
+    """The tasks ``workerguard.heal`` and ``workerguard.prune`` (same checks as the others)."""
+
+    @app.task(name=HEAL_TASK, bind=True, throws=throws, **retry)
+    def heal(self: Task, profile: Any, requested_by: Any = None) -> dict[str, Any]:
+        guard = guard_for(app)
+        name = validate.profile_name(guard.config, profile)
+        result = guard.heal(name, requested_by=who(self, validate.requester(requested_by)))
+        schedule_retry(app, guard, result)
+        return checked(result)
+
+    @app.task(name=REPLACE_TASK, bind=True, throws=throws, **retry)
+    def replace(self: Task, profile: Any, instance: Any, reason: Any = "",
+                requested_by: Any = None) -> dict[str, Any]:
+        guard = guard_for(app)
+        name = validate.profile_name(guard.config, profile)
+        result = guard.replace(name, validate.instance_id(instance),
+                               reason=validate.text("reason", reason),
+                               requested_by=who(self, validate.requester(requested_by)))
+        schedule_retry(app, guard, result)
+        return checked(result)
+
+    @app.task(name="workerguard.prune", bind=True, throws=throws, **retry)
+    def prune(self: Task, dry_run: Any = False, requested_by: Any = None) -> dict[str, Any]:
+        dry = validate.flag("dry_run", dry_run)
+        requester = who(self, validate.requester(requested_by))
+        return checked(guard_for(app).prune(dry_run=dry, requested_by=requester))
