@@ -12,7 +12,7 @@ from importlib.metadata import version
 
 from benchmarks import hung, probecpu, restart, rows
 from benchmarks.harness import bench
-from benchmarks.rows import Row, log
+from benchmarks.rows import Row, log, table
 from workerguard.ops.embedded import redis_server_binary
 
 ROWS = ("dups", "handoff", "crash", "roundtrip", "drain", "sweep", "breakdown", "restart", "idle", "hung",
@@ -27,12 +27,6 @@ def machine() -> str:
             f"Python {platform.python_version()}; celery {version('celery')}; "
             f"redis-py {version('redis')}; python-redis-lock {version('python-redis-lock')}; "
             f"psutil {version('psutil')}; redis-server {redis_version}")
-
-
-def table(results: list[Row]) -> str:
-    lines = ["| row | baseline | workerguard | target | met |", "|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in results]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from pydantic import TypeAdapter
 
-from benchmarks.rows import Row
+from benchmarks.rows import Row, table
 from tests.support import LineReader, ProcessTracker, free_port
 from workerguard.probes.scheduler import Prober
 from workerguard.probes.spec import AnyProbe, ProbeSpec, ProbeTarget
@@ -145,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--instances", type=int, default=50)
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args(argv)
-    from benchmarks.main import table  # not at the top: main imports this module
 
     print(table(probe_cpu_row(instances=args.instances, interval=args.interval, seconds=args.seconds)))
     return 0

@@ -423,3 +423,9 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
         ("before: lock acquire + release with no waiter (2 round trips)", measure(lock_cycle)),
         ("Redis PING round trip (redis-py)", measure(guard.client.ping)),
     ]
+
+
+def table(results: list[Row]) -> str:
+    lines = ["| row | baseline | workerguard | target | met |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in results]
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ SOCKET_OPTIONS: dict[str, Any] = {
     "health_check_interval": HEALTH_CHECK_INTERVAL,
 }
 """The same for every connection a guard opens: its own clients, the broker's and the
-result backend's (kombu's Redis transport has none of them by default, PITFALLS.md)."""
+result backend's (kombu's Redis transport has none of them by default, docs/pitfalls.md)."""
 
 
 def redis_client(url: str) -> redis.Redis:

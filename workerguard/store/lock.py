@@ -6,7 +6,7 @@ with four changes:
 * keys live under ``workerguard:`` instead of ``lock:`` (``keys.lock``, ``keys.lock_signal``);
 * ``acquire_within`` waits in short ``BLPOP`` slices bounded by the holder's remaining
   TTL, so a crashed holder delays the next caller by at most ``expire`` + ~0.1 s
-  (the stock wait can miss the expiry: redis-py 8's socket timeout, PITFALLS.md);
+  (the stock wait can miss the expiry: redis-py 8's socket timeout, docs/pitfalls.md);
 * the renewal thread logs and stops when the lock was lost instead of dying with an
   unhandled exception, and ``owned()`` lets the holder check before it acts;
 * the renewal thread can start later (``acquire_within(renew=False)``, then

@@ -1,7 +1,7 @@
 """The per-host sweep slot: one sweep of a host per half-interval.
 
 Nothing locks Celery beat: two beats running by mistake send each sweep twice,
-milliseconds apart (PITFALLS.md). The first sweep takes the slot (``SET NX PX``);
+milliseconds apart (docs/pitfalls.md). The first sweep takes the slot (``SET NX PX``);
 the second finds it taken and is skipped.
 """
 

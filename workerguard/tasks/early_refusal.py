@@ -1,7 +1,7 @@
 """Answer a refused message at once with a failed result, instead of leaving its caller waiting.
 
 A message in a serializer the guard does not accept (msgpack, YAML, pickle) is dropped
-by Celery with a log line and no result (PITFALLS.md), so the caller's ``get()`` only
+by Celery with a log line and no result (docs/pitfalls.md), so the caller's ``get()`` only
 ends at its own timeout. Celery sends ``task_rejected`` for it; the task id is in the
 message headers (protocol 2, JSON envelope) even when the body cannot be read, so the
 failure is stored under that id, as JSON.

@@ -3,7 +3,7 @@
 For the helpers workerguard itself runs — the embedded redis-server under its
 supervisor, the worker and beat under ``workerguard up`` — never for managed workers,
 which must outlive the guard. If the parent is SIGKILLed the kernel sends the child
-SIGTERM, so nothing is left orphaned (PITFALLS.md, "The embedded server").
+SIGTERM, so nothing is left orphaned (docs/pitfalls.md, "The embedded server").
 """
 
 from __future__ import annotations
