@@ -1,7 +1,7 @@
 """Benchmarks: workerguard side by side with a port of the script it replaces.
 
     python benchmarks/run.py            # the full run (several minutes)
-    python benchmarks/run.py --quick    # a short run (well under a minute; CI proves it runs)
+    python benchmarks/run.py --quick    # scaled down: CI proves every row runs (docs/benchmarks.md)
 
 Prints a markdown table; every row compares workerguard with a baseline measured in
 the same run. Asserts nothing about speed.

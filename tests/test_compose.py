@@ -1,5 +1,5 @@
 """docker-compose.yml, checked without a Docker engine: its structure, and that every
-command it runs is the one the README documents and works outside Docker too."""
+command it runs is the one docs/operations.md documents and works outside Docker too."""
 
 from __future__ import annotations
 
@@ -90,13 +90,13 @@ def test_a_password_is_required():
         compose({"REDIS_PASSWORD": "x"})
 
 
-def test_every_command_is_the_one_the_readme_documents_and_parses():
-    readme = (ROOT / "README.md").read_text()
+def test_every_command_is_the_one_the_docs_document_and_parses():
+    page = (ROOT / "docs" / "operations.md").read_text()
     services = compose()["services"]
     commands = [s["command"] for n, s in services.items() if n != "redis"]
     commands.append(services["guard"]["healthcheck"]["test"][1:])
     for argv in commands:
-        assert f"\n{' '.join(argv)}" in readme, f"README does not document {' '.join(argv)!r}"
+        assert f"\n{' '.join(argv)}" in page, f"docs/operations.md does not document {' '.join(argv)!r}"
         parses(argv)
     with pytest.raises(click.UsageError):
         parses(["workerguard", "worker", "--pool", "gevent"])  # the check can fail
