@@ -164,3 +164,25 @@ def test_unknown_keys_list_the_allowed_ones() -> None:
         parse_config({"profiles": {"rpa": {"command": ["x"], "max_worker": 2}}}, "x.toml", environ={})
     assert "profile 'rpa': max_worker: unknown key (allowed: backoff_max, command, cwd," in str(info.value)
     assert "name" not in str(info.value).split("allowed:")[1]
+
+
+def test_every_problem_is_listed_at_once_with_a_suggestion_for_a_misspelt_key() -> None:
+    broken = {"guard": {"lock_expire": 0, "sweep_intervall": 3},
+              "profiles": {"rpa": {"command": ["x"], "max_worker": 2, "min_workers": "1"}}}
+    with pytest.raises(ConfigError) as info:
+        parse_config(broken, "x.toml", environ={})
+    lines = str(info.value).splitlines()
+    assert lines[0] == "x.toml: [guard]: lock_expire: must be > 0, got 0"
+    assert len(lines) == 4 and "more)" not in str(info.value)
+    assert lines[1].startswith("x.toml: [guard]: sweep_intervall: unknown key (allowed: ")
+    assert lines[1].endswith("; did you mean sweep_interval?")
+    assert "x.toml: profile 'rpa': min_workers: must be a number, got str '1'" in lines
+    assert lines[3].endswith("max_worker: unknown key (allowed: backoff_max, command, cwd, env, keep, "
+                             "match, max_workers, min_workers, probe, start_retries, start_seconds, "
+                             "stop_adopted, stop_signal, stop_timeout); did you mean max_workers?")
+
+
+def test_a_key_like_no_allowed_one_gets_no_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"guard": {"zzz": 1}}, "x.toml", environ={})
+    assert "did you mean" not in str(info.value)

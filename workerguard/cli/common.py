@@ -36,7 +36,9 @@ def requester() -> str:
 
 
 def usage_error(exc: Exception | str) -> NoReturn:
-    click.echo(f"error: {redact_text(str(exc))}", err=True)
+    """One ``error:`` line per problem (a broken config lists all of its problems)."""
+    for line in redact_text(str(exc)).splitlines() or [""]:
+        click.echo(f"error: {line}", err=True)
     sys.exit(EXIT_USAGE)
 
 

@@ -1,7 +1,7 @@
 """One line per configuration error: where (file, table or profile, field) and what.
 
-pydantic reports a failure as a list of (type, location, input); this turns the first
-into the shape the CLI has always printed, e.g.
+pydantic reports a failure as a list of (type, location, input); this turns each into
+one line of the shape the CLI has always printed, e.g.
 
     wg.toml: profile 'rpa': min_workers: must be <= max_workers (2), got 3
     wg.toml: [guard]: lock_expire: must be > 0, got 0
@@ -14,6 +14,7 @@ context (``field=...``). Secrets in URLs are redacted.
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 from collections.abc import Collection
@@ -45,32 +46,34 @@ def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def explain(exc: ValidationError, where: str, *, root: type[BaseModel],
             env_keys: Collection[str] = (), prefix: tuple[str, ...] = ()) -> ConfigError:
-    """The first error of ``exc`` as a ConfigError. ``root`` is the model validated (for
-    the allowed keys); keys in ``env_keys`` of the ``[guard]`` table came from
-    WORKERGUARD_<KEY> and are reported as such; ``prefix`` is prepended to locations."""
-    errors = exc.errors()
-    first = errors[0]
-    loc = prefix + tuple(str(p) if not isinstance(p, int) else p for p in first["loc"])
+    """Every error of ``exc`` as one ConfigError, one line each, in the order pydantic
+    found them (a user fixes a broken file in one round, not one error per run).
+    ``root`` is the model validated (for the allowed keys); keys in ``env_keys`` of the
+    ``[guard]`` table came from WORKERGUARD_<KEY> and are reported as such; ``prefix``
+    is prepended to locations."""
+    lines = [_line(error, where, root, env_keys, prefix) for error in exc.errors()]
+    return ConfigError(redact_text("\n".join(dict.fromkeys(lines))))
+
+
+def _line(error: ErrorDetails, where: str, root: type[BaseModel], env_keys: Collection[str],
+          prefix: tuple[str, ...]) -> str:
+    loc = prefix + tuple(str(p) if not isinstance(p, int) else p for p in error["loc"])
     loc = _without_tags(loc)
-    ctx = first.get("ctx") or {}
+    ctx = error.get("ctx") or {}
     field = ctx.get("field")
-    if first["type"] == "value_error":  # "url: must start with ...": the field is named first
-        named, sep, rest = str(ctx.get("error", first["msg"])).partition(": ")
+    if error["type"] == "value_error":  # "url: must start with ...": the field is named first
+        named, sep, rest = str(ctx.get("error", error["msg"])).partition(": ")
         if sep and re.fullmatch(r"[a-z_]+", named):
             field = None if loc and loc[-1] == named else named
-            first = {**first, "type": "workerguard", "msg": rest}
-    if first["type"] in _TAG_ERRORS:
+            error = {**error, "type": "workerguard", "msg": rest}
+    if error["type"] in _TAG_ERRORS:
         field = str(ctx.get("discriminator", "kind")).strip("'")
     if field:
         loc = (*loc, field)
-    problem = _problem(first, root, loc[len(prefix):])
+    problem = _problem(error, root, loc[len(prefix):])
     if loc and loc[-1] == "[key]":  # a dict key: the profile's name
-        line = f"{_place(loc[:-1], where, env_keys)}: name {problem}"
-    else:
-        line = f"{_place(loc, where, env_keys)}: {problem}"
-    if len(errors) > 1:
-        line += f" (and {len(errors) - 1} more)"
-    return ConfigError(redact_text(line))
+        return f"{_place(loc[:-1], where, env_keys)}: name {problem}"
+    return f"{_place(loc, where, env_keys)}: {problem}"
 
 
 def _place(loc: tuple[Any, ...], where: str, env_keys: Collection[str]) -> str:
@@ -103,8 +106,10 @@ def _problem(error: ErrorDetails, root: type[BaseModel], loc: tuple[Any, ...]) -
         return "is required"
     if kind == "extra_forbidden":
         allowed = _keys_at(root, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.75)
         return (f"unknown {'table' if len(loc) == 1 else 'key'}"
-                + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+                + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+                + (f"; did you mean {close[0]}?" if close else ""))
     if kind in _NUMBER_ERRORS:
         if (isinstance(value, float) and kind.startswith("int")) or (
                 kind == "int_parsing" and _is_float(value)):
