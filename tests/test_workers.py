@@ -74,7 +74,7 @@ def test_hand_started_worker_is_found_by_match(workspace: Workspace):
     manual = workspace.hand_started()
     found = poll_for(lambda: discover(workspace, profile), message="match")
     assert [i.pid for i in found] == [manual.pid]
-    assert not found[0].marked
+    assert not found[0].spawned
 
 
 def test_spawned_worker_is_detached_marked_and_gets_a_clean_environment(workspace: Workspace,

@@ -35,7 +35,7 @@ from pydantic import (
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
-from workerguard.probes.spec import ProbeSpec
+from workerguard.probes.spec import MAX_PORT, ProbeSpec, no_nul
 from workerguard.redact import redact_url
 from workerguard.workers.rundir import default_runtime_dir
 
@@ -46,9 +46,9 @@ KEEP_CHOICES: tuple[Keep, ...] = get_args(Keep)
 StopSignal = Literal["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2"]
 STOP_SIGNALS: tuple[StopSignal, ...] = get_args(StopSignal)
 Identity = Literal["auto", "cgroup", "registry"]
+"""How a host tells its instances apart (``Settings.identity``; ``workers.host`` takes it)."""
 MAX_WORKERS_LIMIT = 1000
 """No profile may ask for more instances than this: a guard against typos like 10000."""
-MAX_PORT = 65535
 REDIS_SCHEMES = re.compile(r"^(rediss?|redis\+socket|unix)://")
 ENV_PREFIX = "WORKERGUARD_"
 
@@ -63,12 +63,6 @@ def _fail(problem: str, field: str | None = None) -> PydanticCustomError:
     """A finished problem text for ``config_errors.explain``; ``field`` names the key
     when a check of a whole table fails."""
     return PydanticCustomError("workerguard", problem, {"field": field} if field else None)
-
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise _fail("must not contain NUL")
-    return value
 
 
 def _as_whole(problem: str) -> WrapValidator:
@@ -98,7 +92,7 @@ def _redis_url(url: str) -> str:
 def _path(value: Any) -> Path:
     """A non-empty string (TOML) or a Path (environment) -> Path, ``~`` expanded."""
     if isinstance(value, str) and value:
-        value = Path(_no_nul(value))
+        value = Path(no_nul(value))
     if not isinstance(value, Path):
         raise _fail(f"must be a non-empty string, got {value!r}")
     return value.expanduser()
@@ -127,9 +121,12 @@ def _within(low: int, high: int) -> AfterValidator:
     return AfterValidator(check)
 
 
-Text = Annotated[str, StringConstraints(min_length=1), AfterValidator(_no_nul)]
+Text = Annotated[str, StringConstraints(min_length=1), AfterValidator(no_nul)]
+"""A non-empty string without NUL, of any length (``probes.spec.ProbeText`` is capped)."""
 Name = Annotated[str, StringConstraints(pattern=f"^{PROFILE_NAME.pattern}$")]
 Seconds = Annotated[float, Field(gt=0)]
+"""A duration of the guard or a profile: > 0, no upper bound (``probes.spec.ProbeSeconds``
+is capped at a day)."""
 PositiveInt = Annotated[int, Field(gt=0)]
 Count = Annotated[int, Field(ge=0)]
 Command = Annotated[tuple[Text, ...], Field(min_length=1),

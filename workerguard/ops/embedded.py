@@ -14,6 +14,9 @@ Lifetime without a stale timeout, by kernel-released locks:
   server for ``linger`` seconds it shuts the server down and exits;
 * redis-server gets ``PR_SET_PDEATHSIG`` so it dies with its supervisor even if
   the supervisor is SIGKILLed. Nothing is ever left orphaned.
+
+The locks are ``workers.lockfile`` lock files; a command waits for them ``LOCK_WAIT`` at
+most (longer than any start or stop of the server), then says which pid holds them.
 """
 
 from __future__ import annotations
@@ -31,12 +34,27 @@ from pathlib import Path
 import redis
 
 from workerguard.errors import EmbeddedRedisError
+from workerguard.timing import EMBEDDED_IDLE_POLL, EMBEDDED_START_POLL, SUPERVISOR_LOCK_POLL
+from workerguard.workers.lockfile import (
+    holder_pid,
+    lock_by,
+    open_lock_file,
+    opened_lock_file,
+    try_lock,
+    unlock,
+)
 from workerguard.workers.pdeathsig import die_with_parent
 
 MAX_SOCKET_PATH = 100
 """Linux truncates unix socket paths beyond 107 bytes silently; stay well below."""
 START_TIMEOUT = 15.0
 DEFAULT_LINGER = 5.0
+SERVER_STOP_WAIT = 10.0
+"""How long a supervisor lets its server shut down (SIGTERM) before it kills it."""
+LOCK_WAIT = 2 * START_TIMEOUT
+"""The longest a command waits for ``users.lock`` (a supervisor holds it while it stops
+its server: ``SERVER_STOP_WAIT``, then a kill) and then ``start.lock`` (another command
+holds it while it starts the server: ``START_TIMEOUT``): a holder past this is stuck."""
 POSIX_ONLY = "the embedded server needs a POSIX host; set redis_url"
 
 
@@ -79,17 +97,15 @@ def ping(sock: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, mode: int) -> Iterator[int]:
-    if sys.platform == "win32":
-        raise EmbeddedRedisError(POSIX_ONLY)
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, mode)
+def _held(path: Path, deadline: float, *, shared: bool = False) -> Iterator[int]:
+    """Hold the lock file ``path`` for the block, waiting until ``deadline`` at most."""
+    with opened_lock_file(path, "embedded server lock") as fd:  # closing releases the lock
+        if not lock_by(fd, deadline, shared=shared):
+            holder = holder_pid(fd)
+            raise EmbeddedRedisError(
+                f"{path} still held by {f'pid {holder}' if holder else 'another process'} after "
+                f"{LOCK_WAIT:g} s (longer than a start or a stop of the server takes)")
         yield fd
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 @contextlib.contextmanager
@@ -97,49 +113,39 @@ def embedded_redis(home: Path, linger: float = DEFAULT_LINGER) -> Iterator[str]:
     """Use (starting if needed) the embedded server; yield its redis-py URL."""
     if sys.platform == "win32":
         raise EmbeddedRedisError(POSIX_ONLY)
-    import fcntl
-
     directory = server_dir(home)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
     sock = socket_path(home)
-    with _flock(directory / "users.lock", fcntl.LOCK_SH):
-        with _flock(directory / "start.lock", fcntl.LOCK_EX):
+    deadline = time.monotonic() + LOCK_WAIT
+    with _held(directory / "users.lock", deadline, shared=True):
+        with _held(directory / "start.lock", deadline):
             _ensure_server(directory, sock, linger)
         yield url_for(sock)
 
 
-def _supervisor_alive(directory: Path) -> bool:
-    """A supervisor holds ``supervisor.lock`` for its whole life; the kernel drops it at exit."""
-    if sys.platform == "win32":
-        raise EmbeddedRedisError(POSIX_ONLY)
-    import fcntl
-
-    fd = os.open(directory / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+def _supervisor_lock_held(directory: Path) -> bool:
+    """A supervisor holds ``supervisor.lock`` for its whole life; the kernel drops it at exit.
+    (Not a test of the supervisor's process: one that is stopped still holds it.)"""
+    with opened_lock_file(directory / "supervisor.lock", "embedded server lock") as fd:
+        return not try_lock(fd)  # taken: nobody held it (closing drops it again)
 
 
 def _ensure_server(directory: Path, sock: Path, linger: float) -> None:
-    """Wait until the server answers, starting a supervisor only when none is alive.
+    """Wait until the server answers, starting a supervisor only when none holds its lock.
 
     A slow PING on a loaded host must never start a second server on the same socket,
-    so liveness is read from the supervisor's lock, not from PING alone.
+    so a live supervisor is told by its lock, not by PING alone.
     """
     deadline = time.monotonic() + START_TIMEOUT
     while not ping(sock):
-        if not _supervisor_alive(directory):
+        if not _supervisor_lock_held(directory):
             _start_supervisor(directory, linger)
         if time.monotonic() > deadline:
             raise EmbeddedRedisError(
                 f"embedded redis-server did not answer on {sock}; see "
                 f"{directory}/supervisor.log and {directory}/redis-server.log")
-        time.sleep(0.01)
+        time.sleep(EMBEDDED_START_POLL)
 
 
 def _start_supervisor(directory: Path, linger: float) -> None:
@@ -152,8 +158,8 @@ def _start_supervisor(directory: Path, linger: float) -> None:
         )
     # The supervisor takes its lock within milliseconds; give it that before re-checking.
     deadline = time.monotonic() + 2
-    while not _supervisor_alive(directory) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    while not _supervisor_lock_held(directory) and time.monotonic() < deadline:
+        time.sleep(SUPERVISOR_LOCK_POLL)
 
 
 def _exit_on_signal(signum: int, frame: object) -> None:
@@ -164,13 +170,9 @@ def serve(directory: Path, linger: float) -> int:
     """The supervisor: run redis-server until nobody has used it for ``linger`` seconds."""
     if sys.platform == "win32":
         raise EmbeddedRedisError(POSIX_ONLY)
-    import fcntl
-
     sock = directory / "redis.sock"
-    alive = os.open(directory / "supervisor.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until this process exits
-    except BlockingIOError:
+    alive = open_lock_file(directory / "supervisor.lock", "embedded server lock")
+    if not try_lock(alive):  # held until this process exits: the fd is never closed
         return 0  # another supervisor is alive: it serves the socket
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
@@ -180,21 +182,19 @@ def serve(directory: Path, linger: float) -> int:
     server = subprocess.Popen(argv, stdin=subprocess.DEVNULL, close_fds=True,
                               preexec_fn=die_with_parent)  # noqa: PLW1509 (single-threaded)
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    users = os.open(directory / "users.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    users = open_lock_file(directory / "users.lock", "embedded server lock")
     idle_since: float | None = None
     try:
         while server.poll() is None:
-            try:
-                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                idle_since = None
-            else:
+            if try_lock(users):  # nobody holds it shared: nobody uses the server
                 now = time.monotonic()
                 idle_since = idle_since or now
                 if now - idle_since >= linger:
                     return _shutdown(server, sock)  # still holding EX: no one can start using it
-                fcntl.flock(users, fcntl.LOCK_UN)
-            time.sleep(0.1)
+                unlock(users)
+            else:
+                idle_since = None
+            time.sleep(EMBEDDED_IDLE_POLL)
         return server.returncode or 1
     finally:
         if server.poll() is None:
@@ -205,7 +205,7 @@ def serve(directory: Path, linger: float) -> int:
 def _shutdown(server: subprocess.Popen[bytes], sock: Path) -> int:
     server.terminate()
     try:
-        server.wait(timeout=10)
+        server.wait(timeout=SERVER_STOP_WAIT)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait()

@@ -24,6 +24,8 @@ from workerguard.ops.connect import redis_url
 from workerguard.tasks import context
 from workerguard.tasks.app import make_app
 from workerguard.tasks.routing import BROADCAST, DEFAULT_QUEUE, host_queue, node_name
+from workerguard.timing import UP_POLL
+from workerguard.workers.lockfile import holder_pid, opened_lock_file, record_holder, try_lock
 from workerguard.workers.pdeathsig import die_with_parent
 
 if TYPE_CHECKING:
@@ -157,24 +159,16 @@ def one_up(config: Config) -> Iterator[None]:
     if sys.platform == "win32":
         yield
         return
-    import fcntl
-
     home = config.settings.home
     home.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    with opened_lock_file(home / "up.lock", "`workerguard up` lock") as fd:
+        if not try_lock(fd):
+            other = holder_pid(fd) or "?"
             raise ConfigError(f"another `workerguard up` (pid {other}) is running with home "
                               f"{home}; stop it first, or give this one its own "
-                              "WORKERGUARD_HOME and host_id") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+                              "WORKERGUARD_HOME and host_id")
+        record_holder(fd)
         yield
-    finally:
-        os.close(fd)
 
 
 def _run_up(config: Config, loglevel: str) -> int:
@@ -203,7 +197,7 @@ def _run_up(config: Config, loglevel: str) -> int:
               f"redis {'embedded at ' + url if embedded else 'configured'}; "
               "Ctrl-C stops them (managed workers keep running)", flush=True)
         while not stopping and all(c.poll() is None for c in children):
-            time.sleep(0.2)
+            time.sleep(UP_POLL)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

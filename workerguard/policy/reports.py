@@ -104,7 +104,7 @@ def instance_entry(i: Instance, now: float,
     entry: dict[str, Any] = {
         "pid": i.pid, "create_time": i.create_time,
         "uptime": round(max(0.0, now - i.create_time), 1),
-        "tree": list(i.tree), "marked": i.marked, "cmdline": list(i.cmdline),
+        "tree": list(i.tree), "marked": i.spawned, "cmdline": list(i.cmdline),
         "instance_id": i.instance_id, "origin": i.origin, "outdated": i.outdated,
         "processes": len(i.tree) or 1, "index": i.index,
     }

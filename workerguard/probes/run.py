@@ -34,13 +34,13 @@ from workerguard.probes.spec import (
     TcpProbe,
     expand,
 )
+from workerguard.timing import PROBE_SLICE
 from workerguard.workers.childenv import base_environment
 
 OUTPUT_LIMIT = 500
 """Characters of output kept in a result."""
 _READ_LIMIT = 4096
-_SLICE = 0.25
-"""Longest wait between checks when the exit cannot be awaited on a pidfd, or a cancel is possible."""
+
 
 def _http_opener() -> urllib.request.OpenerDirector:
     """HTTP(S) only, redirects included, no proxy from the environment (a probe of
@@ -155,7 +155,7 @@ def _command(spec: CommandProbe, target: ProbeTarget, limit: float,
             if cancel is not None and cancel.is_set():
                 verdict = "cancelled"
                 break
-            slice_ = remaining if pidfd is not None and cancel is None else min(remaining, _SLICE)
+            slice_ = remaining if pidfd is not None and cancel is None else min(remaining, PROBE_SLICE)
             for key, _events in selector.select(slice_):
                 if key.fileobj is proc.stdout and not _drain(proc.stdout.fileno(), kept):
                     selector.unregister(proc.stdout)

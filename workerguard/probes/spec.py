@@ -48,16 +48,33 @@ from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 PLACEHOLDERS = ("pid", "instance", "index")
 """Placeholders every probe may use."""
 MAX_PORT = 65535
+"""The highest TCP port, for every port the config names (a probe's, the metrics')."""
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 
-Seconds = Annotated[float, Field(strict=True, gt=0, le=86_400)]
-Delay = Annotated[float, Field(strict=True, ge=0, le=86_400)]
+ProbeSeconds = Annotated[float, Field(strict=True, gt=0, le=86_400)]
+"""A probe's period or timeout: > 0 and at most a day (``config.schema.Seconds`` has no
+upper bound)."""
+ProbeDelay = Annotated[float, Field(strict=True, ge=0, le=86_400)]
+"""A probe's delay: 0 allowed, at most a day."""
 Port = Annotated[int, Field(strict=True, ge=1, le=MAX_PORT)]
-Text = Annotated[str, Field(strict=True, min_length=1, max_length=4096)]
+ProbeText = Annotated[str, Field(strict=True, min_length=1, max_length=4096)]
+"""A probe's string field: 1 to 4096 characters (``config.schema.Text`` has no upper
+bound); its validator rejects a NUL (``no_nul``), after the field's own checks."""
+
+
+def no_nul(value: str, field: str | None = None) -> str:
+    """``value``, unless it holds a NUL (no argv, path or URL can carry one): the one NUL
+    check of the config, probes included. Its error is a finished line for
+    ``config.explain``; ``field`` names the key when a check of a whole table asks."""
+    if "\x00" in value:
+        raise PydanticCustomError("workerguard", "must not contain NUL",
+                                  {"field": field} if field else None)
+    return value
 
 
 @dataclass(frozen=True)
@@ -130,18 +147,12 @@ class _Timing(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    interval: Seconds = 10.0
-    timeout: Seconds = 5.0
+    interval: ProbeSeconds = 10.0
+    timeout: ProbeSeconds = 5.0
     failure_threshold: Annotated[int, Field(strict=True, ge=1, le=1000)] = 3
-    initial_delay: Delay = 0.0
-    start_interval: Seconds = 1.0
-    start_timeout: Seconds = 60.0
-
-
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL")
-    return value
+    initial_delay: ProbeDelay = 0.0
+    start_interval: ProbeSeconds = 1.0
+    start_timeout: ProbeSeconds = 60.0
 
 
 class CommandProbe(_Timing):
@@ -149,13 +160,13 @@ class CommandProbe(_Timing):
     WORKERGUARD_PID, WORKERGUARD_INSTANCE and WORKERGUARD_INDEX."""
 
     kind: Literal["command"]
-    command: Annotated[tuple[Text, ...], Field(min_length=1, max_length=256)]
+    command: Annotated[tuple[ProbeText, ...], Field(min_length=1, max_length=256)]
 
     @field_validator("command")
     @classmethod
     def _placeholders(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for arg in value:
-            _no_nul(arg)
+            no_nul(arg)
         _check_placeholders("command", value, PLACEHOLDERS)
         return value
 
@@ -165,7 +176,7 @@ class HttpProbe(_Timing):
     proxies from the environment are not used)."""
 
     kind: Literal["http"]
-    url: Text
+    url: ProbeText
     port: Port | None = None
     """The first instance's port; ``{port}`` in ``url`` is ``port + index``."""
 
@@ -173,7 +184,7 @@ class HttpProbe(_Timing):
     def _check_url(self) -> HttpProbe:
         if not re.match(r"https?://[^/]", self.url):
             raise ValueError(f"url: must start with http:// or https://, got {self.url[:80]!r}")
-        _no_nul(self.url)
+        no_nul(self.url, field="url")
         allowed = (*PLACEHOLDERS, "port") if self.port is not None else PLACEHOLDERS
         _check_placeholders("url", [self.url], allowed)
         if self.port is not None and "port" not in placeholders_in(self.url):
@@ -185,13 +196,13 @@ class TcpProbe(_Timing):
     """Connect to ``host``:``port + index`` within ``timeout``."""
 
     kind: Literal["tcp"]
-    host: Text = "127.0.0.1"
+    host: ProbeText = "127.0.0.1"
     port: Port
 
     @field_validator("host")
     @classmethod
     def _placeholders(cls, value: str) -> str:
-        _check_placeholders("host", [_no_nul(value)], PLACEHOLDERS)
+        _check_placeholders("host", [no_nul(value)], PLACEHOLDERS)
         return value
 
 
@@ -200,13 +211,13 @@ class HeartbeatProbe(_Timing):
     A missing file is a failure (while the instance is starting, failures do not count)."""
 
     kind: Literal["heartbeat"]
-    path: Text
-    max_age: Seconds
+    path: ProbeText
+    max_age: ProbeSeconds
 
     @field_validator("path")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        _check_placeholders("path", [_no_nul(value)], PLACEHOLDERS)
+        _check_placeholders("path", [no_nul(value)], PLACEHOLDERS)
         if not Path(value).expanduser().is_absolute():
             raise ValueError(f"path: must be absolute (or start with ~), got {value[:80]!r}")
         return value

@@ -8,8 +8,6 @@ respect to the profile's lock (see the fast path in ``guard``); ``KnownStore`` r
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
 from collections.abc import Sequence
 
@@ -17,6 +15,7 @@ import redis
 
 from workerguard.config.schema import Profile
 from workerguard.store import keys
+from workerguard.workers.discover import fingerprint
 from workerguard.workers.model import Instance
 
 # Read pause flag and known instances only if nobody holds the profile's lock: atomic, so
@@ -46,20 +45,8 @@ return 0
 """
 
 
-def fingerprint(profile: Profile) -> str:
-    """What decides which processes discovery finds: known instances of another
-    command or ``match`` are never trusted."""
-    return _fingerprint(tuple(profile.command), profile.match)
-
-
-@functools.lru_cache(maxsize=1024)
-def _fingerprint(command: tuple[str, ...], match: str | None) -> str:
-    raw = json.dumps([list(command), match])
-    return hashlib.sha1(raw.encode(), usedforsecurity=False).hexdigest()[:16]
-
-
 def encode_known(profile: Profile, instances: Sequence[Instance]) -> str:
-    return json.dumps({"fp": fingerprint(profile),
+    return json.dumps({"fp": fingerprint(profile, with_match=True),
                        "instances": [[i.pid, i.create_time, i.instance_id, i.index]
                                      for i in instances]},
                       separators=(",", ":"))
@@ -71,7 +58,7 @@ def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | 
         return None
     try:
         data = json.loads(raw)
-        if data["fp"] != fingerprint(profile):
+        if data["fp"] != fingerprint(profile, with_match=True):
             return None
         return [Instance(profile=profile.name, pid=int(pid), create_time=float(created),
                          instance_id=instance_id, tree=(int(pid),),

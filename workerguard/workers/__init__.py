@@ -3,6 +3,7 @@
 ``host.HostProcesses`` is the face the guard uses; behind it, ``discover`` (which
 processes are instances), ``spawn``, ``stop``, ``watch`` (exits as they happen),
 ``cgroups`` and ``registry`` (the two identity modes), ``fence`` (the host-wide
-``flock``), ``logs``, and the runtime directory they share (``rundir``).
+``flock``) and ``lockfile`` (every kernel lock of workerguard), ``logs``, and the
+runtime directory they share (``rundir``).
 Modules are imported by their full path; this package re-exports nothing.
 """

@@ -27,8 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from workerguard.timing import CGROUP_KILL_POLL, CGROUP_PRIME_STEP, KILL_WAIT
+
 _MOUNTS = Path("/proc/self/mounts")
-_KILL_WAIT = 5.0
 
 
 def cgroup2_mount() -> Path | None:
@@ -153,10 +154,8 @@ def join(group: Path, pid: int) -> None:
 
 
 _PRIME_SECONDS = 0.5
-_PRIME_STEP = 0.005
 """A prime keeps moves cheap for this long (an exit to its restart takes ~25 ms here,
-longer under load); one move per step keeps the kernel's lock warm (it cools after one
-or two grace periods without a move)."""
+longer under load), with one move every ``timing.CGROUP_PRIME_STEP``."""
 
 
 class _Primer:
@@ -183,7 +182,7 @@ class _Primer:
                     self._running = False
                     return
             warm = move_self()
-            time.sleep(_PRIME_STEP)
+            time.sleep(CGROUP_PRIME_STEP)
 
 
 _primer = _Primer()
@@ -230,7 +229,7 @@ def populated(group: Path) -> bool:
         return False
 
 
-def kill(group: Path, timeout: float = _KILL_WAIT) -> bool:
+def kill(group: Path, timeout: float = KILL_WAIT) -> bool:
     """SIGKILL every member at once and wait until the group is empty; True if it is."""
     try:
         (group / "cgroup.kill").write_text("1")
@@ -240,7 +239,7 @@ def kill(group: Path, timeout: float = _KILL_WAIT) -> bool:
     while populated(group):
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.005)
+        time.sleep(CGROUP_KILL_POLL)
     return True
 
 

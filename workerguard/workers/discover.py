@@ -23,6 +23,9 @@ distinct command line and remembered in a cache bounded by bytes (``_Classifier`
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import threading
 import time
@@ -268,7 +271,8 @@ def identify(scan: Scan, host_id: str, wanted: Sequence[Profile], *,
     for key, found_group in groups.items():
         known[key] = (known.get(key, (None, None))[0], found_group)
 
-    def place(instance: Instance) -> None:
+    def add_orphan_or_wanted(instance: Instance) -> None:
+        """An orphan (its profile is gone), one of ``wanted``, or neither (left out)."""
         if instance.profile not in configured:
             found.orphans.append(instance)
         elif instance.profile in found.instances:
@@ -292,11 +296,12 @@ def identify(scan: Scan, host_id: str, wanted: Sequence[Profile], *,
                                             str(group) if group else None))
             continue
         info = scan.processes[main]
-        place(Instance(profile=profile, pid=main, create_time=info.create_time,
-                       cmdline=info.cmdline, instance_id=instance_id, tree=tuple(live),
-                       outdated=(record is not None and profile in configured
-                                 and record.fingerprint != configured[profile]),
-                       cgroup=str(group) if group else None, index=record.index if record else 0))
+        add_orphan_or_wanted(Instance(
+            profile=profile, pid=main, create_time=info.create_time, cmdline=info.cmdline,
+            instance_id=instance_id, tree=tuple(live),
+            outdated=(record is not None and profile in configured
+                      and record.fingerprint != configured[profile]),
+            cgroup=str(group) if group else None, index=record.index if record else 0))
         seen = [(pid, scan.processes[pid].create_time) for pid in live]
         if record is None:
             found.updates.append(Record(host_id, profile, instance_id, main, info.create_time,
@@ -305,7 +310,8 @@ def identify(scan: Scan, host_id: str, wanted: Sequence[Profile], *,
         elif group is None and not set(live) <= {pid for pid, _ in record.members}:
             found.updates.append(record.with_members(seen))
 
-    _look(scan, host_id, wanted, configured, claimed, children, tree, found, place)
+    _recover_marked_and_adopt_matching(scan, host_id, wanted, configured, claimed, children, tree,
+                                       found, add_orphan_or_wanted)
     for instances in found.instances.values():
         instances.sort(key=Instance.sort_key)
     return found
@@ -335,9 +341,10 @@ def _main_process(scan: Scan, record: Record | None, live: list[int]) -> int | N
     return min(live, key=lambda pid: (scan.processes[pid].create_time, pid))
 
 
-def _look(scan: Scan, host_id: str, wanted: Sequence[Profile], configured: Mapping[str, str],
-          claimed: set[int], children: Mapping[int, list[int]], tree: CgroupTree | None,
-          found: Discovery, place: Callable[[Instance], None]) -> None:
+def _recover_marked_and_adopt_matching(
+        scan: Scan, host_id: str, wanted: Sequence[Profile], configured: Mapping[str, str],
+        claimed: set[int], children: Mapping[int, list[int]], tree: CgroupTree | None,
+        found: Discovery, add: Callable[[Instance], None]) -> None:
     """Steps 3 and 4: marks of lost records, then adoption through ``match``."""
     classify = _classifier(wanted)
     protected = {os.getpid(), *scan.ancestors(os.getpid())}
@@ -364,8 +371,8 @@ def _look(scan: Scan, host_id: str, wanted: Sequence[Profile], configured: Mappi
         claimed.update(members)
         main = min(pids, key=lambda pid: (scan.processes[pid].create_time, pid))
         info = scan.processes[main]
-        place(Instance(profile=profile, pid=main, create_time=info.create_time,
-                       cmdline=info.cmdline, instance_id=instance_id, tree=tuple(members)))
+        add(Instance(profile=profile, pid=main, create_time=info.create_time,
+                     cmdline=info.cmdline, instance_id=instance_id, tree=tuple(members)))
         found.updates.append(Record(
             host_id, profile, instance_id, main, info.create_time, info.create_time,
             configured.get(profile, ""),
@@ -378,12 +385,34 @@ def _look(scan: Scan, host_id: str, wanted: Sequence[Profile], configured: Mappi
                 continue  # a child of an adopted process belongs to it
             info = scan.processes[pid]
             members = [m for m in _descendants([pid], children) if m not in claimed]
-            place(Instance(profile=profile, pid=pid, create_time=info.create_time,
-                           cmdline=info.cmdline, tree=tuple(members), origin="adopted"))
+            add(Instance(profile=profile, pid=pid, create_time=info.create_time,
+                         cmdline=info.cmdline, tree=tuple(members), origin="adopted"))
+
+
+def fingerprint(profile: Profile, *, with_match: bool = False) -> str:
+    """A profile's definition in 16 hex digits (SHA-1 of its JSON), stored with what it
+    decides, so both encodings must never change.
+
+    Without ``match`` (``registry`` records): what makes a running instance ``outdated``,
+    its argv; a new ``match`` changes which processes are adopted, not what runs. With it
+    (the known instances in Redis, ``store.known_instances``): what decides which
+    processes discovery finds, so instances remembered for another definition are never
+    trusted.
+    """
+    return _fingerprint(tuple(profile.command), profile.match if with_match else None, with_match)
+
+
+@functools.lru_cache(maxsize=1024)
+def _fingerprint(command: tuple[str, ...], match: str | None, with_match: bool) -> str:
+    described: object = [list(command), match] if with_match else list(command)
+    return hashlib.sha1(json.dumps(described).encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def alive(pid: int, create_time: float) -> bool:
-    """True if ``pid`` still names the process created at ``create_time`` and is not a zombie."""
+    """True if ``pid`` still names the process created at ``create_time`` and is not a zombie.
+
+    The one test of "is this very process still running" (PID reuse cannot fool it): the
+    exit watcher, stop, the start window and readiness all ask it."""
     try:
         proc = psutil.Process(pid)
         return (same_start(proc.create_time(), create_time)

@@ -9,9 +9,7 @@ Tests hand the guard a subclass to count or fail calls; nothing patches module g
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import json
 import logging
 import subprocess
 import time
@@ -19,17 +17,18 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 import psutil
 
-from workerguard.config.schema import Profile
+from workerguard.config.schema import Identity, Profile
+from workerguard.timing import MARK_POLL
 from workerguard.workers import cgroups, spawn
 from workerguard.workers.cgroups import CgroupTree
 from workerguard.workers.discover import (
     Discovery,
     Scan,
     alive,
+    fingerprint,
     identify,
     read_mark,
     scan_processes,
@@ -43,17 +42,6 @@ from workerguard.workers.stop import StopOutcome, stop_instances
 from workerguard.workers.watch import ExitWatcher, shared_watcher
 
 log = logging.getLogger("workerguard.workers")
-Identity = Literal["auto", "cgroup", "registry"]
-
-
-_MARK_POLL = 0.1
-"""Between two looks for a daemon's mark: each is a full process scan (~25 ms here)."""
-
-
-def command_fingerprint(profile: Profile) -> str:
-    """What decides whether a running instance is ``outdated``: its argv."""
-    raw = json.dumps(list(profile.command)).encode()
-    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:16]
 
 
 def free_slots(taken: Collection[int], count: int) -> list[int]:
@@ -120,7 +108,7 @@ class HostProcesses:
         and status stay full: they are the safety net for everything else.
         """
         wanted = list(wanted)
-        prints = {p.name: command_fingerprint(p) for p in configured}
+        prints = {p.name: fingerprint(p) for p in configured}
         groups = ({(p, i): path for p, i, path in self.cgroups.instances(self.host)}
                   if self.cgroups is not None else {})
         records = list(self.registry.records(self.host))
@@ -163,7 +151,7 @@ class HostProcesses:
         rotate_all([log_file], *self.log_limits)
         launched: list[Launched] = []
         records: dict[str, Record] = {}
-        fingerprint = command_fingerprint(profile)
+        started_as = fingerprint(profile)
         for index in free_slots(taken, count):
             group = None
             try:
@@ -177,20 +165,20 @@ class HostProcesses:
                 continue
             self.watcher.child(item.popen)
             record = Record(self.host, profile.name, item.instance_id, item.popen.pid,
-                            item.create_time, item.started_at, fingerprint,
+                            item.create_time, item.started_at, started_as,
                             ((item.popen.pid, item.create_time),), index=item.index)
             records[item.instance_id] = record
             self._write(record)
             launched.append(item)
 
-        def still_there(item: Launched) -> bool:
+        def any_member_left(item: Launched) -> bool:  # and records the members it sees
             live = self._members(item, records[item.instance_id])
             records[item.instance_id] = records[item.instance_id].with_members(live)
             return bool(live)
 
-        spawn.wait_window(launched, profile.start_seconds, still_there)
+        spawn.wait_window(launched, profile.start_seconds, any_member_left)
         for item in launched:
-            self._judge(profile, item, records[item.instance_id], log_file, outcome)
+            self._started_or_failed(profile, item, records[item.instance_id], log_file, outcome)
         return outcome
 
     def _members(self, item: Launched, record: Record) -> list[tuple[int, float]]:
@@ -210,8 +198,8 @@ class HostProcesses:
                     out.append((pid, proc.create_time()))
         return out
 
-    def _judge(self, profile: Profile, item: Launched, record: Record, log_file: Path,
-               outcome: SpawnOutcome) -> None:
+    def _started_or_failed(self, profile: Profile, item: Launched, record: Record, log_file: Path,
+                           outcome: SpawnOutcome) -> None:
         """After the window: started (the launcher runs, or it exited 0 and processes of
         the instance live on: a daemon), or failed (what is left is stopped)."""
         code = item.popen.poll()
@@ -220,7 +208,7 @@ class HostProcesses:
             live.append((item.popen.pid, item.create_time))
         if code == 0 and not live and item.group is None:  # a daemon that escaped the tree
             window_left = item.started_at + profile.start_seconds - time.time()
-            live = self._marked_within(item.instance_id, min(window_left, profile.start_seconds))
+            live = self._find_escaped_daemon(item.instance_id, min(window_left, profile.start_seconds))
         if code is None or (code == 0 and live):
             main_pid, main_created = ((item.popen.pid, item.create_time) if code is None
                                       else min(live, key=lambda m: (m[1], m[0])))
@@ -244,18 +232,19 @@ class HostProcesses:
             item.popen.pid, code, spawn.tail(log_file),
             f"pid {item.popen.pid} exited with code {code} within {profile.start_seconds:g} s"))
 
-    def _marked_within(self, instance_id: str, seconds: float) -> list[tuple[int, float]]:
-        """``_marked``, asked for up to ``seconds`` (what is left of the start window, on the
-        monotonic clock: a clock set back cannot stretch it): the launcher of a daemon can
-        exit (ending the wait early) while its child is still forking the daemon itself."""
+    def _find_escaped_daemon(self, instance_id: str, seconds: float) -> list[tuple[int, float]]:
+        """The processes of a daemon that escaped the launcher's tree, found by its mark
+        (``_processes_marked_with``), looked for up to ``seconds`` (what is left of the start
+        window, on the monotonic clock: a clock set back cannot stretch it): the launcher of
+        a daemon can exit (ending the wait early) while its child still forks the daemon."""
         deadline = time.monotonic() + max(0.0, seconds)
         while True:
-            found = self._marked(instance_id)
+            found = self._processes_marked_with(instance_id)
             if found or time.monotonic() >= deadline:
                 return found
-            time.sleep(_MARK_POLL)
+            time.sleep(MARK_POLL)
 
-    def _marked(self, instance_id: str) -> list[tuple[int, float]]:
+    def _processes_marked_with(self, instance_id: str) -> list[tuple[int, float]]:
         """Processes that carry ``instance_id`` in their environment (the last resort)."""
         scan = self.scan()
         out = []

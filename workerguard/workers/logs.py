@@ -21,13 +21,21 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from workerguard.errors import HostError
+from workerguard.workers.lockfile import lock_by, opened_lock_file
 
 log = logging.getLogger("workerguard.logs")
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 3
 _rotating = threading.Lock()
+ROTATION_WAIT = 10.0
+"""How long a rotation waits for another process's rotation of the same file: one file
+copy (``max_bytes``); one still running after this is stuck (a hung disk), and this
+rotation is skipped with a warning (``rotate_all``): the next sweep tries again."""
 
 
 def backup_path(path: Path, n: int) -> Path:
@@ -35,28 +43,29 @@ def backup_path(path: Path, n: int) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """One rotation of a file at a time, across threads and (on POSIX) guard processes."""
+def _one_rotation_at_a_time(path: Path) -> Iterator[None]:
+    """One rotation of a file at a time, across threads and (on POSIX) guard processes;
+    ``TimeoutError`` if another process's rotation holds it past ``ROTATION_WAIT``."""
     with _rotating:
         if sys.platform == "win32":
             yield
             return
-        import fcntl
-
-        fd = os.open(path.with_name(f".{path.name}.rotate"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        lock = path.with_name(f".{path.name}.rotate")
+        with opened_lock_file(lock, "rotation lock") as fd:
+            if not lock_by(fd, time.monotonic() + ROTATION_WAIT):
+                raise TimeoutError(f"another rotation of {path} still holds {lock} after "
+                                   f"{ROTATION_WAIT:g} s")
             yield
-        finally:
-            os.close(fd)
 
 
 def rotate(path: Path, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> bool:
     """Rotate ``path`` if it is larger than ``max_bytes``; True if it was rotated.
 
-    ``backups`` 0 truncates without keeping a copy.
+    ``backups`` 0 truncates without keeping a copy. Raises ``TimeoutError`` when another
+    process's rotation of the file holds its lock too long, ``HostError`` when the lock
+    file is not one this user may trust (see ``lockfile``).
     """
-    with _exclusive(path):
+    with _one_rotation_at_a_time(path):
         try:
             if path.stat().st_size <= max_bytes:
                 return False
@@ -81,6 +90,6 @@ def rotate_all(paths: Iterable[Path], max_bytes: int, backups: int) -> list[Path
         try:
             if rotate(path, max_bytes, backups):
                 rotated.append(path)
-        except OSError as exc:
+        except (OSError, HostError) as exc:  # HostError: its lock file is not a safe one
             log.warning("could not rotate %s: %s", path, exc)
     return rotated

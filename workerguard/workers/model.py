@@ -47,8 +47,8 @@ class Instance:
     """Its slot within the profile, the lowest free one at its start (``WORKERGUARD_INDEX``)."""
 
     @property
-    def marked(self) -> bool:
-        """Started by workerguard (kept for the status contract: ``marked``)."""
+    def spawned(self) -> bool:
+        """Started by workerguard (the status contract calls it ``marked``)."""
         return self.origin == "spawned"
 
     def sort_key(self) -> tuple[float, int]:

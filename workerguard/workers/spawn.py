@@ -76,13 +76,13 @@ from typing import IO
 import psutil
 
 from workerguard.config.schema import Profile
+from workerguard.timing import START_WINDOW_POLL
 from workerguard.workers import cgroups
 from workerguard.workers.childenv import base_environment
 from workerguard.workers.model import MARK_HOST, MARK_INDEX, MARK_INSTANCE, MARK_PROFILE
 
 _WINDOWS_FLAGS = 0x08000000 | 0x00000200 | 0x00000008
 """CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP | DETACHED_PROCESS (untested here)."""
-_POLL = 0.02
 HOST_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE,
                          errno.ENOMEM, errno.EAGAIN})
 """Errors of the host, not of the worker: they never count toward crash-loop backoff."""
@@ -284,13 +284,13 @@ def start_failure(profile: Profile, exc: BaseException, log: Path) -> SpawnFailu
 
 
 def wait_window(launched: list[Launched], seconds: float,
-                alive: Callable[[Launched], bool]) -> None:
-    """Wait the start window once for all; return early once no instance is alive.
+                any_left: Callable[[Launched], bool]) -> None:
+    """Wait the start window once for all; return early once no instance has a process left.
 
-    ``alive`` is asked about each instance every poll (it may record what it sees).
+    ``any_left`` is asked about each instance every poll (it may record what it sees).
     """
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not [item for item in launched if alive(item)]:
+        if not [item for item in launched if any_left(item)]:
             return
-        time.sleep(_POLL)
+        time.sleep(START_WINDOW_POLL)

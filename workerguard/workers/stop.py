@@ -15,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from workerguard.timing import KILL_WAIT, STOP_POLL
 from workerguard.workers import cgroups
+from workerguard.workers.discover import alive
 from workerguard.workers.model import Instance, same_start
-
-_POLL = 0.02
-_KILL_GRACE = 5.0
 
 
 @dataclass
@@ -39,10 +38,24 @@ class StopOutcome:
 
 
 def _gone(proc: psutil.Process) -> bool:
+    """``proc`` exited or is a zombie; a newer process under its PID does not count.
+
+    Its create_time was read when it was found (``_started``; psutil keeps it), so this
+    asks about that very process."""
     try:
-        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return not alive(proc.pid, proc.create_time())
+    except psutil.NoSuchProcess:  # its create_time was never read, and now it is gone
         return True
+
+
+def _started(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """``procs`` with their create_time read now, for ``_gone``; those gone already are left out."""
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.create_time()
+            out.append(proc)
+    return out
 
 
 def _signal(procs: Sequence[psutil.Process], signum: int) -> None:
@@ -76,7 +89,7 @@ class _Target:
             if pid not in procs:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     procs[pid] = psutil.Process(pid)
-        return list(procs.values())
+        return _started(procs.values())
 
     def begin(self, signum: int) -> None:
         if self.group is None:
@@ -101,9 +114,9 @@ class _Target:
 
     def kill(self) -> list[int]:
         if self.group is None:
-            alive = [p for p in self.procs if not _gone(p)]
-            _signal(alive, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
-            return [p.pid for p in alive]
+            left = [p for p in self.procs if not _gone(p)]
+            _signal(left, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+            return [p.pid for p in left]
         members = cgroups.members(self.group)
         cgroups.kill(self.group, timeout=0)
         return members
@@ -130,7 +143,7 @@ def _wait(targets: Sequence[_Target], timeout: float, signum: int) -> list[_Targ
     deadline = time.monotonic() + timeout
     remaining = [t for t in targets if not t.done(signum)]
     while remaining and time.monotonic() < deadline:
-        time.sleep(_POLL)
+        time.sleep(STOP_POLL)
         remaining = [t for t in remaining if not t.done(signum)]
     return remaining
 
@@ -146,7 +159,7 @@ def stop_instances(instances: Sequence[Instance], stop_signal: str = "SIGTERM",
     remaining = _wait(targets, stop_timeout, signum)
     for target in remaining:
         outcome.killed += target.kill()
-    remaining = _wait(remaining, _KILL_GRACE, signum)
+    remaining = _wait(remaining, KILL_WAIT, signum)
     for target in targets:
         target.finish()
     for target in remaining:

@@ -5,8 +5,8 @@ set: the kernel wakes the thread the moment a process exits, for any process, no
 only our children, and a pidfd pins its process so PID reuse cannot fool it. The
 same thread reaps the children this process spawned (no zombie under a long-lived
 guard, no thread per child) and so knows their exit code or signal. Elsewhere the
-thread polls every ``fallback_interval`` seconds (one ``psutil`` status read per
-watched process and poll).
+thread polls every ``fallback_interval`` seconds (``discover.alive`` per watched
+process and poll: an exit, a zombie or a reused PID ends a watch).
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
+from workerguard.timing import EXIT_WATCH_ERROR_PAUSE, EXIT_WATCH_FALLBACK, EXIT_WATCH_WAKE
 from workerguard.workers.discover import alive
 
 log = logging.getLogger("workerguard.watch")
@@ -46,6 +45,8 @@ Callback = Callable[[Exit], None]
 class _Entry:
     pid: int
     fd: int | None
+    create_time: float | None = None
+    """Of a watched process (``watch``); a child (``child``) has its ``popen`` instead."""
     popen: subprocess.Popen[bytes] | None = None
     callbacks: dict[str, Callback] = field(default_factory=dict)
 
@@ -64,7 +65,7 @@ def describe_exit(returncode: int | None) -> str:
 
 
 class ExitWatcher:
-    def __init__(self, fallback_interval: float = 0.5) -> None:
+    def __init__(self, fallback_interval: float = EXIT_WATCH_FALLBACK) -> None:
         self.fallback_interval = fallback_interval
         self._lock = threading.Lock()
         self._by_pid: dict[int, _Entry] = {}
@@ -138,7 +139,7 @@ class ExitWatcher:
                     if fd is not None:
                         os.close(fd)
                 if not gone:
-                    entry = _Entry(pid, fd)
+                    entry = _Entry(pid, fd, create_time)
                     self._by_pid[pid] = entry
                     if sys.platform == "linux" and fd is not None and self._epoll is not None:
                         self._by_fd[fd] = entry
@@ -176,7 +177,7 @@ class ExitWatcher:
         while not self._closed.is_set():
             try:
                 if self._epoll is not None:
-                    ready = [fd for fd, _ in self._epoll.poll(1.0)]
+                    ready = [fd for fd, _ in self._epoll.poll(EXIT_WATCH_WAKE)]
                     with self._lock:
                         exited = [self._by_fd[fd] for fd in ready if fd in self._by_fd]
                 else:
@@ -187,7 +188,7 @@ class ExitWatcher:
                     self._finish(entry)
             except Exception:  # the watcher must never die: log and go on
                 log.exception("exit watcher error")
-                self._closed.wait(0.1)
+                self._closed.wait(EXIT_WATCH_ERROR_PAUSE)
 
     def _finish(self, entry: _Entry) -> None:
         code = None
@@ -215,12 +216,11 @@ class ExitWatcher:
 
 
 def _exited(entry: _Entry) -> bool:
+    """Our child has exited (not yet reaped), or the watched process is no longer alive."""
     if entry.popen is not None:
         return entry.popen.poll() is not None
-    try:
-        return psutil.Process(entry.pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    # Every entry has one or the other: ``child`` gives a popen, ``watch`` a create_time.
+    return entry.create_time is None or not alive(entry.pid, entry.create_time)
 
 
 _shared: list[ExitWatcher] = []
