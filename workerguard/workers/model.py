@@ -10,6 +10,11 @@ MARK_HOST = "WORKERGUARD_HOST_ID"
 MARK_INSTANCE = "WORKERGUARD_INSTANCE"
 MARK_INDEX = "WORKERGUARD_INDEX"
 """The instance's slot within its profile (0, 1 ...): a worker of several derives its port from it."""
+MARK_HELPER = "WORKERGUARD_HELPER"
+"""Set (to ``probe``, ...) on a process the guard runs that is not an instance: such a
+process carries none of an instance's marks, and discovery never counts it."""
+INSTANCE_MARKS = (MARK_PROFILE, MARK_HOST, MARK_INSTANCE)
+"""The marks that say "this process is that instance": never given to a helper."""
 CREATE_TIME_TICK = 0.01
 """psutil's create_time has the resolution of a clock tick (100 Hz)."""
 
