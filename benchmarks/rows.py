@@ -336,7 +336,7 @@ def _sweep_times(guards: dict[int, Guard], repeats: int) -> dict[int, float]:
             t0 = time.perf_counter()
             results = guard.sweep(requested_by="bench")
             times[size].append(time.perf_counter() - t0)
-            assert all(r["action"] == "already_running" for r in results), results
+            assert all(r.action == "already_running" for r in results), results
     return {size: median(values) for size, values in times.items()}
 
 
@@ -353,7 +353,7 @@ def sweep_cost(b: Bench, repeats: int) -> list[Row]:
         chosen = dict(list(profiles.items())[:size])
         guards[size] = b.guard(b.write_config(f"sweep{size}", chosen))
     for name in profiles:  # one running instance per profile, started by workerguard
-        assert guards[max(sizes)].ensure(name)["action"] == "started"
+        assert guards[max(sizes)].ensure(name).action == "started"
     rows = []
     loads: list[subprocess.Popen[bytes]] = []
     for load in (100, 1000):
@@ -389,9 +389,9 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
 
     path = b.write_config("breakdown", {"bd": b.profile(5)})
     guard = b.guard(path)
-    assert guard.ensure("bd")["action"] == "started"
+    assert guard.ensure("bd").action == "started"
     profile = guard.config.profile("bd")
-    snapshot = guard.state.snapshot_if_unlocked("bd")
+    snapshot = guard.snapshots.read_if_unlocked("bd")
     assert snapshot is not None
     known = decode_known(profile, snapshot.known)
     assert known
@@ -413,7 +413,7 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
         ("`Guard.ensure`, fast path (what a request costs the guard now)",
          measure(lambda: guard.ensure("bd"))),
         ("  of which: the atomic read of pause + known instances (1 Redis round trip)",
-         measure(lambda: guard.state.snapshot_if_unlocked("bd"))),
+         measure(lambda: guard.snapshots.read_if_unlocked("bd"))),
         ("  of which: verifying the known instance (pid + create_time, /proc)",
          measure(lambda: verify_known(known))),
         ("  of which: decode + verify + plan + result dict (all but the round trip)",

@@ -82,7 +82,8 @@ def main() -> None:
                            settings.host_id, registry_dir=settings.registry_dir,
                            log_dir=settings.log_dir, identity=settings.identity,
                            cgroup_root=settings.cgroup_root)
-    result = Guard(client, config, table=table).ensure("demo", requested_by=f"failpoint {os.getpid()}")
+    result = Guard(client, config, table=table).ensure(
+        "demo", requested_by=f"failpoint {os.getpid()}").contract()
     print(f"RESULT {result['action']} {result['running']}", flush=True)
 
 

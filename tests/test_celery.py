@@ -140,9 +140,9 @@ def test_a_guard_sigkilled_while_holding_the_lock_leaves_no_duplicate(workspace:
     app.send_task("workerguard.ensure", args=["demo"], queue=harness.queue)
     key = keys.lock(workspace.host_id, "demo")
     guard = workspace.guard(redis_client)
-    poll_for(lambda: redis_client.exists(key) and guard.status("demo")["running"], timeout=30,
+    poll_for(lambda: redis_client.exists(key) and guard.status("demo").running, timeout=30,
              message="the guard to hold the lock with a worker spawned")
-    [spawned] = guard.status("demo")["running"]
+    [spawned] = guard.status("demo").running
     harness.worker.send_signal(signal.SIGKILL)
     harness.worker.wait(10)
     assert psutil.pid_exists(spawned)  # the worker outlives its guard

@@ -11,8 +11,7 @@ import pytest
 
 from tests.conftest import Workspace
 from tests.support import LineReader, cli_env, run_cli
-from workerguard.store.events import parse_since
-from workerguard.store.state import State
+from workerguard.store.events import EventLog, parse_since
 
 
 def events(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
@@ -22,11 +21,11 @@ def events(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]
 def test_events_lists_real_actions_oldest_first_with_filters(workspace: Workspace, redis_client):
     workspace.add_profile(stop_adopted=True)
     guard = workspace.guard(redis_client)
-    started = guard.ensure("demo", requested_by="test-ensure")
+    started = guard.ensure("demo", requested_by="test-ensure").contract()
     manual = workspace.hand_started()
-    enforced = guard.enforce("demo", max_workers=1, requested_by="test-enforce")
-    stopped = guard.stop_all("demo", requested_by="test-stop")
-    State(redis_client, "elsewhere").record("demo", "started", [4242], "another guard")
+    enforced = guard.enforce("demo", max_workers=1, requested_by="test-enforce").contract()
+    stopped = guard.stop_all("demo", requested_by="test-stop").contract()
+    EventLog(redis_client, "elsewhere").record("demo", "started", [4242], "another guard")
 
     done = events(workspace, "--json")
     assert done.returncode == 0, done.stderr
@@ -71,10 +70,10 @@ def test_events_follow_prints_new_actions_until_interrupted(workspace: Workspace
     guard = workspace.guard(redis_client)
     # Whether the follower is already blocked in XREAD or still listing the latest events,
     # the event is printed exactly once.
-    started = guard.ensure("demo", requested_by="follow-test")
+    started = guard.ensure("demo", requested_by="follow-test").contract()
     first = json.loads(lines.next(message="the started event"))
     assert (first["action"], first["pids"]) == ("started", started["started"])
-    State(redis_client, "elsewhere").record("demo", "started", [1], "filtered out by --host")
+    EventLog(redis_client, "elsewhere").record("demo", "started", [1], "filtered out by --host")
     guard.stop_all("demo", requested_by="follow-test")
     second = json.loads(lines.next(message="the stopped_all event"))
     assert (second["action"], second["host"]) == ("stopped_all", workspace.host_id)

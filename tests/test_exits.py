@@ -54,13 +54,13 @@ def test_a_worker_killed_20_times_gets_exactly_one_replacement_each_time(
 
 def test_a_paused_profiles_worker_that_exits_stays_down(workspace: Workspace,
                                                         harness: CeleryHarness, redis_client):
-    from workerguard.store.state import State
+    from workerguard.store.pause import Pauses
 
     workspace.add_profile()
     harness.start_worker()
     harness.call("workerguard.ensure", "demo")
     [pid] = poll_for(lambda: sleepers(workspace), message="the worker")
-    State(redis_client, workspace.host_id).pause("demo", "operator")
+    Pauses(redis_client, workspace.host_id).pause("demo", "operator")
     seen = harness.watch_events()
     psutil.Process(pid).kill()
     poll_for(lambda: events(redis_client, "exited"), message="the exit to be recorded")

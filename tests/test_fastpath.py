@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Mapping
+from typing import Any
 
 import psutil
 import pytest
@@ -17,7 +17,8 @@ from tests.conftest import Workspace
 from tests.support import CountingTable, poll_for
 from workerguard.policy.coalesce import Coalescer
 from workerguard.policy.guard import Guard
-from workerguard.policy.hooks import NullObserver
+from workerguard.policy.hooks import GuardHooks
+from workerguard.policy.outcome import Outcome
 from workerguard.store import keys
 from workerguard.store.known_instances import encode_known
 from workerguard.store.lock import ProfileLock
@@ -26,7 +27,7 @@ from workerguard.workers.model import Instance
 
 
 def running(guard: Guard, profile: str = "demo") -> list[int]:
-    return list(guard.status(profile)["running"])
+    return list(guard.status(profile).running)
 
 
 def forge_known(workspace: Workspace, redis_client, guard: Guard, instances: list[Instance]):
@@ -39,10 +40,10 @@ def test_ensure_answers_from_the_known_instances_without_scanning(workspace: Wor
     workspace.add_profile()
     counting = workspace.table(CountingTable)
     guard = workspace.guard(redis_client, counting)
-    [pid] = guard.ensure("demo")["started"]
+    [pid] = guard.ensure("demo").started
     counting.discovers = 0
     for _ in range(3):
-        again = guard.ensure("demo")
+        again = guard.ensure("demo").contract()
         assert again["action"] == "already_running" and again["running"] == [pid]
         assert again["kept"] == [pid] and again["ok"]
         assert again["message"] == f"demo: already running (PIDs: {pid})"
@@ -50,7 +51,7 @@ def test_ensure_answers_from_the_known_instances_without_scanning(workspace: Wor
     # Another guard process (a --local CLI, another pool child) shares the record in Redis.
     other_table = workspace.table(CountingTable)
     other = workspace.guard(redis_client, other_table)
-    assert other.ensure("demo")["running"] == [pid] and other_table.discovers == 0
+    assert other.ensure("demo").contract()["running"] == [pid] and other_table.discovers == 0
 
 
 def test_a_hand_started_duplicate_is_found_by_the_next_sweep_with_the_fast_path_on(
@@ -58,21 +59,21 @@ def test_a_hand_started_duplicate_is_found_by_the_next_sweep_with_the_fast_path_
     workspace.add_profile(stop_adopted=True)
     counting = workspace.table(CountingTable)
     guard = workspace.guard(redis_client, counting)
-    [ours] = guard.ensure("demo")["started"]
+    [ours] = guard.ensure("demo").started
     manual = workspace.hand_started()  # found only by `match`: no mark
     manual_created = psutil.Process(manual.pid).create_time()
     poll_for(lambda: len(running(guard)) == 2, message="the duplicate to show up")
     # The fast path does not scan, so it cannot see the duplicate yet ...
-    assert guard.ensure("demo")["running"] == [ours]
+    assert guard.ensure("demo").contract()["running"] == [ours]
     # ... the next sweep scans, finds both, and keeps the one workerguard started
     # (stop_adopted lets it stop the hand-started extra).
-    [swept] = guard.sweep()
+    [swept] = [outcome.contract() for outcome in guard.sweep()]
     assert swept["action"] == "stopped_extras"
     assert swept["stopped"] == [manual.pid] and swept["running"] == [ours]
     assert not alive(manual.pid, manual_created)
     # The sweep's converge rewrote the known instances: the fast path knows the survivor.
     counting.discovers = 0
-    assert guard.ensure("demo")["running"] == [ours]
+    assert guard.ensure("demo").contract()["running"] == [ours]
     assert counting.discovers == 0
 
 
@@ -80,24 +81,24 @@ def test_a_sweep_that_finds_a_new_instance_within_bounds_refreshes_the_known_one
         workspace: Workspace, redis_client):
     workspace.add_profile(max_workers=2)
     guard = workspace.guard(redis_client)
-    [ours] = guard.ensure("demo")["started"]
+    [ours] = guard.ensure("demo").started
     manual = workspace.hand_started()
     poll_for(lambda: len(running(guard)) == 2, message="the second instance")
-    assert guard.ensure("demo")["running"] == [ours]  # fast path: not seen yet
-    [swept] = guard.sweep()
+    assert guard.ensure("demo").contract()["running"] == [ours]  # fast path: not seen yet
+    [swept] = [outcome.contract() for outcome in guard.sweep()]
     assert swept["action"] == "already_running" and swept["running"] == [ours, manual.pid]
-    assert guard.ensure("demo")["running"] == [ours, manual.pid]
+    assert guard.ensure("demo").contract()["running"] == [ours, manual.pid]
 
 
 def test_a_known_instance_that_died_is_never_trusted(workspace: Workspace, redis_client):
     workspace.add_profile()
     guard = workspace.guard(redis_client)
     first = guard.ensure("demo")
-    [pid] = first["started"]
+    [pid] = first.started
     created = psutil.Process(pid).create_time()
     psutil.Process(pid).send_signal(signal.SIGKILL)
     poll_for(lambda: not alive(pid, created), message="the worker to die")
-    again = guard.ensure("demo")
+    again = guard.ensure("demo").contract()
     assert again["action"] == "started" and again["started"] != [pid]
     assert running(guard) == again["started"]
 
@@ -112,7 +113,7 @@ def test_a_known_zombie_is_never_trusted(workspace: Workspace, redis_client):
     poll_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE,
              message="a zombie")
     forge_known(workspace, redis_client, guard, [Instance("demo", zombie.pid, created)])
-    result = guard.ensure("demo")
+    result = guard.ensure("demo").contract()
     assert result["action"] == "started" and zombie.pid not in result["running"]
 
 
@@ -120,7 +121,7 @@ def test_a_known_pid_now_used_by_another_process_is_never_trusted(workspace: Wor
                                                                   redis_client):
     workspace.add_profile()
     guard = workspace.guard(redis_client)
-    [pid] = guard.ensure("demo")["started"]
+    [pid] = guard.ensure("demo").started
     created = psutil.Process(pid).create_time()
     psutil.Process(pid).send_signal(signal.SIGKILL)
     poll_for(lambda: not alive(pid, created), message="the worker to die")
@@ -130,7 +131,7 @@ def test_a_known_pid_now_used_by_another_process_is_never_trusted(workspace: Wor
     poll_for(lambda: psutil.Process(stranger.pid).cmdline(), message="the stranger to start")
     assert abs(psutil.Process(stranger.pid).create_time() - created) >= 0.01
     forge_known(workspace, redis_client, guard, [Instance("demo", stranger.pid, created)])
-    result = guard.ensure("demo")
+    result = guard.ensure("demo").contract()
     assert result["action"] == "started" and stranger.pid not in result["running"]
     assert stranger.poll() is None  # never touched
 
@@ -138,7 +139,7 @@ def test_a_known_pid_now_used_by_another_process_is_never_trusted(workspace: Wor
 def test_a_changed_command_never_starts_a_second_instance_and_shows_the_old_one_outdated(
         workspace: Workspace, redis_client):
     workspace.add_profile()
-    old = workspace.guard(redis_client).ensure("demo")["started"]
+    old = workspace.guard(redis_client).ensure("demo").contract()["started"]
     # The profile's command (and match) change: the running worker is still its instance,
     # started with the old command. The known record (made for the old command) is not
     # trusted; the scan finds the instance by its identity, not by its command line.
@@ -146,14 +147,14 @@ def test_a_changed_command_never_starts_a_second_instance_and_shows_the_old_one_
     workspace.profiles["demo"]["command"][-1] = workspace.token + "-v2"
     workspace.profiles["demo"]["match"] = rf"sleeper\.py --tag {workspace.token}-v2(\s|$)"
     guard = workspace.guard(redis_client)
-    result = guard.ensure("demo")
+    result = guard.ensure("demo").contract()
     assert result["action"] == "already_running" and result["running"] == old
-    [entry] = guard.status("demo")["profiles"]["demo"]["instances"]
+    [entry] = guard.status("demo").profiles["demo"]["instances"]
     assert entry["pid"] == old[0] and entry["outdated"] is True
 
 
-class Joins(NullObserver):
-    """Counts the requests that wait for another's converge (``Observer.coalesced``)."""
+class Joins(GuardHooks):
+    """Counts the requests that wait for another's converge (``GuardHooks.coalesced``)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -168,12 +169,12 @@ def test_concurrent_identical_ensures_share_one_converge(workspace: Workspace, r
     workspace.add_profile()
     counting = workspace.table(CountingTable).hold_first_discovery()
     joined = Joins()
-    guard = Guard(redis_client, workspace.config(), table=counting, observer=joined)
-    results: list[Mapping[str, object]] = []
+    guard = Guard(redis_client, workspace.config(), table=counting, hooks=[joined])
+    results: list[dict[str, Any]] = []
     lock = threading.Lock()
 
     def call() -> None:
-        result = guard.ensure("demo")
+        result = guard.ensure("demo").contract()
         with lock:
             results.append(result)
 
@@ -234,10 +235,10 @@ def test_the_fast_path_never_answers_while_another_caller_holds_the_lock(
         workspace: Workspace, redis_client):
     workspace.add_profile()
     guard = workspace.guard(redis_client)
-    [pid] = guard.ensure("demo")["started"]
+    [pid] = guard.ensure("demo").started
     holder = ProfileLock(redis_client, workspace.host_id, "demo", expire=10)
     assert holder.acquire_within(5)  # a converge in progress elsewhere
-    results: list[Mapping[str, object]] = []
+    results: list[Outcome] = []
     waiter = threading.Thread(target=lambda: results.append(guard.ensure("demo")))
     waiter.start()
     poll_for(lambda: any(c.get("cmd") == "blpop" for c in redis_client.client_list()),
@@ -245,4 +246,4 @@ def test_the_fast_path_never_answers_while_another_caller_holds_the_lock(
     assert waiter.is_alive() and results == []
     holder.release()
     waiter.join(10)
-    assert results[0]["action"] == "already_running" and results[0]["running"] == [pid]
+    assert results[0].action == "already_running" and results[0].contract()["running"] == [pid]

@@ -46,7 +46,7 @@ def test_a_guard_sigkilled_at_any_stage_leaves_no_duplicate_and_the_next_sweep_c
     victim.send_signal(signal.SIGKILL)
     victim.wait(5)
     [result] = workspace.guard(redis_client).sweep()
-    assert result["ok"], result
+    assert result.ok, result
     final = workspace.running()
     assert len(final) == 1, (stage, final)
     if manual:

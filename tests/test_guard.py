@@ -24,7 +24,7 @@ def read_events(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
 
 
 def running(guard: Guard, profile: str = "demo") -> list[int]:
-    return list(guard.status(profile)["running"])
+    return list(guard.status(profile).running)
 
 
 def running_the_worker(guard: Guard, profile: str = "demo") -> bool:
@@ -40,11 +40,11 @@ def running_the_worker(guard: Guard, profile: str = "demo") -> bool:
 def test_ensure_starts_one_then_reports_it_running(workspace: Workspace, redis_client):
     workspace.add_profile()
     guard = workspace.guard(redis_client)
-    first = guard.ensure("demo", requested_by="test")
+    first = guard.ensure("demo", requested_by="test").contract()
     assert first["action"] == "started" and first["ok"]
     assert first["running"] == first["started"] and len(first["started"]) == 1
     assert first["message"] == f"demo: started (PIDs: {first['started'][0]})"
-    second = guard.ensure("demo", requested_by="test")
+    second = guard.ensure("demo", requested_by="test").contract()
     assert second["action"] == "already_running"
     assert second["running"] == first["started"]
     assert second["message"] == f"demo: already running (PIDs: {first['started'][0]})"
@@ -61,7 +61,7 @@ def test_enforce_keeps_the_newest_including_hand_started_ones(workspace: Workspa
     guard = workspace.guard(redis_client)
     manual = [workspace.hand_started() for _ in range(3)]
     poll_for(lambda: len(running(guard)) == 3, message="three instances")
-    result = guard.enforce("demo", max_workers=1)
+    result = guard.enforce("demo", max_workers=1).contract()
     assert result["action"] == "stopped_extras"
     newest = manual[-1].pid
     assert result["running"] == [newest]
@@ -75,10 +75,10 @@ def test_spawned_instances_survive_over_adopted_ones_and_adopted_are_left_alone_
         workspace: Workspace, redis_client):
     workspace.add_profile(max_workers=2, min_workers=1)
     guard = workspace.guard(redis_client)
-    [ours] = guard.ensure("demo")["started"]
+    [ours] = guard.ensure("demo").started
     manual = [workspace.hand_started() for _ in range(2)]  # newer than ours
     poll_for(lambda: len(running(guard)) == 3, message="three instances")
-    result = guard.enforce("demo", max_workers=1)
+    result = guard.enforce("demo", max_workers=1).contract()
     assert result["kept"] == [ours] and result["stopped"] == []
     assert sorted(result["spare"]) == sorted(m.pid for m in manual)
     assert "stop_adopted" in result["message"]
@@ -91,7 +91,7 @@ def test_ensure_stops_extras_beyond_max_keeping_oldest_when_asked(workspace: Wor
     guard = workspace.guard(redis_client)
     manual = [workspace.hand_started() for _ in range(3)]
     poll_for(lambda: len(running(guard)) == 3)
-    result = guard.ensure("demo")
+    result = guard.ensure("demo").contract()
     assert result["action"] == "stopped_extras"
     assert result["running"] == [manual[0].pid]
 
@@ -100,19 +100,19 @@ def test_stop_all_pauses_until_the_next_ensure(workspace: Workspace, redis_clien
     workspace.add_profile()
     guard = workspace.guard(redis_client)
     decoy = workspace.tracker.sleeper("--tag", workspace.token + "x")  # similar, not ours
-    pid = guard.ensure("demo")["started"][0]
-    stopped = guard.stop_all("demo", requested_by="operator")
+    pid = guard.ensure("demo").started[0]
+    stopped = guard.stop_all("demo", requested_by="operator").contract()
     assert stopped["action"] == "stopped_all" and stopped["stopped"] == [pid]
     assert stopped["running"] == []
     for _ in range(3):
         [swept] = guard.sweep()
-        assert swept["action"] == "paused" and swept["running"] == []
-    status = guard.status("demo")["profiles"]["demo"]
+        assert swept.action == "paused" and swept.running == ()
+    status = guard.status("demo").profiles["demo"]
     assert status["state"] == "paused" and status["paused"]["by"] == "operator"
-    assert guard.stop_all("demo")["action"] == "nothing_to_stop"
+    assert guard.stop_all("demo").action == "nothing_to_stop"
     again = guard.ensure("demo")
-    assert again["action"] == "started"
-    assert guard.status("demo")["profiles"]["demo"]["state"] == "running"
+    assert again.action == "started"
+    assert guard.status("demo").profiles["demo"]["state"] == "running"
     assert decoy.poll() is None
 
 
@@ -124,14 +124,14 @@ def test_sweep_restarts_a_killed_worker_and_cuts_extras_with_one_scan(workspace:
     workspace.profiles["b"]["match"] = rf"sleeper\.py --tag {workspace.token}-b(\s|$)"
     table = workspace.table(CountingTable)
     guard = workspace.guard(redis_client, table)
-    pid_a = guard.ensure("a")["started"][0]
+    pid_a = guard.ensure("a").started[0]
     guard.ensure("b")
     psutil.Process(pid_a).kill()
     poll_for(lambda: not psutil.pid_exists(pid_a), message="worker a to die")
     table.scans = 0
-    results = {r["profile"]: r for r in guard.sweep()}
-    assert results["a"]["action"] == "started"
-    assert results["b"]["action"] == "already_running"
+    results = {r.profile: r for r in guard.sweep()}
+    assert results["a"].action == "started"
+    assert results["b"].action == "already_running"
     # one scan for the whole host; only profile a converges (its scans before and after starting)
     assert table.scans == 3
 
@@ -139,7 +139,7 @@ def test_sweep_restarts_a_killed_worker_and_cuts_extras_with_one_scan(workspace:
 def test_dry_run_changes_nothing(workspace: Workspace, redis_client):
     workspace.add_profile()
     guard = workspace.guard(redis_client)
-    nothing = guard.ensure("demo", dry_run=True)
+    nothing = guard.ensure("demo", dry_run=True).contract()
     assert nothing["dry_run"] and nothing["would_start"] == 1 and nothing["started"] == []
     assert nothing["message"] == "demo: [dry-run] would start 1"
     assert running(guard) == []
@@ -147,10 +147,10 @@ def test_dry_run_changes_nothing(workspace: Workspace, redis_client):
     poll_for(lambda: len(running(guard)) == 2)
     for result in (guard.enforce("demo", dry_run=True), guard.ensure("demo", dry_run=True),
                    guard.stop_all("demo", dry_run=True)):
-        assert result["dry_run"] and result["stopped"] == []
-        assert "[dry-run]" in result["message"]
+        assert result.dry_run and result.stopped == ()
+        assert "[dry-run]" in result.message
     assert all(p.poll() is None for p in manual)
-    assert guard.status("demo")["profiles"]["demo"]["state"] == "running"  # not paused
+    assert guard.status("demo").profiles["demo"]["state"] == "running"  # not paused
     assert read_events(redis_client) == []
 
 
@@ -207,22 +207,22 @@ def test_a_sigkilled_lock_holder_delays_the_next_caller_by_at_most_lock_expire(
     waiter.release()
     assert waited <= 2 + 1.0, f"waited {waited:.2f} s for a lock with expire=2"
     result = guard.ensure("demo")
-    assert result["action"] == "already_running"  # the orphaned spawn is counted: no duplicate
-    assert len(result["running"]) == 1
+    assert result.action == "already_running"  # the orphaned spawn is counted: no duplicate
+    assert len(result.running) == 1
 
 
 def test_a_clock_set_back_an_hour_does_not_extend_the_backoff(workspace: Workspace, redis_client):
     workspace.add_profile("demo", "--exit-code", "3", start_retries=1, backoff_max=4)
     now = [1000.0]
     guard = Guard(redis_client, workspace.config(), clock=lambda: now[0])
-    assert guard.ensure("demo")["backoff"] == {"failures": 1, "next_attempt": 1001.0}
+    assert guard.ensure("demo").contract()["backoff"] == {"failures": 1, "next_attempt": 1001.0}
     now[0] = 1000.5 - 3600  # the clock is set back an hour, half a second later
-    blocked = guard.ensure("demo")
+    blocked = guard.ensure("demo").contract()
     assert blocked["action"] == "backoff"
     assert blocked["backoff"]["next_attempt"] == now[0] + 1  # re-anchored: 1 s from now
-    assert guard.status("demo")["profiles"]["demo"]["state"] == "backoff"
+    assert guard.status("demo").profiles["demo"]["state"] == "backoff"
     now[0] += 1.01  # one second of the new clock later, not an hour
-    assert guard.ensure("demo")["action"] == "start_failed"  # it was tried again
+    assert guard.ensure("demo").action == "start_failed"  # it was tried again
 
 
 def test_crash_loop_backs_off_exponentially_and_force_overrides(workspace: Workspace,
@@ -230,24 +230,24 @@ def test_crash_loop_backs_off_exponentially_and_force_overrides(workspace: Works
     workspace.add_profile("demo", "--exit-code", "3", start_retries=2, backoff_max=4)
     now = [1000.0]
     guard = Guard(redis_client, workspace.config(), clock=lambda: now[0])
-    first = guard.ensure("demo")
+    first = guard.ensure("demo").contract()
     assert first["action"] == "start_failed" and not first["ok"]
     assert "exited with code 3" in first["error"] and "failing with 3" in first["error"]
-    second = guard.ensure("demo")
+    second = guard.ensure("demo").contract()
     assert second["action"] == "start_failed"
     assert second["backoff"] == {"failures": 2, "next_attempt": 1001.0}
-    blocked = guard.ensure("demo")
+    blocked = guard.ensure("demo").contract()
     assert blocked["action"] == "backoff" and blocked["started"] == []
     assert "next attempt in 1 s" in blocked["message"]
-    assert guard.sweep()[0]["action"] == "backoff"
-    assert guard.status("demo")["profiles"]["demo"]["state"] == "backoff"
+    assert guard.sweep()[0].action == "backoff"
+    assert guard.status("demo").profiles["demo"]["state"] == "backoff"
     now[0] = 1001.5
-    assert guard.ensure("demo")["backoff"]["next_attempt"] == 1001.5 + 2
-    forced = guard.ensure("demo", force=True)
+    assert guard.ensure("demo").contract()["backoff"]["next_attempt"] == 1001.5 + 2
+    forced = guard.ensure("demo", force=True).contract()
     assert forced["action"] == "start_failed"
     assert forced["backoff"]["next_attempt"] == 1001.5 + 4  # capped by backoff_max
     # A working command resets the count.
     workspace.profiles["demo"]["command"] = workspace.sleeper_profile()["command"]
     fixed = Guard(redis_client, workspace.config(), clock=lambda: now[0])
-    assert fixed.ensure("demo", force=True)["action"] == "started"
-    assert fixed.status("demo")["profiles"]["demo"]["backoff"] is None
+    assert fixed.ensure("demo", force=True).action == "started"
+    assert fixed.status("demo").profiles["demo"]["backoff"] is None

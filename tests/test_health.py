@@ -81,7 +81,7 @@ def test_a_worker_that_takes_3_s_to_listen_is_reported_started_only_then(
                    "--delay", "3", probe={"kind": "http", "url": f"http://127.0.0.1:{port}/"})
     guard = workspace.guard(redis_client)
     began = time.monotonic()
-    result = guard.ensure("web")
+    result = guard.ensure("web").contract()
     took = time.monotonic() - began
     assert result["action"] == "started", result
     assert took >= 3.0, f"answered after {took:.2f} s, before the worker listened"
@@ -96,14 +96,14 @@ def test_a_worker_that_never_becomes_ready_fails_its_start_is_stopped_and_backs_
     probed_profile(workspace, "web", "http", str(port), str(always_500), start_retries=1,
                    probe={"kind": "http", "url": f"http://127.0.0.1:{port}/", "start_timeout": 2.0})
     guard = workspace.guard(redis_client)
-    result = guard.ensure("web")
+    result = guard.ensure("web").contract()
     assert result["action"] == "start_failed", result
     assert "not ready within start_timeout 2 s" in result["error"]
     assert "HTTP 500" in result["error"]  # the probe's last output
     assert pids(workspace, "web") == []  # stopped, nothing left
     assert result["backoff"]["failures"] == 1
     again = guard.ensure("web")
-    assert again["action"] == "backoff" and pids(workspace, "web") == []
+    assert again.action == "backoff" and pids(workspace, "web") == []
 
 
 def test_replacing_one_of_three_counts_toward_backoff_and_keeps_its_slot(
@@ -111,34 +111,34 @@ def test_replacing_one_of_three_counts_toward_backoff_and_keeps_its_slot(
     heartbeat_profile(workspace, min_workers=3, max_workers=3, start_retries=2)
     guard = workspace.guard(redis_client)
     started = guard.ensure("bot")
-    assert started["action"] == "started" and len(started["started"]) == 3
-    instances = guard.status("bot")["profiles"]["bot"]["instances"]
+    assert started.action == "started" and len(started.started) == 3
+    instances = guard.status("bot").profiles["bot"]["instances"]
     assert sorted(i["index"] for i in instances) == [0, 1, 2]
     victim = next(i for i in instances if i["index"] == 1)
     others = sorted(i["pid"] for i in instances if i["index"] != 1)
 
-    done = guard.replace("bot", victim["instance_id"], reason="test")
+    done = guard.replace("bot", victim["instance_id"], reason="test").contract()
     assert done["action"] == "replaced" and done["stopped"] == [victim["pid"]], done
     [new] = done["started"]
     assert sorted(pids(workspace, "bot")) == sorted([*others, new])
-    after = guard.status("bot")["profiles"]["bot"]["instances"]
+    after = guard.status("bot").profiles["bot"]["instances"]
     assert next(i["index"] for i in after if i["pid"] == new) == 1
     assert [e[b"pids"] for e in events(redis_client, "replaced")] == [
         f"{victim['pid']},{new}".encode()]
 
     # Replacements count: with start_retries = 2 the second one in a row waits its backoff.
-    second = guard.replace("bot", next(i["instance_id"] for i in after if i["pid"] == new))
+    second = guard.replace("bot", next(i["instance_id"] for i in after if i["pid"] == new)).contract()
     assert second["action"] == "replaced" and second["started"] == [], second
     assert second["backoff"]["failures"] == 2
     assert sorted(pids(workspace, "bot")) == others
-    assert guard.status("bot")["profiles"]["bot"]["state"] == "backoff"
+    assert guard.status("bot").profiles["bot"]["state"] == "backoff"
 
 
 def test_replacing_an_instance_that_is_gone_only_heals(workspace: Workspace, redis_client):
     heartbeat_profile(workspace)
     guard = workspace.guard(redis_client)
-    [pid] = guard.ensure("bot")["started"]
-    done = guard.replace("bot", "0" * 32)
+    [pid] = guard.ensure("bot").started
+    done = guard.replace("bot", "0" * 32).contract()
     assert done["action"] == "already_running" and done["running"] == [pid]
     assert events(redis_client, "replaced") == []
 

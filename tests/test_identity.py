@@ -73,7 +73,7 @@ def hammer(ws: Workspace, guard: object, times: int = 4) -> None:
 
     assert isinstance(guard, Guard)
     for _ in range(times):
-        assert guard.ensure("demo")["ok"]
+        assert guard.ensure("demo").ok
         guard.sweep()
 
 
@@ -87,13 +87,13 @@ def test_a_worker_that_wipes_its_environment_or_renames_itself_stays_one(
     shapeshifter(workspace, "demo", *args)
     guard = workspace.guard(redis_client)
     first = guard.ensure("demo")
-    assert first["action"] == "started"
+    assert first.action == "started"
     poll_for(lambda: workers(workspace), message="the worker to take its final form")
     hammer(workspace, guard)
     assert len(workers(workspace)) == 1
-    status = guard.status("demo")["profiles"]["demo"]
+    status = guard.status("demo").profiles["demo"]
     assert status["state"] == "running" and len(status["instances"]) == 1
-    assert guard.stop_all("demo")["action"] == "stopped_all"
+    assert guard.stop_all("demo").action == "stopped_all"
     assert workers(workspace) == []
 
 
@@ -104,25 +104,25 @@ def test_a_shell_wrapper_that_execs_the_real_program_stays_one(workspace: Worksp
     wrapper.chmod(0o755)
     shapeshifter(workspace, command=[str(wrapper)])
     guard = workspace.guard(redis_client)
-    assert guard.ensure("demo")["action"] == "started"
+    assert guard.ensure("demo").action == "started"
     poll_for(lambda: workers(workspace), message="the worker")
     hammer(workspace, guard)
     assert len(workers(workspace)) == 1
-    assert guard.status("demo")["profiles"]["demo"]["state"] == "running"
+    assert guard.status("demo").profiles["demo"]["state"] == "running"
 
 
 def test_a_daemonising_worker_is_started_not_failed(workspace: Workspace, redis_client,
                                                     mode: str):
     shapeshifter(workspace, "demo", "--daemon")
     guard = workspace.guard(redis_client)
-    first = guard.ensure("demo")
+    first = guard.ensure("demo").contract()
     assert first["action"] == "started" and first["ok"], first["message"]
     [daemon] = poll_for(lambda: workers(workspace), message="the daemon")
     assert first["started"] == [daemon]  # the daemon, not its exited launcher
     hammer(workspace, guard)
     assert workers(workspace) == [daemon]
-    assert guard.status("demo")["profiles"]["demo"]["backoff"] is None
-    assert guard.stop_all("demo")["stopped"] == [daemon]
+    assert guard.status("demo").profiles["demo"]["backoff"] is None
+    assert guard.stop_all("demo").contract()["stopped"] == [daemon]
     assert workers(workspace) == []
 
 
@@ -135,7 +135,7 @@ def test_orphaned_helpers_never_pile_up_and_stop_leaves_none(workspace: Workspac
     seen: set[int] = set()
     while restarts < 4:
         result = guard.sweep()[0]
-        if result["action"] == "started":
+        if result.action == "started":
             restarts += 1
             [pid] = poll_for(lambda: workers(workspace), message="the worker")
             seen.add(pid)
@@ -143,7 +143,7 @@ def test_orphaned_helpers_never_pile_up_and_stop_leaves_none(workspace: Workspac
         assert len(helpers(workspace.token)) <= 1  # the last one's helper, at most
     assert len(seen) == 4
     guard.sweep()  # starts the next one, and ends what the last one left
-    assert guard.stop_all("demo")["ok"]
+    assert guard.stop_all("demo").ok
     poll_for(lambda: helpers(workspace.token) == [], timeout=10, message="no helper left")
     assert workers(workspace) == []
 
@@ -151,33 +151,33 @@ def test_orphaned_helpers_never_pile_up_and_stop_leaves_none(workspace: Workspac
 def test_a_changed_command_keeps_the_running_instance_and_marks_it_outdated(
         workspace: Workspace, redis_client, mode: str):
     shapeshifter(workspace)
-    [old] = workspace.guard(redis_client).ensure("demo")["started"]
+    [old] = workspace.guard(redis_client).ensure("demo").started
     workspace.profiles["demo"]["command"] = [*workspace.profiles["demo"]["command"], "--new-arg"]
     guard = workspace.guard(redis_client)  # a restarted guard with the edited config
     hammer(workspace, guard)
     assert workers(workspace) == [old]
-    [entry] = guard.status("demo")["profiles"]["demo"]["instances"]
+    [entry] = guard.status("demo").profiles["demo"]["instances"]
     assert entry["outdated"] is True and entry["origin"] == "spawned"
 
 
 def test_a_renamed_profile_leaves_a_reported_orphan_that_prune_stops(workspace: Workspace,
                                                                      redis_client, mode: str):
     shapeshifter(workspace, "old-name", "--orphan-helper")
-    [old] = workspace.guard(redis_client).ensure("old-name")["started"]
+    [old] = workspace.guard(redis_client).ensure("old-name").started
     [old_helper] = poll_for(lambda: helpers(workspace.token), message="the old one's helper")
     workspace.profiles["new-name"] = workspace.profiles.pop("old-name")
     guard = workspace.guard(redis_client)
     status = guard.status()
-    assert [o["pid"] for o in status["orphans"]] == [old]
-    assert "orphaned" in status["message"] and "prune" in status["message"]
+    assert [o["pid"] for o in status.orphans] == [old]
+    assert "orphaned" in status.message and "prune" in status.message
     guard.sweep()
     events = [e for _, e in redis_client.xrange(keys.EVENTS)]
     assert any(e[b"action"] == b"orphaned" and e[b"profile"] == b"old-name" for e in events)
-    assert guard.prune(dry_run=True)["orphans"][0]["pid"] == old and alive(old)
-    assert guard.prune()["stopped"] == [old]
+    assert guard.prune(dry_run=True).contract()["orphans"][0]["pid"] == old and alive(old)
+    assert guard.prune().contract()["stopped"] == [old]
     assert not alive(old)
     assert not alive(old_helper)  # its helper (it ignores SIGTERM) went with it
-    assert guard.status()["orphans"] == []
+    assert guard.status().contract()["orphans"] == []
 
 
 def test_a_process_marked_for_another_host_is_never_counted_or_killed(
@@ -190,11 +190,11 @@ def test_a_process_marked_for_another_host_is_never_counted_or_killed(
                                       env=env)
     poll_for(lambda: psutil.Process(foreign.pid).cmdline()[-1:] == [workspace.token])
     guard = workspace.guard(redis_client)
-    assert guard.ensure("demo")["action"] == "started"
+    assert guard.ensure("demo").action == "started"
     hammer(workspace, guard, 2)
-    assert guard.enforce("demo", max_workers=1)["stopped"] == []
+    assert guard.enforce("demo", max_workers=1).contract()["stopped"] == []
     assert foreign.poll() is None
-    assert foreign.pid not in guard.status("demo")["running"]
+    assert foreign.pid not in guard.status("demo").running
 
 
 def test_a_bystander_hit_by_match_is_never_kept_over_a_spawned_worker(
@@ -202,13 +202,13 @@ def test_a_bystander_hit_by_match_is_never_kept_over_a_spawned_worker(
     # The README's old example `match = "rpa_worker"` also hits `tail -f rpa_worker.notes`.
     shapeshifter(workspace, match=re.escape(workspace.token))
     guard = workspace.guard(redis_client)
-    [spawned] = guard.ensure("demo")["started"]
+    [spawned] = guard.ensure("demo").started
     notes = workspace.home / f"{workspace.token}.notes"
     notes.write_text("")
     bystander = workspace.tracker.popen(["tail", "-f", str(notes)])  # newer than the worker
-    poll_for(lambda: bystander.pid in guard.status("demo")["running"], message="the bystander")
+    poll_for(lambda: bystander.pid in guard.status("demo").running, message="the bystander")
     hammer(workspace, guard, 2)
-    assert guard.ensure("demo")["kept"] == [spawned]  # the spawned worker is the survivor
+    assert guard.ensure("demo").contract()["kept"] == [spawned]  # the spawned worker is the survivor
     assert workers(workspace) == [spawned]
     assert bystander.poll() is None  # never stopped: adopted and stop_adopted is false
 
@@ -251,16 +251,16 @@ def test_a_converge_in_cgroup_mode_reads_only_the_processes_of_the_hosts_groups(
     bystanders = {workspace.tracker.sleeper("--tag", "bystander").pid for _ in range(3)}
     table = workspace.table(ScanSizes)
     guard = workspace.guard(redis_client, table)
-    started = guard.ensure("demo")["started"]
+    started = guard.ensure("demo").started
     assert len(started) == 2
     assert all(len(read) <= 2 and not read & bystanders for read in table.scans), table.scans
     psutil.Process(started[0]).kill()
     poll_for(lambda: not alive(started[0]))
     healed = guard.heal("demo")
-    assert healed["action"] == "started" and len(healed["running"]) == 2
+    assert healed.action == "started" and len(healed.running) == 2
     assert all(len(read) <= 2 and not read & bystanders for read in table.scans), table.scans
     table.scans = []
-    assert guard.sweep()[0]["action"] == "already_running"
+    assert guard.sweep()[0].action == "already_running"
     assert bystanders <= table.scans[0]  # a sweep still reads every process: the safety net
 
 

@@ -14,7 +14,7 @@ from workerguard.cli.status_table import duration
 def test_table_shows_profile_host_state_pids_uptime_command(workspace: Workspace, redis_client):
     workspace.add_profile()
     workspace.add_profile("idle", match=r"never-matches-anything-\d{40}")
-    [pid] = workspace.guard(redis_client).ensure("demo")["started"]
+    [pid] = workspace.guard(redis_client).ensure("demo").started
     config = str(workspace.config_path)
     done = run_cli("status", "--local", "--table", "--config", config,
                    env=cli_env(COLUMNS="220"))

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
 from tests.conftest import Workspace
 from tests.support import events, poll_for, tiny_tmpfs
 from workerguard.ops.connect import redis_client as client_for
+from workerguard.policy.outcome import Outcome
 from workerguard.workers.discover import BoundedCache, _Classifier
 from workerguard.workers.host import HostProcesses, SpawnOutcome
 
@@ -21,7 +21,7 @@ def test_eight_concurrent_ensures_of_a_failing_worker_make_one_failed_start(
     workspace.add_profile("demo", "--exit-code", "3", start_retries=1, backoff_max=60)
     config_path = workspace.write_config()
     barrier = threading.Barrier(8)
-    results: list[Mapping[str, Any]] = []
+    results: list[Outcome] = []
 
     def caller() -> None:  # each like a CLI process: its own guard and connection
         from workerguard.config import load_config
@@ -38,7 +38,7 @@ def test_eight_concurrent_ensures_of_a_failing_worker_make_one_failed_start(
         thread.start()
     for thread in threads:
         thread.join(60)
-    actions = sorted(r["action"] for r in results)
+    actions = sorted(r.action for r in results)
     assert actions == ["backoff"] * 7 + ["start_failed"], actions  # the waiters read its backoff
     assert len(events(redis_client, "start_failed")) == 1
 
@@ -58,7 +58,7 @@ def test_a_profile_raising_an_unexpected_error_does_not_stop_the_sweep(
         workspace.add_profile(name)
         del workspace.profiles[name]["match"]  # one command, three profiles: none adopts
     guard = workspace.guard(redis_client, workspace.table(ExplodingTable))
-    results = {r["profile"]: r for r in guard.sweep()}
+    results = {r.profile: r.contract() for r in guard.sweep()}
     assert results["bad"]["action"] == "error" and "nobody planned" in results["bad"]["error"]
     assert results["alpha"]["action"] == results["omega"]["action"] == "started", results
     assert len(workspace.running("alpha")) == len(workspace.running("omega")) == 1
@@ -72,7 +72,7 @@ def test_a_hundred_profiles_start_in_parallel(workspace: Workspace, redis_client
     began = time.monotonic()
     results = guard.sweep()
     took = time.monotonic() - began
-    assert [r["action"] for r in results] == ["started"] * 100
+    assert [r.action for r in results] == ["started"] * 100
     # Serial, each start waits its own start_seconds: 100 s. In parallel (32 at a time):
     # four windows of 1 s plus the spawning itself: 5-25 s on 2 cores, as loaded as CI is.
     assert took < 50, f"100 profiles took {took:.1f} s (serial: over 100 s)"
@@ -98,17 +98,17 @@ def test_a_full_log_disk_or_a_missing_log_dir_is_a_host_error_not_a_crash(
         workspace.guard_settings["home"] = str(full)
         guard = workspace.guard(redis_client)
         for _ in range(3):
-            result = guard.ensure("demo")
+            result = guard.ensure("demo").contract()
             assert result["action"] == "start_failed"
             assert "No space left on device" in result["error"]
             assert "backoff" not in result, result  # the host failed, not the worker
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the home directory should be")
     workspace.guard_settings["home"] = str(blocked)
-    result = workspace.guard(redis_client).ensure("demo")
+    result = workspace.guard(redis_client).ensure("demo").contract()
     assert result["action"] == "start_failed" and "backoff" not in result, result
-    assert guard.status("demo")["profiles"]["demo"]["backoff"] is None
+    assert guard.status("demo").profiles["demo"]["backoff"] is None
     assert workspace.running() == []
     workspace.guard_settings["home"] = str(workspace.home)
-    assert workspace.guard(redis_client).ensure("demo")["action"] == "started"
+    assert workspace.guard(redis_client).ensure("demo").action == "started"
     poll_for(lambda: len(workspace.running()) == 1)

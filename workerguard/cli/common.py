@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -19,6 +19,10 @@ from workerguard.config.load import Config, load_config
 from workerguard.errors import ActionFailed, ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
 from workerguard.policy.reports import Result
 from workerguard.redact import redact_text
+
+if TYPE_CHECKING:
+    from workerguard.policy.guard import Guard
+    from workerguard.policy.outcome import Answer
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -99,12 +103,11 @@ class Where:
         emit(result, self.as_json)
 
 
-def run_local(config: Config, call: Callable[[Any], Any]) -> Result:
+def run_local(config: Config, call: Callable[[Guard], Answer]) -> Result:
     """Run one guard action in this process, under the same lock the tasks use; its answer
     as the task would return it (the contract dict)."""
     from workerguard.ops.connect import redis_client, redis_url
     from workerguard.policy.guard import Guard
-    from workerguard.policy.outcome import Outcome
 
     with redis_url(config.settings) as url:
         client = redis_client(url)
@@ -112,7 +115,7 @@ def run_local(config: Config, call: Callable[[Any], Any]) -> Result:
             answer = call(Guard(client, config))
         finally:
             client.close()
-    return answer.contract() if isinstance(answer, Outcome) else dict(answer)
+    return answer.contract()
 
 
 config_option = click.option(

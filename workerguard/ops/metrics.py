@@ -1,7 +1,7 @@
 """Prometheus metrics of a guard worker (``metrics_port`` / ``WORKERGUARD_METRICS_PORT``).
 
-The guard reports through the small observer hook of ``observe``; this module turns
-those calls into metrics in a registry of its own and serves them over HTTP from the
+The guard reports to its hooks (``policy.hooks.GuardHooks``); ``GuardMetrics`` is one:
+it turns those calls into metrics in a registry of its own, served over HTTP from the
 guard worker's main process. That is right for the ``threads`` and ``solo`` pools
 (one process). With ``prefork`` the tasks run in pool children whose counters the
 main process never sees, so ``runners.run_worker`` refuses metrics with prefork
@@ -19,6 +19,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from workerguard.config.load import Config
+from workerguard.policy.hooks import GuardHooks
 from workerguard.policy.outcome import Outcome
 
 LABELS = ("host", "profile")
@@ -28,8 +29,8 @@ PROBE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 
 SWEEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class GuardMetrics:
-    """Implements ``observe.Observer``: one registry per guard worker."""
+class GuardMetrics(GuardHooks):
+    """A guard hook: one registry per guard worker."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -98,7 +99,7 @@ class GuardMetrics:
                     self.probes.labels(*labels, outcome)
         self._lock = threading.Lock()
 
-    # observe.Observer --------------------------------------------------------------------
+    # GuardHooks --------------------------------------------------------------------------
     def lock_waited(self, profile: str, seconds: float) -> None:
         self.lock_wait.labels(self.host, profile).observe(seconds)
 

@@ -36,13 +36,14 @@ log = logging.getLogger("workerguard.ops.runners")
 
 def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> None:
     """Run the guard worker; with ``metrics_port`` set, also serve Prometheus metrics."""
-    observer = start_metrics(config, pool) if config.settings.metrics_port else None
+    metrics = start_metrics(config, pool) if config.settings.metrics_port else None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
         live = context.of(app)
-        live.observer, live.pool = observer, pool
-        if observer is not None:
-            observer.watch_broker(url)
+        live.pool = pool
+        if metrics is not None:
+            live.hooks.append(metrics)
+            metrics.watch_broker(url)
         if config.settings.sweep_on_start:
             sweep_when_ready(app)
         reload_on_sighup(app)
@@ -66,7 +67,7 @@ def sweep_when_ready(app: Celery) -> None:
     def sweep() -> None:
         try:
             for result in guard_for(app).sweep(requested_by="guard startup"):
-                log.info("startup sweep: %s", result["message"])
+                log.info("startup sweep: %s", result.message)
         except WorkerguardError as exc:
             log.warning("startup sweep failed (the next beat sweep retries): %s", exc)
 

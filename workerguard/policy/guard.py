@@ -10,18 +10,20 @@ Why each mechanism around a converge is there (the rows of the README's benchmar
 
 * the Redis lock: one converge per (host, profile) across every guard and CLI;
 * the fence: the Redis lock is only as good as its TTL; the kernel's lock is not;
-* the fast path (``State.snapshot_if_unlocked`` + ``verify``): an ensure of a profile
+* the fast path (``Snapshots.read_if_unlocked`` + ``verify``): an ensure of a profile
   that is within bounds is answered in one Redis round trip and one ``/proc`` read per
   instance, without the lock or a process scan ["ensure, already running"];
-* single-flight (``flight.Coalescer``): identical ensures that arrive while one waits
+* single-flight (``coalesce.Coalescer``): identical ensures that arrive while one waits
   share its converge instead of queueing on the lock one after another ["burst of 50"].
 
 The guard takes a Redis client, a config and a process table (``HostProcesses``); it
 knows nothing of Celery, so the CLI's ``--local`` mode, the Celery tasks and the tests
-all call exactly this code. With ``on_exit`` set (the guard worker), every instance it
-sees is watched, and an exit it did not cause is recorded and handed to ``on_exit``; with
-``health`` set, every instance it sees is probed, and an unhealthy one is recorded and
-handed to ``on_replace``.
+all call exactly this code. It holds one object per Redis record it uses (``store``),
+each bound to its client and host. What it does is reported to its hooks
+(``hooks.GuardHooks``). With ``watch_exits`` (the guard worker), every instance it sees is
+watched, and an exit it did not cause is recorded and reported (``exited``,
+``heal_requested``); with ``liveness``, every instance it sees is probed, and an unhealthy
+one is recorded and reported (``unhealthy``, ``replace_requested``).
 """
 
 from __future__ import annotations
@@ -42,16 +44,21 @@ from workerguard.config.schema import Profile
 from workerguard.errors import LockLost, LockTimeout, RedisUnavailable, WorkerguardError
 from workerguard.policy import reports
 from workerguard.policy.coalesce import Coalescer
-from workerguard.policy.hooks import NULL_OBSERVER, Observer
+from workerguard.policy.hooks import GuardHooks
 from workerguard.policy.outcome import Outcome
 from workerguard.policy.plan import Plan, make_plan
-from workerguard.policy.reports import Result
+from workerguard.policy.reports import PruneReport, StatusReport
 from workerguard.probes.liveness import Health, Unhealthy
 from workerguard.probes.readiness import await_ready, not_ready
 from workerguard.probes.run import ProbeResult
-from workerguard.store.known_instances import decode_known
+from workerguard.store.backoff import Backoff, Backoffs
+from workerguard.store.events import EventLog
+from workerguard.store.exit_claims import ExitClaims
+from workerguard.store.known_instances import KnownInstances, decode_known
 from workerguard.store.lock import REDIS_ERRORS, ProfileLock
-from workerguard.store.state import Backoff, State
+from workerguard.store.pause import Pauses
+from workerguard.store.snapshot import Snapshots
+from workerguard.store.sweep_claim import SweepClaims
 from workerguard.workers import cgroups
 from workerguard.workers.discover import Discovery
 from workerguard.workers.fence import host_fence
@@ -65,37 +72,48 @@ Intent = Literal["ensure", "heal", "replace", "enforce", "stop_all"]
 """ensure: start and stop, clears a pause. heal: the same for sweeps and exit events,
 but a paused profile stays stopped. replace: heal, after stopping one unhealthy instance
 (counted toward backoff). enforce: only stop extras. stop_all: stop and pause."""
-ExitListener = Callable[[str, str], None]
-"""(profile, reason): an instance of ``profile`` exited and the guard did not cause it."""
-ReplaceListener = Callable[[Unhealthy], None]
-"""An instance failed its probe ``failure_threshold`` times in a row: ask for ``replace``."""
 _PARALLEL_CONVERGES = 32
 """Converges of one sweep at once: mostly waiting out start windows, so cheap threads."""
 
 
 class Guard:
     def __init__(self, client: redis.Redis, config: Config, *, clock: Callable[[], float] = time.time,
-                 observer: Observer | None = None, table: HostProcesses | None = None,
-                 on_exit: ExitListener | None = None, health: Health | None = None,
-                 on_replace: ReplaceListener | None = None) -> None:
+                 table: HostProcesses | None = None, hooks: Sequence[GuardHooks] = (),
+                 liveness: Health | None = None, watch_exits: bool = False) -> None:
+        """``hooks`` are told what the guard does; they cannot change it.
+
+        ``liveness`` is not a hook: it is a collaborator the guard drives, so it is an
+        argument of its own. The guard hands it every instance it sees (``watch``), takes
+        back the ones it stops (``forget``), pauses it with the profile and reads its
+        ``snapshot`` into ``status``; it outlives the guard (config reloads build new
+        guards; its probe threads go on). ``watch_exits``: watch every instance seen, and
+        report an exit the guard did not cause (the guard worker; the CLI's ``--local``
+        guard and most tests start no watcher).
+        """
         self.client = client
         self.config = config
         self.settings = config.settings
         self.host = config.settings.host_id
-        self.state = State(client, self.host, config.settings.events_maxlen,
-                           known_ttl=max(2 * config.settings.sweep_interval, 10.0))
+        self.pauses = Pauses(client, self.host)
+        self.backoffs = Backoffs(client, self.host)
+        self.known = KnownInstances(client, self.host,
+                                    ttl=max(2 * config.settings.sweep_interval, 10.0))
+        self.snapshots = Snapshots(client, self.host)
+        self.sweep_claims = SweepClaims(client, self.host)
+        self.exit_claims = ExitClaims(client, self.host)
+        self.events = EventLog(client, self.host, config.settings.events_maxlen)
         self.clock = clock
-        self.observer = observer or NULL_OBSERVER
+        self.hooks = tuple(hooks)
         self.table = table or HostProcesses(
             self.host, registry_dir=self.settings.registry_dir, log_dir=self.settings.log_dir,
             identity=self.settings.identity, cgroup_root=self.settings.cgroup_root,
             log_max_bytes=self.settings.log_max_bytes, log_backups=self.settings.log_backups)
-        self.on_exit = on_exit
-        self.health = health
-        self.on_replace = on_replace
+        self.liveness = liveness
+        self.watch_exits = watch_exits
         self._flights: Coalescer[Outcome] = Coalescer(on_join=self._coalesced)
-        self._exits = (ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit")
-                       if on_exit or health else None)
+        # Exits and unhealthy instances are handled here, off the watcher's and prober's threads.
+        self._handover = (ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit")
+                          if watch_exits or liveness else None)
 
     def __repr__(self) -> str:
         return f"Guard(host={self.host!r}, profiles={sorted(self.config.profiles)!r})"
@@ -140,19 +158,19 @@ class Guard:
         return self._observed("stop_all", self._converge(
             self.config.profile(profile), "stop_all", dry_run=dry_run, requested_by=requested_by))
 
-    def status(self, profile: str | None = None) -> Result:
+    def status(self, profile: str | None = None) -> StatusReport:
         """Instances per profile on this host, with pause, backoff and orphans. No lock."""
         profiles = ([self.config.profile(profile)] if profile is not None
                     else list(self.config.profiles.values()))
         found = self._discover(profiles)
         names = [p.name for p in profiles]
         with self._redis():
-            paused = self.state.paused(names)
-            backoffs = self.state.backoffs(names)
-        return reports.status_result(self.host, profile, profiles, found.instances, paused,
-                                    backoffs, self.clock(), orphans=found.orphans,
-                                    identity=self.table.mode,
-                                    health=self.health.snapshot() if self.health else None)
+            paused = self.pauses.read(names)
+            backoffs = self.backoffs.read(names)
+        return reports.status_report(self.host, profile, profiles, found.instances, paused,
+                                     backoffs, self.clock(), orphans=found.orphans,
+                                     identity=self.table.mode,
+                                     health=self.liveness.snapshot() if self.liveness else None)
 
     def sweep(self, *, requested_by: str = "beat") -> list[Outcome]:
         """Heal every profile of this host, with one process scan.
@@ -164,7 +182,7 @@ class Guard:
         began = time.monotonic()
         profiles = list(self.config.profiles.values())
         with self._redis():  # read before the scan: a converge that writes later wins
-            paused, known = self.state.paused_and_known([p.name for p in profiles])
+            paused, known = self.snapshots.paused_and_known([p.name for p in profiles])
         found = self._discover(profiles)
         self._report_orphans(found)
         for instances in found.instances.values():
@@ -175,8 +193,8 @@ class Guard:
         for profile in profiles:
             instances = found.instances[profile.name]
             plan = self._plan(profile, "heal", instances)
-            if self.health is not None:
-                self.health.pause(profile.name, bool(paused[profile.name]))
+            if self.liveness is not None:
+                self.liveness.pause(profile.name, bool(paused[profile.name]))
             if paused[profile.name]:
                 results[profile.name] = reports.paused_result(self.host, profile.name, instances,
                                                              paused[profile.name] or {})
@@ -189,17 +207,19 @@ class Guard:
             with ThreadPoolExecutor(min(_PARALLEL_CONVERGES, len(pending)),
                                     thread_name_prefix="workerguard-sweep") as pool:
                 for profile, result in zip(pending, pool.map(
-                        lambda p: self._isolated(p, requested_by), pending), strict=True):
+                        lambda p: self._converge_or_error(p, requested_by), pending), strict=True):
                     results[profile.name] = result
         try:  # what this scan saw becomes the known instances (unless a converge wrote since)
-            self.state.refresh_known(refresh)
+            self.known.refresh(refresh)
         except REDIS_ERRORS as exc:
             log.warning("could not refresh known instances: %s", exc)
         ordered = [results[p.name] for p in profiles]
-        self.observer.swept(ordered, time.monotonic() - began)
+        seconds = time.monotonic() - began
+        for hook in self.hooks:
+            hook.swept(ordered, seconds)
         return ordered
 
-    def prune(self, *, dry_run: bool = False, requested_by: str = "unknown") -> Result:
+    def prune(self, *, dry_run: bool = False, requested_by: str = "unknown") -> PruneReport:
         """Stop the orphans of this host: instances of profiles no longer configured."""
         deadline = time.monotonic() + self.settings.lock_timeout
         with host_fence(self.settings.fence_dir, f"{self.host}.-orphans-", deadline):
@@ -210,12 +230,13 @@ class Guard:
                 stopped = self.table.stop(found.orphans, "SIGTERM", 10.0).stopped
                 self._record("-", "pruned", stopped, requested_by,
                              ", ".join(sorted({i.profile for i in found.orphans})))
-        return reports.prune_result(self.host, found.orphans, stopped, dry_run)
+        return reports.prune_report(self.host, found.orphans, stopped, dry_run)
 
     def claim_sweep(self) -> bool:
-        """Deduplicate sweeps per host (see ``State.claim_sweep``)."""
+        """Deduplicate sweeps per host: True for the first sweep of this host in the
+        current half-interval (see ``store.sweep_claim``)."""
         with self._redis():
-            return self.state.claim_sweep(self.settings.sweep_interval)
+            return self.sweep_claims.claim(self.settings.sweep_interval)
 
     # the converge ----------------------------------------------------------------------
     def _converge(self, profile: Profile, intent: Intent, *, dry_run: bool = False,
@@ -228,7 +249,7 @@ class Guard:
         deadline = time.monotonic() + self.settings.lock_timeout  # the lock's, then the fence's
         with self._locked(profile) as lock:
             with self._redis():
-                snapshot = self.state.snapshot(profile.name)
+                snapshot = self.snapshots.read(profile.name)
             if intent == "ensure" and not dry_run and not snapshot.paused:
                 fast = self._known_within_bounds(profile, snapshot.known)
                 if fast is not None:  # the converge we waited for has just done it
@@ -264,8 +285,7 @@ class Guard:
         backoff = stored if intent != "enforce" and not force else Backoff()
         if backoff.clock_went_back(now) and not dry_run:
             with self._redis():
-                backoff = self.state.reanchor_backoff(profile.name, backoff, now,
-                                                      profile.backoff_max)
+                backoff = self.backoffs.reanchor(profile.name, backoff, now, profile.backoff_max)
         if intent == "replace" and plan.stop:
             backoff = self._count_replacement(profile, plan.stop[0], backoff, now)
         return backoff if plan.start and backoff.active(now, profile.backoff_max) else None
@@ -295,8 +315,8 @@ class Guard:
             acted.cleaned = self.table.clean(leftovers)
         if plan.stop:
             self._claim_exits(plan.stop)
-            if self.health is not None:
-                self.health.forget(plan.stop)
+            if self.liveness is not None:
+                self.liveness.forget(plan.stop)
             outcome = self.table.stop(plan.stop, profile.stop_signal, profile.stop_timeout)
             acted.stopped = outcome.stopped
             if outcome.survivors:
@@ -316,7 +336,8 @@ class Guard:
         failures = list(spawned.failures)
 
         def observed(result: ProbeResult) -> None:
-            self.observer.probed(profile.name, result.ok, result.duration)
+            for hook in self.hooks:
+                hook.probed(profile.name, result.ok, result.duration)
 
         for instance, result in await_ready(self.host, profile, spawned.started, observed):
             if result.ok:
@@ -337,9 +358,9 @@ class Guard:
         good run), so a worker that hangs once a week is replaced at once."""
         with self._redis():
             if now - victim.create_time >= profile.backoff_max:
-                self.state.reset_backoff(profile.name)
-            return self.state.record_failure(profile.name, profile.start_retries,
-                                             profile.backoff_max, now)
+                self.backoffs.reset(profile.name)
+            return self.backoffs.record_failure(profile.name, profile.start_retries,
+                                                profile.backoff_max, now)
 
     def _conclude(self, profile: Profile, intent: Intent, plan: Plan, acted: Acted,
                   after: list[Instance], blocked_by: Backoff | None, now: float,
@@ -351,10 +372,10 @@ class Guard:
         backoff = blocked_by
         try:
             if worker_failures:  # the delay runs from the failure, not from the plan
-                backoff = self.state.record_failure(name, profile.start_retries,
-                                                    profile.backoff_max, self.clock())
+                backoff = self.backoffs.record_failure(name, profile.start_retries,
+                                                       profile.backoff_max, self.clock())
             elif started and intent != "replace":  # a replacement stays counted
-                self.state.reset_backoff(name)
+                self.backoffs.reset(name)
         except REDIS_ERRORS as exc:
             log.warning("%s: could not update crash-loop state: %s", name, exc)
         action = reports.action_for(intent, plan, acted.stopped, started, failures, bool(after))
@@ -376,7 +397,7 @@ class Guard:
     # the fast path -------------------------------------------------------------------
     def _fast_path(self, profile: Profile) -> Outcome | None:
         with self._redis():
-            unlocked = self.state.snapshot_if_unlocked(profile.name)
+            unlocked = self.snapshots.read_if_unlocked(profile.name)
         if unlocked is None or unlocked.paused:
             return None
         return self._known_within_bounds(profile, unlocked.known)
@@ -401,11 +422,11 @@ class Guard:
     # exits ---------------------------------------------------------------------------
     def _watch(self, instances: Sequence[Instance]) -> None:
         """Watch (and probe) every instance this guard sees (the guard worker only)."""
-        if self.health is not None and instances:
+        if self.liveness is not None and instances:
             profile = self.config.profiles.get(instances[0].profile)
             if profile is not None:
-                self.health.watch(profile, instances)
-        if self.on_exit is None:
+                self.liveness.watch(profile, instances)
+        if not self.watch_exits:
             return
         for instance in instances:
             key = instance.instance_id or f"adopted-{instance.pid}-{instance.create_time}"
@@ -416,34 +437,36 @@ class Guard:
         def exited(event: Exit) -> None:  # in the watcher's thread: hand over, return at once
             if instance.cgroup is not None:
                 cgroups.prime()  # a spawn into a new group is likely to follow
-            if self._exits is not None:
-                self._exits.submit(self._handle_exit, instance, event)
+            if self._handover is not None:
+                self._handover.submit(self._handle_exit, instance, event)
 
         return exited
 
     def _handle_exit(self, instance: Instance, event: Exit) -> None:
         """An exit this guard did not cause: record it once per host, then heal."""
-        if self.health is not None:
-            self.health.forget([instance])
+        if self.liveness is not None:
+            self.liveness.forget([instance])
         uptime = max(0.0, event.at - instance.create_time)
         reason = f"pid {instance.pid} {describe_exit(event.returncode)} after {uptime:.1f} s"
         try:
-            if not self.state.claim_exit(self._exit_key(instance)):
+            if not self.exit_claims.claim(self._exit_key(instance)):
                 return  # stopped on purpose, or another guard of this host took it
             self._record(instance.profile, "exited", [instance.pid], "exit watcher", reason)
         except REDIS_ERRORS as exc:
             log.warning("%s: could not record the exit of pid %s: %s", instance.profile,
                         instance.pid, exc)
-        self.observer.exited(instance.profile)
+        for hook in self.hooks:
+            hook.exited(instance.profile)
         log.info("%s: %s", instance.profile, reason)
-        if self.on_exit is not None and instance.profile in self.config.profiles:
-            self.on_exit(instance.profile, reason)
+        if instance.profile in self.config.profiles:
+            for hook in self.hooks:
+                hook.heal_requested(instance.profile, reason)
 
     def unhealthy(self, event: Unhealthy) -> None:
-        """``Health`` found ``event``'s instance unhealthy: record it, ask for its replacement.
-        Called on a probe thread: handed over at once."""
-        if self._exits is not None:
-            self._exits.submit(self._handle_unhealthy, event)
+        """The liveness probes found ``event``'s instance unhealthy: record it, ask for its
+        replacement. Called on a probe thread: handed over at once."""
+        if self._handover is not None:
+            self._handover.submit(self._handle_unhealthy, event)
 
     def _handle_unhealthy(self, event: Unhealthy) -> None:
         spec = self.config.profiles.get(event.profile)
@@ -451,16 +474,18 @@ class Guard:
         reason = (f"pid {event.pid} failed its probe {threshold} times in a row: "
                   f"{event.output}")
         self._record(event.profile, "unhealthy", [event.pid], "probe", reason)
-        self.observer.unhealthy(event.profile)
+        for hook in self.hooks:
+            hook.unhealthy(event.profile)
         log.warning("%s: %s", event.profile, reason)
-        if self.on_replace is not None and spec is not None and spec.probe is not None:
-            self.on_replace(event)
+        if spec is not None and spec.probe is not None:
+            for hook in self.hooks:
+                hook.replace_requested(event)
 
     def _claim_exits(self, instances: Sequence[Instance]) -> None:
         """Before stopping on purpose: no watcher of this host reports these exits."""
         try:
             for instance in instances:
-                self.state.claim_exit(self._exit_key(instance))
+                self.exit_claims.claim(self._exit_key(instance))
         except REDIS_ERRORS as exc:
             log.warning("could not mark stops as intended: %s", exc)
 
@@ -476,7 +501,9 @@ class Guard:
     def _leftovers(found: Discovery, profile: Profile) -> list[Leftover]:
         return [left for left in found.leftovers if left.profile == profile.name]
 
-    def _isolated(self, profile: Profile, requested_by: str) -> Outcome:
+    def _converge_or_error(self, profile: Profile, requested_by: str) -> Outcome:
+        """A sweep's heal of one profile; any error becomes that profile's error result,
+        so one profile's failure never ends the sweep of the others."""
         try:
             return self._converge(profile, "heal", requested_by=requested_by)
         except WorkerguardError as exc:
@@ -486,10 +513,11 @@ class Guard:
             return reports.error_result(self.host, profile.name, exc)
 
     def _report_orphans(self, found: Discovery) -> None:
-        self.observer.orphaned(len(found.orphans))
+        for hook in self.hooks:
+            hook.orphaned(len(found.orphans))
         for orphan in found.orphans:
             try:
-                if self.state.claim_exit(f"orphan:{orphan.instance_id}", ttl=86_400):
+                if self.exit_claims.claim(f"orphan:{orphan.instance_id}", ttl=86_400):
                     self._record(orphan.profile, "orphaned", [orphan.pid], "sweep",
                                  f"profile {orphan.profile!r} is not configured; "
                                  "`workerguard prune` stops it")
@@ -499,13 +527,13 @@ class Guard:
     def _set_pause(self, profile: Profile, intent: Intent, paused: Any, requested_by: str) -> None:
         with self._redis():
             if intent == "ensure" and paused:
-                self.state.unpause(profile.name)
+                self.pauses.unpause(profile.name)
             elif intent == "stop_all":
-                self.state.pause(profile.name, requested_by)
+                self.pauses.pause(profile.name, requested_by)
 
     def _remember(self, lock: ProfileLock, profile: Profile, instances: list[Instance]) -> None:
         try:
-            self.state.remember(profile, instances, lock.key, lock.lock_id)
+            self.known.remember(profile, instances, lock.key, lock.lock_id)
         except REDIS_ERRORS as exc:
             log.warning("%s: could not remember instances: %s", profile.name, exc)
 
@@ -521,7 +549,9 @@ class Guard:
         began = time.monotonic()
         with self._redis():
             acquired = lock.acquire_within(self.settings.lock_timeout, renew=False)
-            self.observer.lock_waited(profile.name, time.monotonic() - began)
+            waited = time.monotonic() - began
+            for hook in self.hooks:
+                hook.lock_waited(profile.name, waited)
             if not acquired:
                 raise LockTimeout(
                     f"{profile.name}: lock {lock.key} still held by another caller after "
@@ -548,16 +578,18 @@ class Guard:
 
     def _coalesced(self, key: Hashable) -> None:
         if isinstance(key, tuple):  # ("ensure", profile, dry_run, force)
-            self.observer.coalesced(str(key[1]))
+            for hook in self.hooks:
+                hook.coalesced(str(key[1]))
 
     def _observed(self, mode: str, result: Outcome) -> Outcome:
-        self.observer.acted(mode, result)
+        for hook in self.hooks:
+            hook.acted(mode, result)
         return result
 
     def _record(self, profile: str, action: str, pids: list[int], requested_by: str,
                 detail: str) -> None:
         try:
-            self.state.record(profile, action, pids, requested_by, detail)
+            self.events.record(profile, action, pids, requested_by, detail)
         except REDIS_ERRORS as exc:
             log.warning("%s: could not record %s event: %s", profile, action, exc)
 

@@ -1,17 +1,17 @@
 """What one converge did (or, in a dry run, would do): the guard's answer, typed.
 
-The guard returns an ``Outcome``; the task contract's result dict (README, "Result
-keys") is built from it in one place, ``Outcome.contract()``, at the edge: the task that
-returns it, the CLI that prints it. An ``Outcome`` also reads like that dict
-(``outcome["action"]``), so code that only reads results does not care which it holds.
+The guard returns an ``Outcome``, read by its attributes (``outcome.action``); the task
+contract's result dict (README, "Result keys") is built from it in one place,
+``Outcome.contract()``, at the edge: the task that returns it, the CLI that prints it.
+Every answer of the guard has that shape (``Answer``: ``ok``, ``message``, ``contract()``);
+the status and prune reports of ``reports`` are the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from workerguard.store.backoff import Backoff
 from workerguard.workers.model import Instance
@@ -23,8 +23,21 @@ Action = Literal["started", "already_running", "stopped_extras", "stopped_all",
 FAILED_ACTIONS: frozenset[str] = frozenset({"start_failed", "error"})
 
 
-@dataclass(frozen=True, eq=False)
-class Outcome(Mapping[str, Any]):
+class Answer(Protocol):
+    """What every guard answer offers: whether it succeeded, the line the CLI prints, and
+    the task contract's result dict (built once, at the edge)."""
+
+    @property
+    def ok(self) -> bool: ...
+
+    @property
+    def message(self) -> str: ...
+
+    def contract(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
     host: str
     profile: str
     action: Action
@@ -62,8 +75,8 @@ class Outcome(Mapping[str, Any]):
     def message(self) -> str:
         return self.message_text if self.message_text is not None else _message(self)
 
-    @cached_property
-    def _contract(self) -> dict[str, Any]:
+    def contract(self) -> dict[str, Any]:
+        """The task result: a fresh dict, JSON-ready (the caller may change it)."""
         r: dict[str, Any] = {
             "profile": self.profile, "host": self.host, "action": self.action,
             "running": [i.pid for i in self.running], "started": list(self.started),
@@ -83,20 +96,6 @@ class Outcome(Mapping[str, Any]):
         r["ok"] = self.ok
         r["message"] = self.message
         return r
-
-    def contract(self) -> dict[str, Any]:
-        """The task result (a fresh dict: JSON-ready, the caller may change it)."""
-        return dict(self._contract)
-
-    # Mapping: reads like the contract --------------------------------------------------
-    def __getitem__(self, key: str) -> Any:
-        return self._contract[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._contract)
-
-    def __len__(self) -> int:
-        return len(self._contract)
 
 
 def pid_list(pids: Iterable[int]) -> str:

@@ -1,28 +1,29 @@
 """The guard's answers: ``Outcome`` constructors for converges, and the status and prune
-reports (dicts: they describe a host, not one converge).
+reports (``StatusReport``, ``PruneReport``: they describe a host, not one converge).
 
-Every result has at least ``profile``, ``host``, ``action``, ``running``, ``started``,
-``stopped``, ``dry_run``, plus ``ok`` and ``message`` (the line the CLI prints,
-worded like the script it replaces: ``rpa: already running (PIDs: 51848)``).
+Every answer is read by its attributes and has ``ok``, ``message`` (the line the CLI
+prints, worded like the script it replaces: ``rpa: already running (PIDs: 51848)``) and
+``contract()``, the task result dict with at least ``profile``, ``host``, ``action``,
+``running``, ``started``, ``stopped``, ``dry_run``, ``ok`` and ``message``.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from workerguard.config.schema import Profile
 from workerguard.policy.outcome import Action, Outcome, pid_list
 from workerguard.policy.plan import Plan
-from workerguard.store.state import Backoff
+from workerguard.store.backoff import Backoff
 from workerguard.workers.model import Instance
 from workerguard.workers.spawn import SpawnFailure
 
 Result = dict[str, Any]
-"""A result as a dict: a status or prune report, or a task result as it travels (a
-converge's answer is an ``Outcome``; its ``contract()`` is that dict: README, "Result keys")."""
+"""An answer's ``contract()``: the task result dict as it travels (README, "Result keys")."""
 
 
 def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],
@@ -131,28 +132,90 @@ def _rss(pids: Sequence[int]) -> int | None:
     return total if seen else None
 
 
-def prune_result(host: str, orphans: Sequence[Instance], stopped: Sequence[int],
-                 dry_run: bool) -> Result:
-    names = sorted({i.profile for i in orphans})
-    if not orphans:
-        message = "no orphaned instances"
-    elif dry_run:
-        message = f"[dry-run] would stop orphans {pid_list([i.pid for i in orphans])} ({', '.join(names)})"
-    else:
-        message = f"stopped orphans {pid_list(stopped)} ({', '.join(names)})"
-    return {"profile": None, "host": host, "action": "pruned" if stopped else "nothing_to_stop",
-            "running": [], "started": [], "stopped": list(stopped), "dry_run": dry_run,
-            "orphans": [{"profile": i.profile, "pid": i.pid, "instance_id": i.instance_id}
-                        for i in orphans],
-            "time": time.time(), "ok": True, "message": message}
+class _HostReport:
+    @property
+    def ok(self) -> bool:
+        """Always: a report that could not be made raises instead (``RedisUnavailable`` ...)."""
+        return True
 
 
-def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
+@dataclass(frozen=True)
+class PruneReport(_HostReport):
+    """What ``prune`` stopped (or, in a dry run, would stop): the orphans of one host."""
+
+    host: str
+    orphans: tuple[Instance, ...]
+    stopped: tuple[int, ...]
+    dry_run: bool
+    time: float
+
+    @property
+    def action(self) -> Literal["pruned", "nothing_to_stop"]:
+        return "pruned" if self.stopped else "nothing_to_stop"
+
+    @property
+    def message(self) -> str:
+        if not self.orphans:
+            return "no orphaned instances"
+        names = ", ".join(sorted({i.profile for i in self.orphans}))
+        if self.dry_run:
+            return f"[dry-run] would stop orphans {pid_list([i.pid for i in self.orphans])} ({names})"
+        return f"stopped orphans {pid_list(self.stopped)} ({names})"
+
+    def contract(self) -> Result:
+        """The task result: a fresh dict, JSON-ready."""
+        return {"profile": None, "host": self.host, "action": self.action,
+                "running": [], "started": [], "stopped": list(self.stopped),
+                "dry_run": self.dry_run,
+                "orphans": [{"profile": i.profile, "pid": i.pid, "instance_id": i.instance_id}
+                            for i in self.orphans],
+                "time": self.time, "ok": self.ok, "message": self.message}
+
+
+def prune_report(host: str, orphans: Sequence[Instance], stopped: Sequence[int],
+                 dry_run: bool) -> PruneReport:
+    return PruneReport(host, tuple(orphans), tuple(stopped), dry_run, time.time())
+
+
+@dataclass(frozen=True)
+class StatusReport(_HostReport):
+    """Every profile's state and instances on one host, and its orphans.
+
+    ``profiles`` (by name) and ``orphans`` are the entries of the task result as they are
+    (README, "Result keys"), read once from the host when the report was made.
+    """
+
+    host: str
+    profile: str | None
+    """The profile asked about; None: every profile."""
+    profiles: Mapping[str, dict[str, Any]]
+    orphans: tuple[dict[str, Any], ...]
+    running: tuple[int, ...]
+    identity: str
+    time: float
+    message: str
+
+    @property
+    def action(self) -> Literal["status"]:
+        return "status"
+
+    def contract(self) -> Result:
+        """The task result: a fresh dict, JSON-ready (entries copied: the caller may change it)."""
+        return {
+            "profile": self.profile, "host": self.host, "action": self.action,
+            "running": list(self.running), "started": [], "stopped": [], "dry_run": False,
+            "profiles": copy.deepcopy(dict(self.profiles)),
+            "orphans": copy.deepcopy(list(self.orphans)),
+            "identity": self.identity, "time": self.time, "ok": self.ok, "message": self.message,
+        }
+
+
+def status_report(host: str, profile: str | None, profiles: Sequence[Profile],
                   found: Mapping[str, Sequence[Instance]],
                   paused: Mapping[str, Mapping[str, Any] | None],
                   backoffs: Mapping[str, Backoff], now: float,
                   orphans: Sequence[Instance] = (), identity: str = "registry",
-                  health: Mapping[str, Mapping[str, Any]] | None = None) -> Result:
+                  health: Mapping[str, Mapping[str, Any]] | None = None) -> StatusReport:
     """Every profile's state and instances; ``health`` (the guard worker's probes, by
     instance id) adds each probed instance's health."""
     entries: dict[str, Any] = {}
@@ -184,10 +247,8 @@ def status_result(host: str, profile: str | None, profiles: Sequence[Profile],
     for orphan in orphans:
         lines.append(f"{orphan.profile}: orphaned (PID: {orphan.pid}; profile not configured, "
                      "`workerguard prune` stops it)")
-    running = [i.pid for p in profiles for i in found[p.name]]
-    return {
-        "profile": profile, "host": host, "action": "status", "running": running,
-        "started": [], "stopped": [], "dry_run": False, "profiles": entries,
-        "orphans": [{"profile": o.profile, **instance_entry(o, now)} for o in orphans],
-        "identity": identity, "time": now, "ok": True, "message": "\n".join(lines),
-    }
+    return StatusReport(
+        host=host, profile=profile, profiles=entries,
+        orphans=tuple({"profile": o.profile, **instance_entry(o, now)} for o in orphans),
+        running=tuple(i.pid for p in profiles for i in found[p.name]), identity=identity,
+        time=now, message="\n".join(lines))

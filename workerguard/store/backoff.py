@@ -47,38 +47,42 @@ def delay(failures: int, start_retries: int, backoff_max: float) -> float:
     return min(float(2 ** min(failures - start_retries, 30)), backoff_max)
 
 
-def read(client: redis.Redis, host: str, profiles: Sequence[str]) -> dict[str, Backoff]:
-    """The backoff of each profile, in one round trip."""
-    if not profiles:
-        return {}
-    pipe = client.pipeline(transaction=False)
-    for p in profiles:
-        pipe.hgetall(keys.backoff(host, p))
-    return {p: decode(raw) for p, raw in zip(profiles, pipe.execute(), strict=True)}
+class Backoffs:
+    """The crash-loop state of one host's profiles."""
 
+    def __init__(self, client: redis.Redis, host: str) -> None:
+        self.client = client
+        self.host = host
 
-def record_failure(client: redis.Redis, host: str, profile: str, start_retries: int,
-                   backoff_max: float, now: float) -> Backoff:
-    """Count a failed start; after ``start_retries`` in a row, delay 1, 2, 4 ... s."""
-    key = keys.backoff(host, profile)
-    failures = int(client.hincrby(key, "failures", 1))
-    wait = delay(failures, start_retries, backoff_max)
-    backoff = Backoff(failures, now + wait if wait else 0.0, wait)
-    client.hset(key, mapping={"next_attempt": backoff.next_attempt, "delay": wait})
-    return backoff
+    def read(self, profiles: Sequence[str]) -> dict[str, Backoff]:
+        """The backoff of each profile, in one round trip."""
+        if not profiles:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for p in profiles:
+            pipe.hgetall(keys.backoff(self.host, p))
+        return {p: decode(raw) for p, raw in zip(profiles, pipe.execute(), strict=True)}
 
+    def record_failure(self, profile: str, start_retries: int, backoff_max: float,
+                       now: float) -> Backoff:
+        """Count a failed start; after ``start_retries`` in a row, delay 1, 2, 4 ... s."""
+        key = keys.backoff(self.host, profile)
+        failures = int(self.client.hincrby(key, "failures", 1))
+        wait = delay(failures, start_retries, backoff_max)
+        backoff = Backoff(failures, now + wait if wait else 0.0, wait)
+        self.client.hset(key, mapping={"next_attempt": backoff.next_attempt, "delay": wait})
+        return backoff
 
-def reanchor(client: redis.Redis, host: str, profile: str, backoff: Backoff, now: float,
-             cap: float) -> Backoff:
-    """After the clock was set back: the next attempt ``delay`` (at most ``cap``) from
-    ``now``, so the wait never outlasts the delay however far the clock jumped."""
-    moved = Backoff(backoff.failures, now + min(backoff.delay, cap), backoff.delay)
-    client.hset(keys.backoff(host, profile), "next_attempt", moved.next_attempt)
-    return moved
+    def reanchor(self, profile: str, backoff: Backoff, now: float, cap: float) -> Backoff:
+        """After the clock was set back: the next attempt ``delay`` (at most ``cap``) from
+        ``now``, so the wait never outlasts the delay however far the clock jumped."""
+        moved = Backoff(backoff.failures, now + min(backoff.delay, cap), backoff.delay)
+        self.client.hset(keys.backoff(self.host, profile), "next_attempt", moved.next_attempt)
+        return moved
 
-
-def reset(client: redis.Redis, host: str, profile: str) -> None:
-    client.delete(keys.backoff(host, profile))
+    def reset(self, profile: str) -> None:
+        """A good start: the count starts afresh."""
+        self.client.delete(keys.backoff(self.host, profile))
 
 
 def decode(raw: dict[bytes, bytes]) -> Backoff:

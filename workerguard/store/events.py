@@ -1,8 +1,8 @@
 """The action log: the capped Redis stream ``keys.EVENTS`` (``workerguard:events``).
 
-Every host writes to the one stream (``record``, ``XADD MAXLEN ~``; each entry names its
-host); here are also the readers: the filters, the ``--since`` parsing, the human line
-and the bounded ``XREAD`` loop of ``--follow``.
+Every host writes to the one stream (``EventLog.record``, ``XADD MAXLEN ~``; each entry
+names its host); here are also the readers: the filters, the ``--since`` parsing, the
+human line and the bounded ``XREAD`` loop of ``--follow``.
 """
 
 from __future__ import annotations
@@ -29,24 +29,32 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _STREAM_ID = re.compile(r"\d+(-\d+)?")
 
 
-def record(client: redis.Redis, host: str, profile: str, action: str, pids: Iterable[int],
-           requested_by: str, detail: str = "", *, maxlen: int = 10_000) -> None:
-    """Append one entry (``detail`` is cut to 500 characters); the stream is capped near
-    ``maxlen`` entries."""
-    client.xadd(
-        keys.EVENTS,
-        {
-            "time": f"{time.time():.3f}",
-            "host": host,
-            "profile": profile,
-            "action": action,
-            "pids": ",".join(str(p) for p in pids),
-            "requested_by": requested_by,
-            "detail": detail[:500],
-        },
-        maxlen=maxlen,
-        approximate=True,
-    )
+class EventLog:
+    """The writer of one host's entries of the action log."""
+
+    def __init__(self, client: redis.Redis, host: str, maxlen: int = 10_000) -> None:
+        self.client = client
+        self.host = host
+        self.maxlen = maxlen
+
+    def record(self, profile: str, action: str, pids: Iterable[int], requested_by: str,
+               detail: str = "") -> None:
+        """Append one entry (``detail`` is cut to 500 characters); the stream is capped near
+        ``maxlen`` entries."""
+        self.client.xadd(
+            keys.EVENTS,
+            {
+                "time": f"{time.time():.3f}",
+                "host": self.host,
+                "profile": profile,
+                "action": action,
+                "pids": ",".join(str(p) for p in pids),
+                "requested_by": requested_by,
+                "detail": detail[:500],
+            },
+            maxlen=self.maxlen,
+            approximate=True,
+        )
 
 
 def parse_since(value: str, now: float | None = None) -> str:

@@ -2,8 +2,9 @@
 
 Stored as JSON under ``keys.known(host, profile)`` with a fingerprint of
 the profile's ``command`` and ``match``, so a record made for another definition is
-never trusted. The Lua scripts make every read and write of the record atomic with
-respect to the profile's lock (see the fast path in ``guard``); ``KnownStore`` runs them.
+never trusted. The Lua scripts make every write of the record atomic with respect to the
+profile's lock (see the fast path in ``guard``); ``KnownInstances`` runs them. The fast
+path's read, which spans the lock and the pause flag too, is ``snapshot``'s.
 """
 
 from __future__ import annotations
@@ -18,14 +19,6 @@ from workerguard.store import keys
 from workerguard.workers.discover import fingerprint
 from workerguard.workers.model import Instance
 
-# Read pause flag and known instances only if nobody holds the profile's lock: atomic, so
-# it is the same as taking the lock, reading and releasing it, in one round trip.
-READ_IF_UNLOCKED = """
-if redis.call('exists', KEYS[1]) == 1 then
-    return {1, false, false}
-end
-return {0, redis.call('get', KEYS[2]), redis.call('get', KEYS[3])}
-"""
 # Write the known instances only while we still own the profile's lock.
 SET_IF_OWNER = """
 if redis.call('get', KEYS[2]) == ARGV[1] then
@@ -69,8 +62,8 @@ def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | 
         return None
 
 
-class KnownStore:
-    """The reads and writes of the known instances of one host's profiles.
+class KnownInstances:
+    """The writes of the known instances of one host's profiles.
 
     Holds the scripts registered on its client and, per profile, what the last
     ``refresh`` found unchanged, so an unchanged profile costs no encoding.
@@ -80,18 +73,9 @@ class KnownStore:
         self.client = client
         self.host = host
         self.ttl_ms = max(1, int(ttl * 1000))
-        self._read_if_unlocked = client.register_script(READ_IF_UNLOCKED)
         self._set_if_owner = client.register_script(SET_IF_OWNER)
         self._set_if_unchanged = client.register_script(SET_IF_UNCHANGED)
         self._seen: dict[str, tuple[bytes | None, tuple[tuple[int, float], ...]]] = {}
-
-    def read_if_unlocked(self, profile: str, lock_key: str,
-                         ) -> tuple[bytes | None, bytes | None] | None:
-        """(raw pause flag, raw known instances) read atomically while nobody holds the
-        profile's lock, or None if somebody does. One round trip."""
-        busy, paused, known = self._read_if_unlocked(
-            keys=[lock_key, keys.paused(self.host, profile), keys.known(self.host, profile)])
-        return None if busy else (paused, known)
 
     def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
                  lock_id: str) -> bool:

@@ -18,21 +18,27 @@ from workerguard.store import keys
 PauseInfo = dict[str, Any]
 
 
-def pause(client: redis.Redis, host: str, profile: str, requested_by: str) -> None:
-    client.set(keys.paused(host, profile), json.dumps({"since": time.time(), "by": requested_by}))
+class Pauses:
+    """The pause flags of one host's profiles."""
 
+    def __init__(self, client: redis.Redis, host: str) -> None:
+        self.client = client
+        self.host = host
 
-def unpause(client: redis.Redis, host: str, profile: str) -> bool:
-    """Clear the flag; True if it was set."""
-    return bool(client.delete(keys.paused(host, profile)))
+    def pause(self, profile: str, requested_by: str) -> None:
+        self.client.set(keys.paused(self.host, profile),
+                        json.dumps({"since": time.time(), "by": requested_by}))
 
+    def unpause(self, profile: str) -> bool:
+        """Clear the flag; True if it was set."""
+        return bool(self.client.delete(keys.paused(self.host, profile)))
 
-def paused(client: redis.Redis, host: str, profiles: Sequence[str]) -> dict[str, PauseInfo | None]:
-    """Pause info per profile (None: not paused), in one round trip."""
-    if not profiles:
-        return {}
-    values = client.mget([keys.paused(host, p) for p in profiles])
-    return {p: info(v) for p, v in zip(profiles, values, strict=True)}
+    def read(self, profiles: Sequence[str]) -> dict[str, PauseInfo | None]:
+        """Pause info per profile (None: not paused), in one round trip."""
+        if not profiles:
+            return {}
+        values = self.client.mget([keys.paused(self.host, p) for p in profiles])
+        return {p: info(v) for p, v in zip(profiles, values, strict=True)}
 
 
 def info(raw: bytes | str | None) -> PauseInfo | None:

@@ -12,6 +12,14 @@ import redis
 from workerguard.store import keys
 
 
-def claim(client: redis.Redis, host: str, interval: float) -> bool:
-    """True for the first sweep of ``host`` in the current half-interval."""
-    return bool(client.set(keys.sweep(host), "1", nx=True, px=max(1, int(interval * 500))))
+class SweepClaims:
+    """The sweep slot of one host."""
+
+    def __init__(self, client: redis.Redis, host: str) -> None:
+        self.client = client
+        self.host = host
+
+    def claim(self, interval: float) -> bool:
+        """True for the first sweep of the host in the current half-interval."""
+        return bool(self.client.set(keys.sweep(self.host), "1", nx=True,
+                                    px=max(1, int(interval * 500))))

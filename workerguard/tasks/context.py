@@ -23,8 +23,8 @@ import redis
 from workerguard.config.load import Config
 from workerguard.errors import ConfigError, WorkerguardError
 from workerguard.ops.connect import redis_client
-from workerguard.policy.guard import ExitListener, Guard, ReplaceListener
-from workerguard.policy.hooks import Observer
+from workerguard.policy.guard import Guard
+from workerguard.policy.hooks import GuardHooks
 from workerguard.probes.liveness import Health
 from workerguard.probes.run import ProbeResult
 
@@ -39,14 +39,12 @@ class Runtime:
 
     config: Config
     redis_url: str = field(repr=False)
-    observer: Observer | None = None
     pool: str | None = None
     """The worker pool, once a worker runs this app (``prefork`` cannot reload)."""
-    on_exit: ExitListener | None = None
-    """Where the guard reports exits it did not cause (set for the guard worker's tasks)."""
-    on_replace: ReplaceListener | None = None
-    """Where the guard asks for the replacement of an unhealthy instance (likewise)."""
-    _health: tuple[int, Health] | None = field(default=None, repr=False)
+    hooks: list[GuardHooks] = field(default_factory=list)
+    """What the guard worker's guards report to: the heal and replace requests of the
+    Celery edge (``handlers.register``), the metrics (``runners.run_worker``)."""
+    _liveness: tuple[int, Health] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _guard: tuple[int, Guard] | None = field(default=None, repr=False)
     _client: tuple[int, redis.Redis] | None = field(default=None, repr=False)
@@ -58,25 +56,22 @@ class Runtime:
             if self._guard is None or self._guard[0] != pid:
                 if self._client is None or self._client[0] != pid:
                     self._client = (pid, redis_client(self.redis_url))
-                self._guard = (pid, Guard(self._client[1], self.config, observer=self.observer,
-                                          on_exit=self.on_exit, health=self._health_here(pid),
-                                          on_replace=self.on_replace))
+                self._guard = (pid, Guard(self._client[1], self.config, hooks=self.hooks,
+                                          liveness=self._liveness_here(pid), watch_exits=True))
             return self._guard[1]
 
-    def _health_here(self, pid: int) -> Health | None:
+    def _liveness_here(self, pid: int) -> Health:
         """This process's prober (its threads outlive reloads; the lock is held)."""
-        if self.on_replace is None:
-            return None
-        if self._health is None or self._health[0] != pid:
-            self._health = (pid, Health(self.config.settings.host_id,
-                                        on_unhealthy=lambda event: self.guard().unhealthy(event),
-                                        on_result=self._probed))
-        self._health[1].keep_only([n for n, p in self.config.profiles.items() if p.probe])
-        return self._health[1]
+        if self._liveness is None or self._liveness[0] != pid:
+            self._liveness = (pid, Health(self.config.settings.host_id,
+                                          on_unhealthy=lambda event: self.guard().unhealthy(event),
+                                          on_result=self._probed))
+        self._liveness[1].keep_only([n for n, p in self.config.profiles.items() if p.probe])
+        return self._liveness[1]
 
     def _probed(self, profile: str, result: ProbeResult) -> None:
-        if self.observer is not None:
-            self.observer.probed(profile, result.ok, result.duration)
+        for hook in self.hooks:
+            hook.probed(profile, result.ok, result.duration)
 
     def swap(self, new: Config) -> list[str]:
         """Take ``new`` as the config; the names of the settings that changed.
@@ -103,9 +98,9 @@ class Runtime:
         with self._lock:
             if self._client is not None and self._client[0] == os.getpid():
                 self._client[1].close()
-            if self._health is not None and self._health[0] == os.getpid():
-                self._health[1].stop()
-            self._client = self._guard = self._health = None
+            if self._liveness is not None and self._liveness[0] == os.getpid():
+                self._liveness[1].stop()
+            self._client = self._guard = self._liveness = None
 
 
 def changes(old: Config, new: Config) -> list[str]:

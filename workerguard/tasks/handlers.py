@@ -20,9 +20,9 @@ from workerguard.errors import (
     UnknownProfile,
 )
 from workerguard.policy.guard import Guard
-from workerguard.policy.outcome import Outcome
+from workerguard.policy.outcome import Answer
 from workerguard.tasks import context, early_refusal, validate  # noqa: F401 (refused answers rejected messages)
-from workerguard.tasks.heal_requests import exit_listener, register_healing, replace_listener, schedule_retry
+from workerguard.tasks.heal_requests import HealRequests, register_healing, schedule_retry
 from workerguard.tasks.reload import reload_config, rotate_logs
 
 log = logging.getLogger("workerguard.tasks")
@@ -45,17 +45,16 @@ def _who(task: Task, requested_by: str | None) -> str:
     return f"{requested_by or 'task'} (task {task.request.id} from {origin})"
 
 
-def _checked(result: Outcome | dict[str, Any]) -> dict[str, Any]:
+def _checked(answer: Answer) -> dict[str, Any]:
     """The task's answer: the contract dict, or ``ActionFailed`` with the guard's line."""
-    if not result.get("ok", True):
-        raise ActionFailed(result["message"])
-    return result.contract() if isinstance(result, Outcome) else result
+    if not answer.ok:
+        raise ActionFailed(answer.message)
+    return answer.contract()
 
 
 def register(app: Celery) -> None:
-    state = context.of(app)
-    state.on_exit = exit_listener(app, state.config.settings.host_id)
-    state.on_replace = replace_listener(app, state.config.settings.host_id)
+    live = context.of(app)
+    live.hooks.append(HealRequests(app, live.config.settings.host_id))
     register_healing(app, guard_for, _who, _checked, EXPECTED, RETRY)
 
     @app.task(name="workerguard.ensure", bind=True, throws=EXPECTED, **RETRY)

@@ -1,7 +1,8 @@
 """Exit events to requests: the guard worker restarts what exited, visibly.
 
-The guard worker watches every instance it sees (``Guard(on_exit=...)``). An exit it
-did not cause becomes a ``workerguard.heal`` request on its own host queue, so the
+The guard worker watches every instance it sees (``Guard(watch_exits=True)``). An exit it
+did not cause becomes a ``workerguard.heal`` request on its own host queue (the hook
+``HealRequests.heal_requested``), so the
 restart runs through the same lock, fence and plan as any request — a paused profile
 stays stopped, backoff applies, two guards never start two — and shows in Flower like
 any other request. A heal answered with crash-loop backoff schedules one more heal for
@@ -18,8 +19,9 @@ from typing import Any
 
 from celery import Celery, Task
 
-from workerguard.policy.guard import ExitListener, Guard, ReplaceListener
-from workerguard.policy.outcome import Outcome
+from workerguard.policy.guard import Guard
+from workerguard.policy.hooks import GuardHooks
+from workerguard.policy.outcome import Answer, Outcome
 from workerguard.probes.liveness import Unhealthy
 from workerguard.store import keys
 from workerguard.tasks import validate
@@ -31,26 +33,24 @@ REPLACE_TASK = "workerguard.replace"
 HEAL_EXPIRES = 60.0
 
 
-def exit_listener(app: Celery, host_id: str) -> ExitListener:
-    """What the guard worker's ``Guard`` calls when an instance exited on its own."""
+class HealRequests(GuardHooks):
+    """The guard worker's hook: a heal or replacement the guard asks for becomes a request
+    on this host's queue."""
 
-    def heal(profile: str, reason: str) -> None:
-        app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": f"exit watcher: {reason}"},
-                      queue=host_queue(host_id), expires=HEAL_EXPIRES)
+    def __init__(self, app: Celery, host_id: str) -> None:
+        self.app = app
+        self.queue = host_queue(host_id)
 
-    return heal
+    def heal_requested(self, profile: str, reason: str) -> None:
+        self.app.send_task(HEAL_TASK, args=[profile],
+                           kwargs={"requested_by": f"exit watcher: {reason}"},
+                           queue=self.queue, expires=HEAL_EXPIRES)
 
-
-def replace_listener(app: Celery, host_id: str) -> ReplaceListener:
-    """What the guard worker's ``Guard`` calls when an instance turned unhealthy."""
-
-    def replace(event: Unhealthy) -> None:
-        app.send_task(REPLACE_TASK, args=[event.profile, event.instance_id],
-                      kwargs={"reason": event.output[:300],
-                              "requested_by": f"probe: pid {event.pid} unhealthy"},
-                      queue=host_queue(host_id), expires=HEAL_EXPIRES)
-
-    return replace
+    def replace_requested(self, event: Unhealthy) -> None:
+        self.app.send_task(REPLACE_TASK, args=[event.profile, event.instance_id],
+                           kwargs={"reason": event.output[:300],
+                                   "requested_by": f"probe: pid {event.pid} unhealthy"},
+                           queue=self.queue, expires=HEAL_EXPIRES)
 
 
 def schedule_retry(app: Celery, guard: Guard, outcome: Outcome) -> float | None:
@@ -74,7 +74,7 @@ def schedule_retry(app: Celery, guard: Guard, outcome: Outcome) -> float | None:
 
 def register_healing(app: Celery, guard_for: Callable[[Celery], Guard],
                      who: Callable[[Task, str | None], str],
-                     checked: Callable[[Outcome | dict[str, Any]], dict[str, Any]],
+                     checked: Callable[[Answer], dict[str, Any]],
                      throws: tuple[type[Exception], ...], retry: dict[str, Any]) -> None:
     """The tasks ``workerguard.heal`` and ``workerguard.prune`` (same checks as the others)."""
 

@@ -43,7 +43,7 @@ def reload_config(app: Any, requested_by: str) -> Result:
     guard = live.guard()
     rotate_logs(guard)
     swept = guard.sweep(requested_by=f"reload by {requested_by}")
-    lines = [r["message"] for r in swept]
+    lines = [r.message for r in swept]
     return {
         "host": guard.host, "profile": None, "action": "reloaded", "ok": True,
         "config": source, "changed": changed, "swept": [r.contract() for r in swept],
