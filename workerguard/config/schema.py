@@ -189,7 +189,7 @@ class Settings(Table):
     log_backups: Count = 3
     """Rotated copies kept (``<profile>.log.1`` ...); 0 truncates without a copy."""
     runtime_dir: AbsolutePath = Field(default_factory=default_runtime_dir)
-    """Host-wide private directory of fences and instance records (see ``runtime``); absolute."""
+    """Host-wide private directory of fences and instance records; absolute."""
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():

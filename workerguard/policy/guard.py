@@ -6,7 +6,7 @@ Each action runs discover -> plan -> act -> verify -> record under one Redis loc
 the first to finish instead of acting on a stale view. Crash-loop state and the action
 log entry are written before the lock is released, so the next holder reads them.
 
-Why each mechanism around a converge is there (the rows of the README's benchmark table in brackets):
+Why each mechanism around a converge is there (the rows of docs/benchmarks.md in brackets):
 
 * the Redis lock: one converge per (host, profile) across every guard and CLI;
 * the fence: the Redis lock is only as good as its TTL; the kernel's lock is not;

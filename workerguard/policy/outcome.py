@@ -1,7 +1,7 @@
 """What one converge did (or, in a dry run, would do): the guard's answer, typed.
 
 The guard returns an ``Outcome``, read by its attributes (``outcome.action``); the task
-contract's result dict (README, "Result keys") is built from it in one place,
+contract's result dict (docs/callers.md, "Result keys") is built from it in one place,
 ``Outcome.contract()``, at the edge: the task that returns it, the CLI that prints it.
 Every answer of the guard has that shape (``Answer``: ``ok``, ``message``, ``contract()``);
 the status and prune reports of ``reports`` are the others.

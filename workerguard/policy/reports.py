@@ -23,7 +23,7 @@ from workerguard.workers.model import Instance
 from workerguard.workers.spawn import SpawnFailure
 
 Result = dict[str, Any]
-"""An answer's ``contract()``: the task result dict as it travels (README, "Result keys")."""
+"""An answer's ``contract()``: the task result dict as it travels (docs/callers.md, "Result keys")."""
 
 
 def action_for(mode: str, plan: Plan, stopped: Sequence[int], started: Sequence[Any],
@@ -182,7 +182,7 @@ class StatusReport(_HostReport):
     """Every profile's state and instances on one host, and its orphans.
 
     ``profiles`` (by name) and ``orphans`` are the entries of the task result as they are
-    (README, "Result keys"), read once from the host when the report was made.
+    (docs/callers.md, "Result keys"), read once from the host when the report was made.
     """
 
     host: str

@@ -1,7 +1,7 @@
 """Every Redis key workerguard uses, in one place (like arq's ``constants.py``).
 
 All live under ``workerguard:``; the names are part of the contract between versions
-(README, "Upgrading"). Celery's own keys (queues, results) are not listed here.
+(docs/operations.md, "Upgrading"). Celery's own keys (queues, results) are not listed here.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def make_app(config: Config, redis_url: str) -> Celery:
             }
         },
     )
-    # Never in app.conf: inspect and Flower publish it (see runtime).
+    # Never in app.conf: inspect and Flower publish it (see tasks/context.py).
     context.attach(app, context.Runtime(config, redis_url))
     from workerguard.tasks.handlers import register
 

@@ -36,7 +36,7 @@ EXPECTED = (InvalidRequest, UnknownProfile, ActionFailed, ConfigError)
 
 
 def guard_for(app: Celery) -> Guard:
-    """This process's guard for the app's current config (see ``runtime``)."""
+    """This process's guard for the app's current config (see ``tasks/context.py``)."""
     return context.of(app).guard()
 
 

@@ -61,7 +61,7 @@ class Registry:
 
     def write(self, record: Record) -> None:
         path = self._path(record.host, record.profile, record.instance_id)
-        private_dir(self.directory)  # host-wide and private, like the fences (see runtime)
+        private_dir(self.directory)  # host-wide and private, like the fences (see rundir.py)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         temp = path.with_suffix(f".{os.getpid()}.tmp")
         data = asdict(record)
