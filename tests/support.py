@@ -365,3 +365,9 @@ def events(client: Any, action: str, profile: str | None = None) -> list[dict[by
 
     return [e for _, e in client.xrange(keys.EVENTS) if e[b"action"] == action.encode()
             and (profile is None or e[b"profile"] == profile.encode())]
+
+
+def as_at_a_terminal() -> None:
+    """``preexec_fn`` for a command a test interrupts with SIGINT, as Ctrl-C at a terminal
+    would: SIGINT at its default, whatever the suite inherited (a background job, CI)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import Workspace
-from tests.support import LineReader, cli_env, run_cli
+from tests.support import LineReader, as_at_a_terminal, cli_env, run_cli
 from workerguard.store.events import EventLog, parse_since
 
 
@@ -65,7 +65,7 @@ def test_events_follow_prints_new_actions_until_interrupted(workspace: Workspace
     follower = tracker.popen(
         [sys.executable, "-m", "workerguard.cli", "events", "--follow", "--json",
          "--host", workspace.host_id, "--config", config],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), preexec_fn=as_at_a_terminal)
     lines = LineReader(follower.stdout)
     guard = workspace.guard(redis_client)
     # Whether the follower is already blocked in XREAD or still listing the latest events,

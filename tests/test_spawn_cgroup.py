@@ -111,16 +111,21 @@ def test_argv_environment_cwd_stdin_and_output_are_exactly_what_popen_gives(
     assert cgroups.members(item.group) == [proc.pid]
 
 
-@pytest.mark.parametrize("ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
-def test_sigint_is_default_in_the_worker_and_the_worker_is_in_its_group(
-        workspace: Workspace, tree: CgroupTree, ignored: bool):
+@pytest.mark.parametrize("ignored", [(), (signal.SIGINT,), (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)],
+                         ids=["none-ignored", "sigint-ignored", "sigint-sigterm-sighup-ignored"])
+def test_ignored_signals_are_default_in_the_worker_and_the_worker_is_in_its_group(
+        workspace: Workspace, tree: CgroupTree, ignored: tuple[signal.Signals, ...]):
+    """However the guard was started (a prefork child ignores SIGINT, ``nohup`` SIGHUP, a
+    background job of a script SIGINT), the worker starts with them at their default; with
+    an ``env`` that resets signals the fast path (the trampoline) still carries it."""
     profile = profile_of(workspace, ["/bin/sleep", "60"])
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN if ignored else signal.default_int_handler)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in ignored}
     try:
-        assert carried_by_trampoline(profile, workspace) == (not ignored)
+        assert carried_by_trampoline(profile, workspace) == (not ignored or spawn._env_resets_signals())
         item = launch(workspace, tree, profile)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     assert item.group is not None
 
     def ignored_mask() -> int:
@@ -128,8 +133,14 @@ def test_sigint_is_default_in_the_worker_and_the_worker_is_in_its_group(
         return int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
 
     poll_for(lambda: psutil.Process(item.popen.pid).cmdline() == ["/bin/sleep", "60"], message="exec")
-    assert not ignored_mask() & (1 << (signal.SIGINT - 1))
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        assert not ignored_mask() & (1 << (sig - 1)), sig
     assert cgroups.members(item.group) == [item.popen.pid]
+
+
+def test_this_machine_s_env_resets_signals():
+    """CI runs on Debian (GNU coreutils 9): the fast path must not silently fall back there."""
+    assert spawn._env_resets_signals()
 
 
 class VanishingGroups(CgroupTree):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.conftest import Workspace
-from tests.support import LineReader, cli_env, run_cli
+from tests.support import LineReader, as_at_a_terminal, cli_env, run_cli
 from workerguard.cli.status_table import duration
 
 
@@ -63,7 +63,8 @@ def test_watch_refreshes_until_interrupted(workspace: Workspace, tracker):
     watcher = tracker.popen(
         [sys.executable, "-m", "workerguard.cli", "status", "--local", "--watch", "--table",
          "--interval", "0.3", "--config", config],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(COLUMNS="200"))
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(COLUMNS="200"),
+        preexec_fn=as_at_a_terminal)
     lines = LineReader(watcher.stdout)
     refreshes = []
     for _ in range(2):

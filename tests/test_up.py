@@ -11,7 +11,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.support import SLEEPER, ProcessTracker, alive, cli_env, poll_for, run_cli, short_tmpdir, to_toml
+from tests.support import (
+    SLEEPER,
+    ProcessTracker,
+    alive,
+    as_at_a_terminal,
+    cli_env,
+    poll_for,
+    run_cli,
+    short_tmpdir,
+    to_toml,
+)
 from workerguard.config import load_config
 from workerguard.workers.host import HostProcesses
 
@@ -35,7 +45,7 @@ def test_up_keeps_the_demo_alive_and_ctrl_c_stops_only_itself(home: Path,
         {"demo": {"command": [sys.executable, str(SLEEPER), "--tag", host],
                   "start_seconds": 0.3}}))
     up = tracker.popen([sys.executable, "-m", "workerguard.cli", "up", "--config", str(config)],
-                       env=cli_env())
+                       env=cli_env(), preexec_fn=as_at_a_terminal)
     loaded = load_config(config)
     profiles = list(loaded.profiles.values())
     settings = loaded.settings

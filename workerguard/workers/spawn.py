@@ -1,9 +1,10 @@
 """Start instances detached from the guard: own session, explicit environment, and
 (where the host allows it) a cgroup of their own, joined before the worker runs.
 
-A Celery prefork child ignores SIGINT and an exec keeps an ignored signal ignored, so
-the worker would inherit that: where SIGINT is ignored here it is reset to its default
-in the child (a handler, the usual case, is reset by exec itself).
+A Celery prefork child ignores SIGINT, a background job of a shell or ``nohup`` ignores
+others, and an exec keeps an ignored signal ignored, so the worker would inherit that:
+every signal of ``_RESET_SIGNALS`` ignored here is back at its default in the worker (a
+handler, the usual case, is reset by exec itself).
 
 **Into a cgroup, as cheap as without one.** The worker's first instruction must already
 run inside its group: a process that forks before it is moved leaves its children
@@ -36,9 +37,12 @@ from an interpreter of 114 MB with a thread, as a guard worker; p50/p99 ms until
 The shell never sees a command line: the worker's argv is passed as ``"$@"``, byte for
 byte. A shell does touch its environment (dash adds ``PWD``, bash ``SHLVL``; both reset
 ``IFS``/``OPTIND``/``PPID`` and drop names that are not identifiers), so ``env -u`` strips
-what a shell adds, and an environment that a shell cannot carry unchanged, an argv[0]
-with ``=`` (``env`` would read it as an assignment), or an ignored SIGINT takes the old
-path (fork, join in the child). Exec errors of the worker (missing, not executable) are
+what a shell adds, and an environment that a shell cannot carry unchanged, or an argv[0]
+with ``=`` (``env`` would read it as an assignment) takes the old path (fork, join in the
+child). Signals the guard ignores (SIGINT in a prefork child, SIGHUP under ``nohup``) are
+back at their default in the worker: ``env --default-signal`` resets them on the
+trampoline's path (where ``env`` lacks the option, the old path is taken), a
+``preexec_fn`` on the others. Exec errors of the worker (missing, not executable) are
 checked here before it is released, as ``Popen`` would raise them; the rare ones only
 exec can see (a bad ``#!`` interpreter) end the instance with 126/127 and the message in
 its log. A file without ``#!`` is run by ``/bin/sh`` (as ``execvp`` does).
@@ -61,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import signal
@@ -155,20 +160,43 @@ _SHELL_OWNED = ("PWD", "OLDPWD", "SHLVL", "_", "IFS", "OPTIND", "PPID", "LINENO"
                 "CDPATH", "SHELLOPTS", "BASHOPTS", "BASH_ENV", "POSIXLY_CORRECT")
 """Variables some ``/bin/sh`` sets, resets or reads: an environment with one of them takes
 the old path; the trampoline's ``env -u`` removes them from every other one."""
-_TRAMPOLINE = ('read -r go || exit 1; exec ' + _ENV + ''.join(f" -u {name}" for name in _SHELL_OWNED)
-               + ' -- "$@" </dev/null')
-"""Wait for the guard's go (end of file: the guard died, the worker never runs), then
-exec the worker through ``env``, stdin from /dev/null."""
+_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""Signals a worker must start with at their default action, however the guard was
+started: a Celery prefork child, ``nohup`` or a shell's background job ignores some of
+them, and an exec keeps an ignored signal ignored (a handler is reset by exec itself)."""
+
+
+def _trampoline_script(reset: Sequence[signal.Signals]) -> str:
+    """Wait for the guard's go (end of file: the guard died, the worker never runs), then
+    exec the worker through ``env``, stdin from /dev/null, with the signals of ``reset``
+    back at their default action."""
+    defaults = (" --default-signal=" + ",".join(s.name.removeprefix("SIG") for s in reset)) if reset else ""
+    return ('read -r go || exit 1; exec ' + _ENV + defaults
+            + ''.join(f" -u {name}" for name in _SHELL_OWNED) + ' -- "$@" </dev/null')
+
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-def _sigint_ignored() -> bool:
-    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+def _ignored_signals() -> tuple[signal.Signals, ...]:
+    return tuple(sig for sig in _RESET_SIGNALS if signal.getsignal(sig) == signal.SIG_IGN)
 
 
-def _in_child(join: int | None) -> Callable[[], None]:
+@functools.cache
+def _env_resets_signals() -> bool:
+    """True if ``env`` takes ``--default-signal`` (GNU coreutils 8.31+; not busybox)."""
+    try:
+        return subprocess.run([_ENV, "--default-signal=INT", "true"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              timeout=10, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _in_child(join: int | None, reset: Sequence[signal.Signals]) -> Callable[[], None]:
     def prepare() -> None:  # runs in the child between fork and exec: no locks, no logging
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for sig in reset:
+            signal.signal(sig, signal.SIG_DFL)
         if join is not None:
             os.write(join, b"0")
 
@@ -179,11 +207,11 @@ def trampoline_carries(argv: Sequence[str], env: Mapping[str, str]) -> bool:
     """True if the trampoline starts exactly ``argv`` with exactly ``env``."""
     return (bool(argv) and "=" not in argv[0] and "PATH" in env
             and all(_NAME.match(name) and name not in _SHELL_OWNED for name in env)
-            and os.access(_ENV, os.X_OK) and not _sigint_ignored())
+            and os.access(_ENV, os.X_OK) and (not _ignored_signals() or _env_resets_signals()))
 
 
 def trampoline_argv(argv: Sequence[str]) -> list[str]:
-    return [_SHELL, "-c", _TRAMPOLINE, "workerguard-spawn", *argv]
+    return [_SHELL, "-c", _trampoline_script(_ignored_signals()), "workerguard-spawn", *argv]
 
 
 def check_executable(command: str, cwd: str | None, env: Mapping[str, str]) -> None:
@@ -199,15 +227,17 @@ def check_executable(command: str, cwd: str | None, env: Mapping[str, str]) -> N
 
 
 def _popen(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], out: IO[bytes], *,
-           stdin: int = subprocess.DEVNULL, join: int | None = None,
+           stdin: int = subprocess.DEVNULL, join: int | None = None, reset_signals: bool = True,
            ) -> subprocess.Popen[bytes]:
     """``Popen`` detached into its own session; with a ``preexec_fn`` (which costs a fork of
-    this interpreter) only for a cgroup ``join`` in the child or an ignored SIGINT."""
-    needs_child_code = join is not None or _sigint_ignored()
+    this interpreter) only for a cgroup ``join`` in the child or an ignored signal to reset
+    (the trampoline resets them through ``env`` instead)."""
+    reset = () if argv and argv[0] == _SHELL and argv[2:3] == ["workerguard-spawn"] else _ignored_signals()
+    needs_child_code = join is not None or bool(reset)
     return subprocess.Popen(
         list(argv), cwd=cwd, env=env, stdin=stdin, stdout=out, stderr=subprocess.STDOUT,
         close_fds=True, start_new_session=True,
-        preexec_fn=_in_child(join) if needs_child_code else None)  # noqa: PLW1509 (one fd write)
+        preexec_fn=_in_child(join, reset) if needs_child_code else None)  # noqa: PLW1509 (one fd write)
 
 
 def _join_failed(group: Path, exc: OSError) -> JoinFailed:
@@ -217,7 +247,8 @@ def _join_failed(group: Path, exc: OSError) -> JoinFailed:
 def _trampoline(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], out: IO[bytes],
                 group: Path) -> subprocess.Popen[bytes]:
     """Start ``argv`` in ``group`` through the trampoline (see the module docstring)."""
-    popen = _popen(trampoline_argv(argv), cwd, env, out, stdin=subprocess.PIPE)
+    popen = _popen(trampoline_argv(argv), cwd, env, out, stdin=subprocess.PIPE,
+                   reset_signals=False)  # env resets them, as the worker starts
     assert popen.stdin is not None
     try:
         check_executable(argv[0], cwd, env)
