@@ -24,6 +24,7 @@ from tests.support import (
     short_tmpdir,
     start_redis,
 )
+from workerguard.ops.connect import endpoint
 
 PASSWORD = "s3cret-Pa55-word"
 
@@ -88,7 +89,7 @@ def test_a_wrong_password_is_a_clear_failure_that_touches_nothing(workspace: Wor
     done = run_cli("enforce", "demo", "--local", "--config", str(workspace.write_config()),
                    env=cli_env())
     assert done.returncode == 1
-    assert "redis unreachable (AuthenticationError)" in done.stderr
+    assert f"redis unreachable at {endpoint(workspace.redis_url)} (AuthenticationError)" in done.stderr
     assert_no_secret(done.stdout, done.stderr)
     assert all(p.poll() is None for p in manual)
 
@@ -154,12 +155,13 @@ def test_every_queued_command_with_a_wrong_password_prints_one_line_and_exits_1(
         workspace: Workspace, secure_redis: RedisServer):
     workspace.add_profile()
     workspace.redis_url = secure_redis.url.replace(PASSWORD, "wrong-" + PASSWORD)
-    config = str(workspace.write_config())
+    config, config_url = str(workspace.write_config()), workspace.redis_url
     for command in [("status",), ("ensure", "demo"), ("enforce", "demo"), ("stop", "demo"),
                     ("ping",), ("reload",)]:
         done = run_cli(*command, "--config", config, env=cli_env(), timeout=30)
         assert done.returncode == 1, (command, done.stderr)
-        assert done.stderr == "error: redis unreachable (AuthenticationError)\n", command
+        assert done.stderr == f"error: redis unreachable at {endpoint(config_url)} (AuthenticationError)\n", \
+            command
         assert_no_secret(done.stdout, done.stderr)
 
 

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from celery import Celery
 
 from tests.support import (
     SLEEPER,
+    LineReader,
     ProcessTracker,
     alive,
     as_at_a_terminal,
@@ -45,7 +48,8 @@ def test_up_keeps_the_demo_alive_and_ctrl_c_stops_only_itself(home: Path,
         {"demo": {"command": [sys.executable, str(SLEEPER), "--tag", host],
                   "start_seconds": 0.3}}))
     up = tracker.popen([sys.executable, "-m", "workerguard.cli", "up", "--config", str(config)],
-                       env=cli_env(), preexec_fn=as_at_a_terminal)
+                       env=cli_env(), preexec_fn=as_at_a_terminal, stdout=subprocess.PIPE, text=True)
+    printed = LineReader(up.stdout)
     loaded = load_config(config)
     profiles = list(loaded.profiles.values())
     settings = loaded.settings
@@ -56,6 +60,11 @@ def test_up_keeps_the_demo_alive_and_ctrl_c_stops_only_itself(home: Path,
         return [i.pid for i in table.discover(profiles, profiles).instances["demo"]]
 
     [worker] = poll_for(managed, timeout=60, interval=0.2, message="the first sweep to start demo")
+    # The URL `up` prints for callers is the one plain Celery takes as it is.
+    said = printed.until(lambda line: "callers send to broker" in line, message="the broker URL")
+    broker = said[-1].rsplit(" ", 1)[1]
+    with Celery(broker=broker, set_as_current=False).connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1)
     status = run_cli("status", "--config", str(config), env=cli_env())
     assert status.stdout == f"demo: running (PIDs: {worker})\n", status.stderr
     children = [c for c in psutil.Process(up.pid).children(recursive=True) if c.pid != worker]

@@ -26,7 +26,7 @@ from workerguard.errors import (
     UnknownProfile,
     WorkerguardError,
 )
-from workerguard.ops.connect import redis_client, redis_url
+from workerguard.ops.connect import endpoint, redis_client, redis_url, unreachable
 from workerguard.policy.reports import Result
 from workerguard.tasks import validate
 from workerguard.tasks.app import make_app
@@ -93,20 +93,20 @@ def reachable(url: str) -> None:
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
-        raise RedisUnavailable(f"redis unreachable ({type(exc).__name__})") from None
+        raise unreachable(endpoint(url), exc) from None
     finally:
         client.close()
 
 
 @contextlib.contextmanager
-def _transport() -> Iterator[None]:
+def _transport(url: str) -> Iterator[None]:
     """Redis lost between the PING and the answer: the same one line."""
     try:
         yield
     except WorkerguardError:
         raise
     except _TRANSPORT_ERRORS as exc:
-        raise RedisUnavailable(f"redis unreachable ({type(exc).__name__})") from None
+        raise unreachable(endpoint(url), exc) from None
 
 
 def check_request(config: Config, task: str, args: list[Any], host: str | None) -> None:
@@ -150,7 +150,7 @@ def call_and_wait(config: Config, task: str, args: list[Any], kwargs: dict[str, 
     queue = host_queue(host or config.settings.host_id)
     with redis_url(config.settings) as url, _sender(config, url) as app:
         reachable(url)
-        with _transport():
+        with _transport(url):
             # Expire with our patience: a request nobody took in time never runs later.
             request = send(app, config, task, args, kwargs, host,
                            expires=min(ANSWER_TIMEOUT, timeout))
@@ -206,7 +206,7 @@ def _call(task: str, args: list[Any], kwargs: dict[str, Any], host: str | None, 
         raise WorkerguardError("wait=False needs a redis_url: the embedded server is per command")
     check_request(config, task, args, host)
     reachable(url)
-    with _transport():
+    with _transport(url):
         return send(cached_app(config, url), config, task, args, kwargs, host)
 
 
@@ -252,7 +252,7 @@ def ping(config: Config, host: str | None = None, timeout: float = 5.0) -> str:
     node = node_name(host or config.settings.host_id)
     with redis_url(config.settings) as url, _sender(config, url) as app:
         reachable(url)
-        with _transport():
+        with _transport(url):
             replies = app.control.ping(destination=[node], timeout=timeout)
     if not any(node in reply for reply in replies or []):
         raise WorkerguardError(f"no guard answered: {node} did not answer a ping within "

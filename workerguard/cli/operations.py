@@ -37,8 +37,7 @@ def events(profile: str | None, config_file: str | None, host: str | None, since
     One line per event (time, host, profile, action, pids, requested by); --json
     prints one JSON object per line.
     """
-    from workerguard.errors import RedisUnavailable
-    from workerguard.ops.connect import redis_client, redis_url
+    from workerguard.ops.connect import endpoint, redis_client, redis_url, unreachable
     from workerguard.store import events as log
     from workerguard.store.lock import REDIS_ERRORS
 
@@ -64,7 +63,7 @@ def events(profile: str | None, config_file: str | None, host: str | None, since
         except KeyboardInterrupt:
             pass
         except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"redis unreachable ({type(exc).__name__})") from None
+            raise unreachable(endpoint(url), exc) from None
         finally:
             client.close()
     sys.exit(EXIT_OK)

@@ -12,6 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from workerguard.config.schema import Settings
+from workerguard.errors import RedisUnavailable
 from workerguard.ops.embedded import embedded_redis
 
 SOCKET_TIMEOUT = 5.0
@@ -42,6 +43,29 @@ def redis_client(url: str) -> redis.Redis:
     retry = Retry(ExponentialBackoff(cap=0.25, base=0.05), 2,
                   supported_errors=(redis.exceptions.ConnectionError,))
     return redis.Redis.from_url(url, retry=retry, **socket_options(url))
+
+
+def endpoint(url: str) -> str:
+    """Where ``url`` points, for an error line: scheme, host and port (or socket path) and
+    database; never a user name or password."""
+    parts = urlsplit(url)
+    if parts.scheme in ("unix", "redis+socket"):
+        return f"{parts.scheme}://{parts.path}"
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host or 'localhost'}:{parts.port or 6379}{parts.path}"
+
+
+def client_endpoint(client: redis.Redis) -> str:
+    """``endpoint`` of the server a client talks to."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
+
+
+def unreachable(where: str, exc: BaseException, then: str = "") -> RedisUnavailable:
+    """The one error line for a Redis that did not answer: which server, and what failed."""
+    return RedisUnavailable(f"redis unreachable at {where} ({type(exc).__name__}){then}")
 
 
 def socket_options(url: str) -> dict[str, Any]:

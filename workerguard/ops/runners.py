@@ -20,7 +20,7 @@ from celery import Celery
 
 from workerguard.config.load import Config
 from workerguard.errors import ConfigError, WorkerguardError
-from workerguard.ops.connect import redis_url
+from workerguard.ops.connect import celery_url, redis_url
 from workerguard.tasks import context
 from workerguard.tasks.app import make_app
 from workerguard.tasks.routing import BROADCAST, DEFAULT_QUEUE, host_queue, node_name
@@ -195,8 +195,10 @@ def _run_up(config: Config, loglevel: str) -> int:
         ]
         embedded = not config.settings.redis_url
         print(f"workerguard up: worker pid {children[0].pid}, beat pid {children[1].pid}, "
-              f"redis {'embedded at ' + url if embedded else 'configured'}; "
+              f"redis {'embedded' if embedded else 'configured'}; "
               "Ctrl-C stops them (managed workers keep running)", flush=True)
+        if embedded:  # the form a Celery caller's broker= takes as it is
+            print(f"workerguard up: callers send to broker {celery_url(url)}", flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(UP_POLL)
         for child in children:

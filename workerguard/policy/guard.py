@@ -41,7 +41,8 @@ import redis_lock
 
 from workerguard.config.load import Config
 from workerguard.config.schema import Profile
-from workerguard.errors import LockLost, LockTimeout, RedisUnavailable, WorkerguardError
+from workerguard.errors import LockLost, LockTimeout, WorkerguardError
+from workerguard.ops.connect import client_endpoint, unreachable
 from workerguard.policy import reports
 from workerguard.policy.coalesce import Coalescer
 from workerguard.policy.hooks import GuardHooks
@@ -573,8 +574,7 @@ class Guard:
         try:
             yield
         except REDIS_ERRORS as exc:
-            raise RedisUnavailable(f"redis unreachable ({type(exc).__name__}); "
-                                   "nothing was touched") from None
+            raise unreachable(client_endpoint(self.client), exc, "; nothing was touched") from None
 
     def _coalesced(self, key: Hashable) -> None:
         if isinstance(key, tuple):  # ("ensure", profile, dry_run, force)
