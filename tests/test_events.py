@@ -98,3 +98,17 @@ def test_parse_since(text: str, expected: str):
 def test_parse_since_refuses_nonsense():
     with pytest.raises(ValueError, match="--since"):
         parse_since("soon")
+
+
+def test_events_of_a_misspelt_profile_exit_2_and_of_another_host_s_profile_are_shown(
+        workspace: Workspace, redis_client):
+    workspace.add_profile()
+    workspace.write_config()
+    typo = events(workspace, "dmeo")
+    assert typo.returncode == 2 and typo.stdout == ""
+    assert typo.stderr == "error: unknown profile 'dmeo' (configured: demo)\n"
+    # A profile only another host configures is not a typo once that host logged it.
+    EventLog(redis_client, "elsewhere").record("scraper", "started", [4242], "another guard")
+    theirs = events(workspace, "scraper")
+    assert theirs.returncode == 0, theirs.stderr
+    assert "elsewhere  scraper  started  pids 4242  by another guard" in theirs.stdout

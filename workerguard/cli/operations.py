@@ -34,12 +34,15 @@ def events(profile: str | None, config_file: str | None, host: str | None, since
            count: int, follow: bool, as_json: bool) -> None:
     """Show the action log: every start, stop and failed start, of every host.
 
+    A PROFILE neither configured here nor ever logged (by any host) is refused, exit 2.
+
     One line per event (time, host, profile, action, pids, requested by); --json
     prints one JSON object per line.
     """
     from workerguard.ops.connect import endpoint, redis_client, redis_url, unreachable
     from workerguard.store import events as log
     from workerguard.store.lock import REDIS_ERRORS
+    from workerguard.tasks import validate
 
     config = load(config_file)
     try:
@@ -53,6 +56,9 @@ def events(profile: str | None, config_file: str | None, host: str | None, since
         client = redis_client(url)
         try:
             cursor = log.last_id(client)
+            if profile is not None and profile not in config.profiles and not log.latest(
+                    client, 1, wanted, until=cursor):
+                validate.profile_name(config, profile)  # a typo: refused as every command does
             shown = (log.since(client, start, wanted, until=cursor) if start
                      else log.latest(client, count, wanted, until=cursor))
             for event in shown:
