@@ -115,6 +115,20 @@ def test_bad_requests_fail_with_a_clear_message_and_touch_nothing(workspace: Wor
     assert sorted(instances(harness)) == sorted(p.pid for p in manual)
 
 
+def test_arguments_a_task_does_not_take_are_refused_in_the_task_s_own_words(
+        workspace: Workspace, harness: CeleryHarness):
+    workspace.add_profile()
+    harness.start_worker()
+    unknown = harness.call("workerguard.ensure", "demo", command=["rm", "-rf", "/"])
+    assert str(unknown.result) == ("workerguard.ensure: unexpected keyword argument 'command'; it takes "
+                                   "(profile, dry_run=False, force=False, requested_by=None)")
+    missing = harness.call("workerguard.stop_all")
+    assert str(missing.result) == ("workerguard.stop_all: missing 1 required positional argument: "
+                                   "'profile'; it takes (profile, dry_run=False, requested_by=None)")
+    assert type(unknown.result).__name__ == type(missing.result).__name__ == "InvalidRequest"
+    assert "<locals>" not in str(unknown.result) + str(missing.result)
+
+
 def test_a_pickle_message_is_refused_and_the_guard_keeps_serving(workspace: Workspace,
                                                                   harness: CeleryHarness):
     workspace.add_profile()

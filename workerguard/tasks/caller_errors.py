@@ -5,16 +5,22 @@ Celery stores a failed task's traceback in its result and sends it in the
 its site-packages and, in a message, its config path. Here the result keeps the
 exception's type and message (what the caller needs: ``unknown profile 'x'``,
 ``start failed: ...``) and the traceback is left out of both; the guard's own log keeps
-it for an unexpected error.
+it for an unexpected error. A message whose arguments the task function does not take
+fails with the task's name and the arguments it takes, never an internal function name.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
 from celery.backends.redis import RedisBackend
 from celery.worker.request import Request
+
+from workerguard.errors import InvalidRequest
 
 BACKEND = "workerguard.tasks.caller_errors:QuietRedisBackend"
 TASK = "workerguard.tasks.caller_errors:QuietTask"
@@ -46,6 +52,39 @@ class QuietRequest(Request):  # type: ignore[misc]
 
 class QuietTask(Task):  # type: ignore[misc]
     Request = "workerguard.tasks.caller_errors:QuietRequest"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except TypeError as exc:
+            body = getattr(self, "_orig_run", self.run)  # autoretry_for wraps run in *args, **kwargs
+            if _ran(exc, body):
+                raise
+            raise InvalidRequest(f"{self.name}: {_reason(exc)}; it takes ({accepted(body)})") from None
+
+
+def _ran(exc: BaseException, function: Callable[..., Any]) -> bool:
+    """True if ``function``'s body was entered on the way to ``exc``: a ``TypeError`` from
+    inside the task, not Python refusing the arguments it was called with."""
+    code = getattr(function, "__code__", None)
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code is code:
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def _reason(exc: TypeError) -> str:
+    """Python's words without the internal function name: ``register.<locals>.ensure() got
+    an unexpected keyword argument 'x'`` -> ``unexpected keyword argument 'x'``."""
+    return re.sub(r"^[\w.<>]+\(\) (got an? )?", "", str(exc))
+
+
+def accepted(function: Callable[..., Any]) -> str:
+    """A task function's arguments as a caller writes them: ``profile, dry_run=False``."""
+    return ", ".join(name if param.default is inspect.Parameter.empty else f"{name}={param.default!r}"
+                     for name, param in inspect.signature(function).parameters.items())
 
 
 def backend_url(url: str) -> str:
