@@ -48,6 +48,11 @@ class Workspace:
             "start_seconds": 0.3,
             "stop_timeout": 3,
         }
+        if "--exit-code" in extra_args:
+            # A worker that fails at once must have the time to fail on a loaded machine
+            # (a Python start can take longer than 0.3 s there); the window ends as soon as
+            # it exits, so a long one costs nothing.
+            body["start_seconds"] = 10.0
         body.update(overrides)
         return body
 
