@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -62,6 +63,10 @@ def test_flower_lists_ensure_enforce_and_stop_all_with_arguments_and_results(
     assert get(port, "/api/tasks", auth=None)[0] == 401
     assert get(port, "/api/tasks", auth=(USER, "wrong"))[0] == 401
     assert get(port, "/metrics", auth=None)[0] == 200
+    # The task list shows each request's arguments, result and runtime.
+    page = get(port, "/tasks")[1]
+    assert re.findall(r'<th data-column="(\w+)">', page) == [
+        "name", "uuid", "state", "args", "kwargs", "result", "received", "runtime", "worker"]
 
     poll_for(lambda: harness.node in get(port, "/api/workers?refresh=1")[1], timeout=30,
              interval=0.5, message="Flower to see the guard worker")

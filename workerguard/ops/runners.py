@@ -128,6 +128,11 @@ def run_beat(config: Config, loglevel: str) -> None:
                  max_interval=min(5.0, config.settings.sweep_interval)).run()
 
 
+FLOWER_TASK_COLUMNS = "name,uuid,state,args,kwargs,result,received,runtime,worker"
+"""The task list shows what each request asked and what it did (Flower's default shows
+neither); ``--tasks_columns`` given to ``workerguard flower`` wins."""
+
+
 def run_flower(config: Config, address: str, port: int, flower_args: list[str]) -> int:
     """Flower on this deployment's broker, from the config (so the embedded Redis and a
     password in WORKERGUARD_REDIS_URL work, and the URL never appears on a command line).
@@ -143,7 +148,9 @@ def run_flower(config: Config, address: str, port: int, flower_args: list[str]) 
     with redis_url(config.settings) as url:
         app = make_app(config, url)
         app.set_current()  # Flower's /api/task/result looks results up on the current app
-        code = app.start(["flower", f"--address={address}", f"--port={port}", *flower_args])
+        columns = [] if any(a.startswith(("--tasks_columns", "--tasks-columns")) for a in flower_args) \
+            else [f"--tasks_columns={FLOWER_TASK_COLUMNS}"]
+        code = app.start(["flower", f"--address={address}", f"--port={port}", *columns, *flower_args])
         return int(code or 0)
 
 
