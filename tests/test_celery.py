@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import HERE, cli_env, events, poll_for, run_cli
 from workerguard.store import keys
+from workerguard.tasks.routing import SWEEP_TASK
 
 pytestmark = pytest.mark.celery
 
@@ -263,3 +264,30 @@ def test_a_starting_guard_sweeps_its_host_at_once_without_beat(workspace: Worksp
                          message="the startup sweep's start in the action log")
     assert started[b"requested_by"] == b"guard startup" and started[b"pids"] == str(pid).encode()
     assert psutil.pid_exists(pid)
+
+
+def test_a_sweep_that_changes_nothing_writes_no_info_line_and_results_are_logged_as_messages(
+        workspace: Workspace, harness: CeleryHarness):
+    workspace.add_profile(stop_adopted=True)
+    workspace.guard_settings["sweep_interval"] = 0.5  # one sweep per host and 0.25 s counts
+    harness.start_worker()
+    log = workspace.home / "guard-worker.log"
+    started = harness.call("workerguard.ensure", "demo")
+    [pid] = started.result["started"]
+    events = harness.watch_events()
+    for _ in range(3):
+        harness.client_app().send_task(SWEEP_TASK)
+    poll_for(lambda: len(events.of(SWEEP_TASK, "task-succeeded")) >= 3, timeout=30, interval=0.2,
+             message="three idle sweeps")
+    # A request's line says what it did, as the CLI would (not the whole result dict).
+    assert "succeeded in " in log.read_text() and f": demo: started (PIDs: {pid})" in log.read_text()
+    assert f"{SWEEP_TASK}[" not in log.read_text()  # idle sweeps: neither received nor succeeded
+    extra = workspace.hand_started()  # adopted beyond max_workers, stop_adopted: a sweep acts
+
+    def logged_sweep() -> str | None:
+        harness.client_app().send_task(SWEEP_TASK)
+        return next((x for x in log.read_text().splitlines()
+                     if f"{SWEEP_TASK}[" in x and "succeeded" in x), None)
+
+    line = poll_for(logged_sweep, timeout=30, interval=0.5, message="the sweep that acted to be logged")
+    assert f"demo: keeping {pid}, stopping {extra.pid}" in line

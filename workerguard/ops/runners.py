@@ -21,7 +21,7 @@ from celery import Celery
 from workerguard.config.load import Config
 from workerguard.errors import ConfigError, WorkerguardError
 from workerguard.ops.connect import celery_url, redis_url
-from workerguard.tasks import context
+from workerguard.tasks import context, sweep_logging
 from workerguard.tasks.app import make_app
 from workerguard.tasks.routing import BROADCAST, DEFAULT_QUEUE, host_queue, node_name
 from workerguard.timing import UP_POLL
@@ -47,6 +47,7 @@ def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> No
         if config.settings.sweep_on_start:
             sweep_when_ready(app)
         reload_on_sighup(app)
+        sweep_logging.install()
         app.worker_main([
             "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
             "--hostname", node_name(config.settings.host_id), "--task-events",

@@ -57,7 +57,8 @@ class QuietTask(Task):  # type: ignore[misc]
         try:
             return super().__call__(*args, **kwargs)
         except TypeError as exc:
-            body = getattr(self, "_orig_run", self.run)  # autoretry_for wraps run in *args, **kwargs
+            body: Callable[..., Any] = getattr(self, "_orig_run", None) or self.run  # autoretry_for
+            # wraps run in (*args, **kwargs): the task's own function is _orig_run
             if _ran(exc, body):
                 raise
             raise InvalidRequest(f"{self.name}: {_reason(exc)}; it takes ({accepted(body)})") from None
