@@ -87,10 +87,16 @@ class GuardMetrics(GuardHooks):
         self.broker_up = Gauge("workerguard_broker_up", "1 while this guard reaches its Redis "
                                "broker (a PING every few seconds answered within the socket "
                                "timeout), else 0.", ("host",), registry=r)
+        # Every series an alert reads exists from the start, for every profile: a rule
+        # joined on a series that appears only later (``and workerguard_paused == 0``)
+        # would match nothing until then. The startup sweep sets the real values at once.
+        self.last_sweep.labels(self.host).set(time.time())  # until the first sweep: the start
         for profile in config.profiles.values():
             labels = (self.host, profile.name)
             self.min_workers.labels(*labels).set(profile.min_workers)
             self.max_workers.labels(*labels).set(profile.max_workers)
+            for gauge in (self.instances, self.paused, self.backoff):
+                gauge.labels(*labels).set(0)
             for family in (self.starts, self.stops, self.failed_starts, self.errors, self.pauses,
                            self.exits, self.unhealthy_instances):
                 family.labels(*labels)  # present at 0 from the start: rate() needs a base
@@ -120,6 +126,9 @@ class GuardMetrics(GuardHooks):
                 self.paused.labels(*labels).set(1)
             elif mode == "ensure":
                 self.paused.labels(*labels).set(0)
+            elif mode in ("sweep", "heal", "replace") and result.action != "error":
+                # these answer "paused" for a paused profile: anything else means it is not
+                self.paused.labels(*labels).set(1 if result.action == "paused" else 0)
 
     def exited(self, profile: str) -> None:
         self.exits.labels(self.host, profile).inc()
@@ -171,8 +180,6 @@ class GuardMetrics(GuardHooks):
         if result.action == "error":  # it knows nothing of instances, pause or backoff
             return
         self.instances.labels(*labels).set(len(result.running))
-        if result.action == "paused":
-            self.paused.labels(*labels).set(1)
         in_backoff = result.action == "backoff" or (
             result.backoff is not None and result.backoff.next_attempt > result.time)
         self.backoff.labels(*labels).set(1 if in_backoff else 0)
