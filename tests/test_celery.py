@@ -290,4 +290,4 @@ def test_a_sweep_that_changes_nothing_writes_no_info_line_and_results_are_logged
                      if f"{SWEEP_TASK}[" in x and "succeeded" in x), None)
 
     line = poll_for(logged_sweep, timeout=30, interval=0.5, message="the sweep that acted to be logged")
-    assert f"demo: keeping {pid}, stopping {extra.pid}" in line
+    assert line is not None and f"demo: keeping {pid}, stopping {extra.pid}" in line
