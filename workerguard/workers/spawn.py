@@ -160,7 +160,8 @@ _SHELL_OWNED = ("PWD", "OLDPWD", "SHLVL", "_", "IFS", "OPTIND", "PPID", "LINENO"
                 "CDPATH", "SHELLOPTS", "BASHOPTS", "BASH_ENV", "POSIXLY_CORRECT")
 """Variables some ``/bin/sh`` sets, resets or reads: an environment with one of them takes
 the old path; the trampoline's ``env -u`` removes them from every other one."""
-_RESET_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+_RESET_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT") if hasattr(signal, name))
 """Signals a worker must start with at their default action, however the guard was
 started: a Celery prefork child, ``nohup`` or a shell's background job ignores some of
 them, and an exec keeps an ignored signal ignored (a handler is reset by exec itself)."""
