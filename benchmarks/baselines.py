@@ -130,7 +130,7 @@ class Circusd(System):
             "close_child_stdout = true\nclose_child_stderr = true\n")
         self.main = self._popen([sys.executable, "-m", "circus.circusd", "--log-level", "warning",
                                  str(ini)], "circusd.log")
-        self.client: Any = CircusClient(endpoint=self.endpoint, timeout=5)
+        self.client: Any = CircusClient(endpoint=self.endpoint, timeout=60)  # scaling to 50 waits for them
         [pid] = self.wait_instances(1, timeout=30)
         poll_for(lambda: self._answers() and self.confirmed(pid), 30, message="circusd's instance")
 

@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import poll_for
 from workerguard.store.lock import ProfileLock
-from workerguard.tasks.app import RESTORE_INTERVAL, visibility_timeout
+from workerguard.tasks.app import RESTORE_INTERVAL
+from workerguard.tasks.visibility import visibility_timeout
 
 pytestmark = pytest.mark.celery
 

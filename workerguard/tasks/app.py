@@ -7,8 +7,6 @@ so each guard receives every sweep and sweeps only its own host.
 
 from __future__ import annotations
 
-import math
-
 from celery import Celery
 from kombu.entity import Exchange
 
@@ -23,22 +21,10 @@ from workerguard.tasks.routing import (
     host_queue,
     sweep_queue,
 )
+from workerguard.tasks.visibility import visibility_timeout
 
 RESTORE_INTERVAL = 2
 """Seconds between the guard's scans for requests whose guard died (kombu's restore)."""
-VISIBILITY_MARGIN = 10.0
-
-
-def visibility_timeout(config: Config) -> int:
-    """Seconds after which a request taken by a guard that never acked it is redelivered.
-
-    Longer than the longest legitimate request: the lock wait (``lock_timeout``, which
-    also bounds the fence wait), then a stop and a start window of the slowest profile,
-    plus one ``lock_expire`` and a margin. A shorter one would run a live request twice.
-    """
-    s = config.settings
-    act = max((p.stop_timeout + p.start_seconds for p in config.profiles.values()), default=0.0)
-    return math.ceil(s.lock_timeout + act + s.lock_expire + VISIBILITY_MARGIN)
 
 
 def make_app(config: Config, redis_url: str) -> Celery:

@@ -26,6 +26,7 @@ from workerguard.probes.liveness import Unhealthy
 from workerguard.store import keys
 from workerguard.tasks import validate
 from workerguard.tasks.routing import host_queue
+from workerguard.tasks.visibility import longest_countdown
 
 log = logging.getLogger("workerguard.tasks.heal_requests")
 HEAL_TASK = "workerguard.heal"
@@ -63,9 +64,12 @@ def schedule_retry(app: Celery, guard: Guard, outcome: Outcome) -> float | None:
     spec = guard.config.profile(profile)
     next_attempt = outcome.backoff.next_attempt if outcome.backoff is not None else 0.0
     delay = min(max(0.0, next_attempt - time.time()), spec.backoff_max)
-    delay = max(delay, 0.05)
+    # A delay longer than a countdown may be is walked in steps: each step's heal meets
+    # the backoff still holding and schedules the next (see tasks/visibility.py).
+    delay = max(min(delay, longest_countdown(guard.config)), 0.05)
     key = keys.retry(guard.host, profile)
-    if not guard.client.set(key, "1", nx=True, px=int(delay * 1000) + 500):
+    # held until just before the heal is due, so that heal may schedule the next step
+    if not guard.client.set(key, "1", nx=True, px=max(1, int(delay * 1000) - 50)):
         return None
     app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": "backoff retry"},
                   queue=host_queue(guard.host), countdown=delay, expires=delay + HEAL_EXPIRES)
