@@ -63,13 +63,16 @@ def schedule_retry(app: Celery, guard: Guard, outcome: Outcome) -> float | None:
     profile = outcome.profile
     spec = guard.config.profile(profile)
     next_attempt = outcome.backoff.next_attempt if outcome.backoff is not None else 0.0
-    delay = min(max(0.0, next_attempt - time.time()), spec.backoff_max)
+    wanted = min(max(0.0, next_attempt - time.time()), spec.backoff_max)
     # A delay longer than a countdown may be is walked in steps: each step's heal meets
     # the backoff still holding and schedules the next (see tasks/visibility.py).
-    delay = max(min(delay, longest_countdown(guard.config)), 0.05)
+    delay = max(min(wanted, longest_countdown(guard.config)), 0.05)
+    stepping = delay < wanted
     key = keys.retry(guard.host, profile)
-    # held until just before the heal is due, so that heal may schedule the next step
-    if not guard.client.set(key, "1", nx=True, px=max(1, int(delay * 1000) - 50)):
+    # One retry per profile at a time; a step's key ends just before its heal is due, so
+    # that heal may schedule the next step.
+    hold = int(delay * 1000) - 50 if stepping else int(delay * 1000) + 500
+    if not guard.client.set(key, "1", nx=True, px=hold):
         return None
     app.send_task(HEAL_TASK, args=[profile], kwargs={"requested_by": "backoff retry"},
                   queue=host_queue(guard.host), countdown=delay, expires=delay + HEAL_EXPIRES)
