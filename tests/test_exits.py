@@ -72,7 +72,7 @@ def test_a_paused_profiles_worker_that_exits_stays_down(workspace: Workspace,
 
 def test_a_worker_that_always_dies_at_once_backs_off(workspace: Workspace,
                                                      harness: CeleryHarness, redis_client):
-    workspace.add_profile("demo", "--exit-code", "3", start_seconds=0.3, start_retries=1,
+    workspace.add_profile("demo", "--exit-code", "3", start_seconds=2, start_retries=1,
                           backoff_max=60)
     harness.start_worker()
     harness.call("workerguard.ensure", "demo")
