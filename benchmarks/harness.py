@@ -19,7 +19,7 @@ import psutil
 import redis
 
 from tests.support import ProcessTracker, RedisServer, cli_env, poll_for, short_tmpdir, start_redis, to_toml
-from workerguard.config import Config, load_config
+from workerguard.config import Config, Settings, load_config
 from workerguard.ops.connect import redis_client
 from workerguard.policy.guard import Guard
 
@@ -107,7 +107,7 @@ class Bench:
         return load_config(path, environ={})
 
     def client(self) -> redis.Redis:
-        client = redis_client(self.url)
+        client = redis_client(self.url, Settings())
         self._clients.append(client)
         return client
 
@@ -119,15 +119,19 @@ class Bench:
     def queue(self) -> str:
         return f"workerguard.{self.host_id}"
 
-    def start_worker(self, config_path: Path) -> Any:
+    def launch_worker(self, config_path: Path, loglevel: str = "WARNING") -> subprocess.Popen[bytes]:
+        """Start the guard worker and return at once (``start_worker`` waits for it)."""
         from workerguard.tasks.app import make_app
 
-        log = (self.root / "guard-worker.log").open("ab")
-        self._worker = self.tracker.popen(
-            [sys.executable, "-m", "workerguard.cli", "worker", "--config", str(config_path),
-             "--loglevel", "WARNING"], stdout=log, stderr=log, env=cli_env())
-        log.close()
+        with (self.root / "guard-worker.log").open("ab") as log:
+            self._worker = self.tracker.popen(
+                [sys.executable, "-m", "workerguard.cli", "worker", "--config", str(config_path),
+                 "--loglevel", loglevel], stdout=log, stderr=log, env=cli_env())
         self._app = make_app(self.config(config_path), self.url)
+        return self._worker
+
+    def start_worker(self, config_path: Path) -> Any:
+        self.launch_worker(config_path)
         node = f"workerguard@{self.host_id}"
 
         def answers() -> bool:

@@ -33,13 +33,15 @@ import psutil
 from benchmarks.baselines import BASELINES, Circusd, Supervisord, installed
 from benchmarks.harness import Bench, bench, median, percentile, poll_for
 from benchmarks.rows import Row, log
-from benchmarks.supervised import Counted, Guarded, System, Worker
+from benchmarks.supervised import GUARD_WORKER, Counted, Guarded, System, Worker
 
 POLL = 0.001
 """How often ``/proc`` is read while waiting for the new process (the resolution)."""
 TARGET_MEDIAN, TARGET_P99, TARGET_RATIO = 0.050, 0.300, 10.0
 """Issue 9's target for workerguard on a 2-core machine ("more than 10x ahead of both")."""
 IDLE_INSTANCES = (1, 50)
+ALONE_RATIO = 2.0
+"""Issue 19's goal: the guard worker alone (no beat) within 2x supervisord's CPU and RSS."""
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,19 @@ def _idle_cell(system: System, measured: list[tuple[Counted, Usage]], window: fl
     return text
 
 
+def _guard_alone(measured: dict[str, list[tuple[Counted, Usage]]], window: float) -> tuple[str, bool | None]:
+    """The guard worker alone (a host without beat) against supervisord: the cell and the
+    verdict (None without supervisord)."""
+    [guard] = [usage for group, usage in measured["workerguard"] if group.label == GUARD_WORKER]
+    text = f"{GUARD_WORKER} alone (no beat): {_usage_text(guard, window)}"
+    if "supervisord" not in measured:
+        return text, None
+    [sup] = [usage for group, usage in measured["supervisord"] if group.main]
+    cpu, rss = guard.cpu / max(sup.cpu, 0.01), guard.rss / sup.rss  # 0.01 s: one kernel tick
+    text += f" = {cpu:.1f}x supervisord's CPU, {rss:.1f}x its RSS"
+    return text, cpu <= ALONE_RATIO and rss <= ALONE_RATIO
+
+
 def idle_rows(systems: dict[str, System | None], plan: Plan) -> list[Row]:
     running = [s for s in systems.values() if s is not None]
     rows = []
@@ -195,10 +210,11 @@ def idle_rows(systems: dict[str, System | None], plan: Plan) -> list[Row]:
         cells = {s.name: _idle_cell(s, measured[s.name], plan.window) for s in running}
         baseline = [f"{name}: not installed" if systems[name] is None else cells[name]
                     for name in BASELINES]
+        alone, met = _guard_alone(measured, plan.window)
         rows.append(Row(f"idle cost over {plan.window:g} s, {instances} instance"
                         f"{'s' if instances > 1 else ''} running (CPU user + system in the window; "
-                        "RSS at its end)", "; ".join(baseline), cells["workerguard"],
-                        "(measured, no target)", None))
+                        "RSS at its end)", "; ".join(baseline), f"{alone}; {cells['workerguard']}",
+                        f"guard worker alone <= {ALONE_RATIO:g}x supervisord's CPU and RSS", met))
         log(f"idle, {instances}: {rows[-1].baseline} | {rows[-1].workerguard}")
     return rows
 

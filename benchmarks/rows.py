@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import random
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from workerguard.workers.discover import scan_processes
 
 HERE = Path(__file__).resolve().parent
 CALLERS = 20
+RESULTREPR_MAXSIZE = 1024
+"""Celery's ``Task.resultrepr_maxsize`` (the default; workerguard keeps it)."""
 
 
 @dataclass
@@ -183,9 +186,10 @@ def lock_handoff(b: Bench, trials: int) -> Row:
 # crashed holder ----------------------------------------------------------------------------
 _WG_HOLDER = """
 import sys, time
+from workerguard.config import Settings
 from workerguard.ops.connect import redis_client
 from workerguard.store.lock import ProfileLock
-lock = ProfileLock(redis_client(sys.argv[1]), sys.argv[2], "crash", int(sys.argv[3]))
+lock = ProfileLock(redis_client(sys.argv[1], Settings()), sys.argv[2], "crash", int(sys.argv[3]))
 assert lock.acquire_within(10)
 print("locked", flush=True)
 time.sleep(3600)
@@ -296,17 +300,45 @@ def _ensure_round_trip(b: Bench, app: Any, n: int) -> Row:
                f"{summary_ms(ensure)} (p50 +{extra:.2f} ms)", "p50 <= no-op + 3 ms", extra <= 3)
 
 
-def _drain(b: Bench, app: Any, task: str, args: list[Any], n: int) -> float:
+@dataclass(frozen=True)
+class Drained:
+    rate: float
+    """Requests per second between the first and the last completion."""
+    guard_cpu: float
+    """CPU seconds (user + system) of the guard worker per request, while draining."""
+    redis_cpu: float
+    """CPU seconds of redis-server per request, while draining."""
+    commands: float
+    """Redis commands per request (every client's: the worker's and the caller's)."""
+
+
+def _commands(client: Any) -> int:
+    return sum(int(stats["calls"]) for stats in client.info("commandstats").values())
+
+
+def _cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _drain(b: Bench, app: Any, task: str, args: list[Any], n: int) -> Drained:
     """Queue ``n`` requests while the guard does not consume its host queue, then let it
     consume; the rate is (n - 1) / (last date_done - first date_done), stamped by the
-    worker: the worker's rate, not the sender's, and without the consumer's restart."""
+    worker: the worker's rate, not the sender's, and without the consumer's restart.
+    Beside it, what the guard worker and redis-server spent per request meanwhile (CPU
+    time: what a loaded machine inflates far less than a rate)."""
     node = [f"workerguard@{b.host_id}"]
     assert app.control.cancel_consumer(b.queue, destination=node, reply=True, limit=1)
     requests = [app.send_task(task, args=args, queue=b.queue) for _ in range(n)]
+    worker, server, client = b.worker_process, b.server, b.client()
+    assert worker is not None and server is not None
+    before = _cpu(worker.pid), _cpu(server.process.pid), _commands(client)
     assert app.control.add_consumer(b.queue, destination=node, reply=True, limit=1)
     ResultSet(requests, app=app).join_native(timeout=300)
+    after = _cpu(worker.pid), _cpu(server.process.pid), _commands(client)
     done = [_as_datetime(r.date_done) for r in requests]
-    return (n - 1) / (max(done) - min(done)).total_seconds()
+    return Drained((n - 1) / (max(done) - min(done)).total_seconds(),
+                   *((a - b) / n for a, b in zip(after, before, strict=True)))
 
 
 def _as_datetime(value: Any) -> datetime.datetime:
@@ -314,16 +346,30 @@ def _as_datetime(value: Any) -> datetime.datetime:
 
 
 def drain(b: Bench, app: Any, n: int, repeats: int) -> Row:
-    noop: list[float] = []
-    ensure: list[float] = []
-    for _ in range(repeats):
+    noop: list[Drained] = []
+    ensure: list[Drained] = []
+    for _ in range(repeats):  # taking turns, so that a change of the load hits both
         noop.append(_drain(b, app, "celery.accumulate", [1], n))
         ensure.append(_drain(b, app, "workerguard.ensure", ["rt"], n))
-    best_noop, best_ensure = max(noop), max(ensure)
+    best_noop, best_ensure = max(d.rate for d in noop), max(d.rate for d in ensure)
     share = best_ensure / best_noop
+    kinds = (("noop", noop), ("ensure", ensure))
+    guard = {kind: median([d.guard_cpu for d in runs]) for kind, runs in kinds}
+    server = {kind: median([d.redis_cpu for d in runs]) for kind, runs in kinds}
+    commands = {kind: median([d.commands for d in runs]) for kind, runs in kinds}
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+    def cpu(kind: str) -> str:
+        return (f"guard worker {guard[kind] * 1e6:.0f} µs CPU, redis-server "
+                f"{server[kind] * 1e6:.0f} µs, {commands[kind]:.1f} Redis commands per request "
+                "(median)")
+
     return Row(f"{n} requests queued at once, then drained: rate between the first and the last "
-               f"completion (best of {repeats})",
-               f"{n} no-op tasks: {best_noop:.0f}/s", f"{best_ensure:.0f} ensure/s ({share:.0%})",
+               f"completion (best of {repeats}; load average at the end {load})",
+               f"{n} no-op tasks: {best_noop:.0f}/s; {cpu('noop')}",
+               f"{best_ensure:.0f} ensure/s ({share:.0%}); {cpu('ensure')}: the ensure's own "
+               f"{(guard['ensure'] - guard['noop']) * 1e6:+.0f} µs in the guard worker "
+               f"(CPU ratio {guard['noop'] / guard['ensure']:.0%})",
                ">= 80 % of the no-op rate", share >= 0.8)
 
 
@@ -384,12 +430,15 @@ def _timed_scan() -> float:
 # where an ensure's time goes --------------------------------------------------------------
 def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
     """In-process costs of one ensure with the worker running (p50 / p99 of ``n``)."""
+    from celery.utils.saferepr import saferepr
+
     from workerguard.store.known_instances import decode_known
     from workerguard.workers.discover import verify_known
 
     path = b.write_config("breakdown", {"bd": b.profile(5)})
     guard = b.guard(path)
     assert guard.ensure("bd").action == "started"
+    answer = guard.ensure("bd").contract()
     profile = guard.config.profile("bd")
     snapshot = guard.snapshots.read_if_unlocked("bd")
     assert snapshot is not None
@@ -412,9 +461,9 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
     return [
         ("`Guard.ensure`, fast path (what a request costs the guard now)",
          measure(lambda: guard.ensure("bd"))),
-        ("  of which: the atomic read of pause + known instances (1 Redis round trip)",
+        ("  of which: the atomic read of lock, pause + known instances (1 MGET)",
          measure(lambda: guard.snapshots.read_if_unlocked("bd"))),
-        ("  of which: verifying the known instance (pid + create_time, /proc)",
+        ("  of which: verifying the known instance (pid + start ticks, /proc)",
          measure(lambda: verify_known(known))),
         ("  of which: decode + verify + plan + result dict (all but the round trip)",
          measure(lambda: guard._known_within_bounds(profile, snapshot.known))),
@@ -422,6 +471,10 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
          measure(lambda: guard.table.discover([profile], [profile]))),
         ("before: lock acquire + release with no waiter (2 round trips)", measure(lock_cycle)),
         ("Redis PING round trip (redis-py)", measure(guard.client.ping)),
+        ("Celery, after every task: the repr of its result for the task-succeeded event and "
+         "log line (`saferepr`), of an ensure's result dict",
+         measure(lambda: saferepr(answer, RESULTREPR_MAXSIZE))),
+        ("  the same of a no-op's result (an int)", measure(lambda: saferepr(2, RESULTREPR_MAXSIZE))),
     ]
 
 

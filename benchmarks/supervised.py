@@ -37,6 +37,8 @@ from tests.support import SLEEPER, ProcessTracker, cli_env, poll_for, to_toml
 Worker = Callable[[Path], list[str]]
 """The worker's command line, given the system's own directory (default: ``sleeper.py``)."""
 
+GUARD_WORKER = "guard worker"
+"""The label of the guard worker's own group in ``Guarded.counted`` (beat is another)."""
 START_SECONDS = 1
 """The start window (supervisord's ``startsecs``, workerguard's ``start_seconds``):
 an instance counts as started once it has stayed up this long."""
@@ -235,7 +237,7 @@ class Guarded(System):
     def counted(self) -> list[Counted]:
         worker = self.bench.worker_process
         assert worker is not None and self.beat is not None and self.bench.server is not None
-        return [Counted("guard worker", self._tree(psutil.Process(worker.pid))),
+        return [Counted(GUARD_WORKER, self._tree(psutil.Process(worker.pid))),
                 Counted("beat", self._tree(psutil.Process(self.beat.pid))),
                 Counted("redis-server", [psutil.Process(self.bench.server.process.pid)], main=False)]
 

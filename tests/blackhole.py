@@ -36,6 +36,12 @@ class BlackHoleProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def connections(self) -> int:
+        """Connections accepted so far."""
+        with self._lock:
+            return len(self._links)
+
     def black_hole(self) -> None:
         with self._lock:
             self._holed.set()

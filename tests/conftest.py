@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -33,6 +33,8 @@ class Workspace:
     host_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     guard_settings: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)
+    """The ``[cluster]`` table (lease timings), if any."""
 
     def __post_init__(self) -> None:
         self.tracker.host_ids.add(self.host_id)
@@ -68,8 +70,8 @@ class Workspace:
         guard = {"redis_url": self.redis_url, "host_id": self.host_id, "home": str(self.home),
                  "lock_expire": 2, "lock_timeout": 20,
                  # A guard under test acts only when asked, unless a test says otherwise.
-                 "sweep_on_start": False, **self.guard_settings}
-        self.config_path.write_text(to_toml(guard, self.profiles))
+                 "sweep_on_start": False, "sweep_timer": False, **self.guard_settings}
+        self.config_path.write_text(to_toml(guard, self.profiles, self.cluster))
         return self.config_path
 
     def config(self) -> Config:
@@ -171,14 +173,16 @@ class CeleryHarness:
     def queue(self) -> str:
         return f"workerguard.{self.workspace.host_id}"
 
-    def start_worker(self, *extra: str, **env: str) -> Any:
-        """Start the guard worker (``env``: extra variables, e.g. WORKERGUARD_METRICS_PORT)."""
+    def start_worker(self, *extra: str, entry: Sequence[str] = ("-m", "workerguard.cli"),
+                     **env: str) -> Any:
+        """Start the guard worker (``env``: extra variables, e.g. WORKERGUARD_METRICS_PORT;
+        ``entry``: what runs the CLI, e.g. a failpoint wrapper such as tests/no_pidfd.py)."""
         from tests.support import cli_env, poll_for
 
         config = str(self.workspace.write_config())
         log = (self.workspace.home / "guard-worker.log").open("ab")
         self.worker = self.workspace.tracker.popen(
-            [sys.executable, "-m", "workerguard.cli", "worker", "--config", config,
+            [sys.executable, *entry, "worker", "--config", config,
              "--loglevel", "INFO", *extra], stdout=log, stderr=log, env=cli_env(**env))
         log.close()
         app = self.client_app()
@@ -226,3 +230,14 @@ def harness(workspace: Workspace) -> Iterator[CeleryHarness]:
     harness = CeleryHarness(workspace)
     yield harness
     harness.close()
+
+
+@pytest.fixture
+def fleet(redis_server: RedisServer, redis_client: redis.Redis,
+          tracker: ProcessTracker) -> Iterator[list[CeleryHarness]]:
+    """Two hosts sharing one Redis and the cluster profile ``demo`` of ``max_workers = 1``
+    (``tests.cluster_bed.two_hosts``)."""
+    from tests.cluster_bed import two_hosts
+
+    with two_hosts(redis_server, tracker) as harnesses:
+        yield harnesses

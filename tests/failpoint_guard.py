@@ -75,7 +75,7 @@ def main() -> None:
     config_path, stage = sys.argv[1], sys.argv[2]
     go_file = Path(sys.argv[3]) if len(sys.argv) > 3 else None
     config = load_config(config_path)
-    client = redis_client(config.settings.redis_url or "")
+    client = redis_client(config.settings.redis_url or "", config.settings)
     settings = config.settings
     table = FailpointTable(stage, go_file,
                            lambda: client.delete(keys.lock(settings.host_id, "demo")),

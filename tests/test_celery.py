@@ -198,7 +198,10 @@ def test_a_failed_start_is_a_failed_task_with_the_guard_s_message(workspace: Wor
     request = harness.call("workerguard.ensure", "demo")
     assert request.state == "FAILURE"
     assert "demo: start failed" in str(request.result) and "exited with code 5" in str(request.result)
-    done = run_cli("ensure", "demo", "--config", str(workspace.config_path), env=cli_env())
+    # --force: the exit watcher's heals may have met the failed start again meanwhile and
+    # put the profile in backoff (a loaded machine gives them the time)
+    done = run_cli("ensure", "demo", "--force", "--config", str(workspace.config_path),
+                   env=cli_env())
     assert done.returncode == 1 and "exited with code 5" in done.stdout
 
 
@@ -262,7 +265,8 @@ def test_a_starting_guard_sweeps_its_host_at_once_without_beat(workspace: Worksp
     # The sweep records its start after the start window, a moment after the spawn.
     [started] = poll_for(lambda: events(redis_client, "started"), timeout=10,
                          message="the startup sweep's start in the action log")
-    assert started[b"requested_by"] == b"guard startup" and started[b"pids"] == str(pid).encode()
+    assert started[b"requested_by"].startswith(b"guard startup (task ")  # a task, in the pool
+    assert started[b"pids"] == str(pid).encode()
     assert psutil.pid_exists(pid)
 
 

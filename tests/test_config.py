@@ -178,8 +178,9 @@ def test_every_problem_is_listed_at_once_with_a_suggestion_for_a_misspelt_key() 
     assert lines[1].endswith("; did you mean sweep_interval?")
     assert "x.toml: profile 'rpa': min_workers: must be a number, got str '1'" in lines
     assert lines[3].endswith("max_worker: unknown key (allowed: backoff_max, command, cwd, env, keep, "
-                             "match, max_workers, min_workers, probe, start_retries, start_seconds, "
-                             "stop_adopted, stop_signal, stop_timeout); did you mean max_workers?")
+                             "match, match_users, max_workers, min_workers, probe, start_retries, "
+                             "start_seconds, stop_adopted, stop_signal, stop_timeout); "
+                             "did you mean max_workers?")
 
 
 def test_a_key_like_no_allowed_one_gets_no_suggestion() -> None:

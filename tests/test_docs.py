@@ -137,3 +137,41 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path: Path):
     assert "WORKERGUARD_REDIS_URL" in reference and "generated: config reference" not in reference
     callers = (site / "callers" / "index.html").read_text(encoding="utf-8")
     assert "send_task" in callers and "generated: README snippets" not in callers
+
+
+def _cluster_toml_blocks(text: str) -> list[str]:
+    return [b for b in re.findall(r"```toml\n(.*?)```", text, re.S) if 'scope = "cluster"' in b]
+
+
+def test_the_fleet_config_snippets_load_and_the_figures_derived_from_them_are_right():
+    """The cluster configuration of the README's Fleet chapter (with the ``redis_url`` its
+    deploy line asks for) and of docs/fleet.md load as written; the figures the two pages
+    derive from the default timings are the ones the code computes."""
+    import tomllib
+
+    from workerguard.config.load import parse_config
+
+    readme = README.read_text(encoding="utf-8")
+    fleet = (ROOT / "docs" / "fleet.md").read_text(encoding="utf-8")
+    [in_readme], [in_fleet] = _cluster_toml_blocks(readme), _cluster_toml_blocks(fleet)
+    guard = '[guard]\nredis_url = "redis://redis.internal:6379/0"\n'
+    for where, block in (("README.md", guard + in_readme), ("docs/fleet.md", in_fleet)):
+        config = parse_config(tomllib.loads(block), where, environ={})
+        [profile] = config.profiles.values()
+        assert (profile.scope, profile.max_workers) == ("cluster", 1), where
+        timing = config.timing(profile)
+        assert (timing.lease, timing.renew_deadline, timing.renew_period) == (15, 10, 2), where
+
+    cluster, stop_timeout = config.cluster, profile.stop_timeout
+    rho, lease, deadline = cluster.clock_drift, cluster.lease_seconds, cluster.renew_deadline
+    period, kill = cluster.renew_period, cluster.kill_budget
+    flat_readme = " ".join(readme.split())
+    assert f"defaults {timing.overlap_bound():.2f} s < {lease:g} s" in flat_readme
+    flat_fleet = " ".join(fleet.split())
+    assert f"margin {timing.margin():.2f} s" in flat_fleet
+    assert f"≤ {lease * (1 + rho) + 0.005:.1f} s + {cluster.claim_stagger:g} s per rank" in flat_fleet
+    grace = min(stop_timeout, cluster.fence_grace)
+    hard = deadline / (1 - rho) + kill
+    assert f"(defaults: {deadline - grace:g} s and {hard:.1f} s after `s`)" in flat_fleet
+    assert f"= {(deadline - period - 2) * 1000:g} keeps `F + P < D`" in flat_fleet
+    assert f"within `D - P` ({deadline - period:g} s with the defaults" in flat_fleet

@@ -11,18 +11,39 @@ import psutil
 import pytest
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import alive, events, poll_for
+from tests.support import HERE, alive, events, poll_for
+from workerguard.workers.logs import log_path, profile_logs
 
 pytestmark = pytest.mark.celery
 
 
 def sleepers(ws: Workspace) -> list[int]:
     """The ground truth: live workers that announced themselves in the profile's log."""
-    log = ws.home / "logs" / "demo.log"
-    if not log.exists():
-        return []
-    pids = {int(p) for p in re.findall(r"sleeper (\d+) up", log.read_text())}
+    logs = profile_logs(ws.home / "logs", "demo")
+    pids = {int(p) for log in logs for p in re.findall(r"sleeper (\d+) up", log.read_text())}
     return sorted(p for p in pids if alive(p))
+
+
+def kill_and_replace(ws: Workspace, redis_client, rounds: int) -> list[float]:
+    """SIGKILL the profile's one worker ``rounds`` times, each time once its replacement's
+    start is confirmed (and so watched): exactly one replacement each time. The seconds
+    from each kill to the replacement's process."""
+    [current] = poll_for(lambda: sleepers(ws), message="the first worker")
+    started = len(events(redis_client, "started"))
+    latencies = []
+    for i in range(rounds):
+        began = time.monotonic()
+        psutil.Process(current).send_signal(signal.SIGKILL)
+        [replacement] = poll_for(lambda: [p for p in sleepers(ws) if p != current],  # noqa: B023
+                                 timeout=20, interval=0.002, message="a replacement")
+        latencies.append(time.monotonic() - began)
+        # the replacement's start is confirmed (and watched) once its event is logged
+        poll_for(lambda: len(events(redis_client, "started")) == started + i + 1,  # noqa: B023
+                 timeout=20, message="the restart to be recorded")
+        poll_for(lambda: not alive(current), message="the killed one to be reaped")  # noqa: B023
+        assert sleepers(ws) == [replacement]
+        current = replacement
+    return latencies
 
 
 def test_a_worker_killed_20_times_gets_exactly_one_replacement_each_time(
@@ -30,20 +51,7 @@ def test_a_worker_killed_20_times_gets_exactly_one_replacement_each_time(
     workspace.add_profile(start_seconds=0.2)
     harness.start_worker()
     assert harness.call("workerguard.ensure", "demo").result["action"] == "started"
-    [current] = poll_for(lambda: sleepers(workspace), message="the first worker")
-    latencies = []
-    for i in range(20):
-        began = time.monotonic()
-        psutil.Process(current).send_signal(signal.SIGKILL)
-        [replacement] = poll_for(lambda: [p for p in sleepers(workspace) if p != current],  # noqa: B023
-                                 timeout=10, interval=0.002, message="a replacement")
-        latencies.append(time.monotonic() - began)
-        # the replacement's start is confirmed (and watched) once its event is logged
-        poll_for(lambda: len(events(redis_client, "started")) == i + 2, timeout=10,  # noqa: B023
-                 message="the restart to be recorded")
-        poll_for(lambda: not alive(current), message="the killed one to be reaped")  # noqa: B023
-        assert sleepers(workspace) == [replacement]
-        current = replacement
+    latencies = kill_and_replace(workspace, redis_client, 20)
     status = harness.call("workerguard.status", "demo").result["profiles"]["demo"]
     assert status["backoff"] is None and len(status["instances"]) == 1
     assert len(events(redis_client, "exited")) == 20
@@ -78,7 +86,7 @@ def test_a_worker_that_always_dies_at_once_backs_off(workspace: Workspace,
     harness.call("workerguard.ensure", "demo")
     window = 8.0
     began = time.monotonic()
-    log = workspace.home / "logs" / "demo.log"
+    log = log_path(workspace.home / "logs", "demo", 0)
     while time.monotonic() - began < window:
         time.sleep(0.2)  # the window is the measurement, not a synchronisation
     spawns = len(re.findall(r"failing with 3", log.read_text()))
@@ -115,3 +123,42 @@ def test_two_guard_workers_on_one_host_never_leave_two_instances(
         assert len(sleepers(workspace)) == 1
     finally:
         second.close()
+
+
+def test_without_pidfd_open_a_killed_worker_is_still_restarted(workspace: Workspace,
+                                                               harness: CeleryHarness,
+                                                               redis_client):
+    """pidfd_open fails ENOSYS in the real guard worker (a seccomp filter, as a kernel
+    < 5.3 or a container profile would; tests/no_pidfd.py): the spawn that follows a
+    start raises nothing, the watcher polls, says so once in its log and in status, and a
+    SIGKILLed worker still comes back, each time."""
+    workspace.add_profile(start_seconds=0.2)
+    harness.start_worker(entry=(str(HERE / "no_pidfd.py"), "workerguard.cli"))
+    assert re.search(r"PIDFD_OPEN (seccomp|injected)", harness.log_tail(100_000))
+    assert harness.call("workerguard.ensure", "demo").result["action"] == "started"
+    status = harness.call("workerguard.status", "demo").result
+    assert status["exit_watch"].startswith("polling every 0.5 s (pidfd_open: ENOSYS")
+    assert "exit watch: polling" in status["message"]
+    latencies = kill_and_replace(workspace, redis_client, 5)
+    assert len(events(redis_client, "exited")) == 5
+    said = harness.log_tail(1_000_000).count("exit watcher: pidfd_open: ENOSYS")
+    assert said == 1, harness.log_tail()
+    print(f"\nwithout pidfd_open, kill -> new instance: {sorted(round(x * 1000) for x in latencies)} ms")
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo", "prefork"])
+def test_every_supported_pool_sweeps_at_start_and_restarts_a_killed_worker(
+        workspace: Workspace, harness: CeleryHarness, redis_client, pool: str):
+    """The guard's pools (docs: how-it-works.md, "Celery pools"): the startup sweep runs
+    where requests run, so under prefork the instance is a pool child's child, never the
+    main process's; each pool restarts a SIGKILLed worker at once, 3 times."""
+    workspace.add_profile(start_seconds=0.2)
+    workspace.guard_settings["sweep_on_start"] = True
+    master = harness.start_worker(f"--pool={pool}", "--concurrency=2")
+    [first] = poll_for(lambda: sleepers(workspace), timeout=30, message="the startup sweep")
+    poll_for(lambda: events(redis_client, "started"), timeout=20, message="its start recorded")
+    spawner = psutil.Process(first).ppid()
+    assert (spawner != master.pid) == (pool == "prefork"), (spawner, master.pid)
+    latencies = kill_and_replace(workspace, redis_client, 3)
+    assert len(events(redis_client, "exited")) == 3
+    print(f"\n{pool}: kill -> new instance: {sorted(round(x * 1000) for x in latencies)} ms")

@@ -1,4 +1,4 @@
-"""The ensure fast path (known instances verified by pid + create_time) and single-flight.
+"""The ensure fast path (known instances verified by pid + start ticks) and single-flight.
 
 The fast path must never trust an instance that died or whose PID now names another
 process, and must never hide a duplicate from the sweeps.
@@ -22,7 +22,7 @@ from workerguard.policy.outcome import Outcome
 from workerguard.store import keys
 from workerguard.store.known_instances import encode_known
 from workerguard.store.lock import ProfileLock
-from workerguard.workers.discover import alive
+from workerguard.workers.identity import alive, start_of
 from workerguard.workers.model import Instance
 
 
@@ -61,7 +61,8 @@ def test_a_hand_started_duplicate_is_found_by_the_next_sweep_with_the_fast_path_
     guard = workspace.guard(redis_client, counting)
     [ours] = guard.ensure("demo").started
     manual = workspace.hand_started()  # found only by `match`: no mark
-    manual_created = psutil.Process(manual.pid).create_time()
+    manual_created = start_of(manual.pid)
+    assert manual_created is not None
     poll_for(lambda: len(running(guard)) == 2, message="the duplicate to show up")
     # The fast path does not scan, so it cannot see the duplicate yet ...
     assert guard.ensure("demo").contract()["running"] == [ours]
@@ -95,7 +96,8 @@ def test_a_known_instance_that_died_is_never_trusted(workspace: Workspace, redis
     guard = workspace.guard(redis_client)
     first = guard.ensure("demo")
     [pid] = first.started
-    created = psutil.Process(pid).create_time()
+    created = start_of(pid)
+    assert created is not None
     psutil.Process(pid).send_signal(signal.SIGKILL)
     poll_for(lambda: not alive(pid, created), message="the worker to die")
     again = guard.ensure("demo").contract()
@@ -108,7 +110,8 @@ def test_a_known_zombie_is_never_trusted(workspace: Workspace, redis_client):
     guard = workspace.guard(redis_client)
     zombie = workspace.tracker.sleeper("--tag", "not-a-demo-worker")
     poll_for(lambda: psutil.Process(zombie.pid).cmdline(), message="the process to start")
-    created = psutil.Process(zombie.pid).create_time()
+    created = start_of(zombie.pid)
+    assert created is not None
     zombie.send_signal(signal.SIGKILL)  # not waited for: it stays a zombie of this process
     poll_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE,
              message="a zombie")
@@ -122,14 +125,15 @@ def test_a_known_pid_now_used_by_another_process_is_never_trusted(workspace: Wor
     workspace.add_profile()
     guard = workspace.guard(redis_client)
     [pid] = guard.ensure("demo").started
-    created = psutil.Process(pid).create_time()
+    created = start_of(pid)
+    assert created is not None
     psutil.Process(pid).send_signal(signal.SIGKILL)
     poll_for(lambda: not alive(pid, created), message="the worker to die")
     # An unrelated process now holds a PID the record names (PID reuse), with its own
-    # create_time: the record's create_time is the dead worker's.
+    # start: the record's start is the dead worker's.
     stranger = workspace.tracker.sleeper("--tag", "unrelated")
     poll_for(lambda: psutil.Process(stranger.pid).cmdline(), message="the stranger to start")
-    assert abs(psutil.Process(stranger.pid).create_time() - created) >= 0.01
+    assert start_of(stranger.pid) != created
     forge_known(workspace, redis_client, guard, [Instance("demo", stranger.pid, created)])
     result = guard.ensure("demo").contract()
     assert result["action"] == "started" and stranger.pid not in result["running"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -160,3 +161,56 @@ def test_redis_down_for_twenty_seconds_fails_clearly_kills_nothing_and_recovers(
     finally:
         revived.stop()
 
+
+
+def answers_ping(harness: CeleryHarness) -> bool:
+    """The guard worker answers a Celery ping (any client error: not yet)."""
+    try:
+        return bool(harness.client_app().control.ping(destination=[harness.node], timeout=1))
+    except Exception:  # the client's own connection is still coming back
+        return False
+
+
+ROUNDS = int(os.environ.get("WG_REDIS_RESTART_ROUNDS", "50"))
+
+
+@pytest.mark.slow
+def test_redis_killed_and_restarted_empty_mid_request_50_times_the_guard_answers_after_every_round(
+        workspace: Workspace, harness: CeleryHarness, own_redis: RedisServer):
+    """Each round: the instance is SIGKILLed, so the guard worker is mid-request (the heal
+    sits in its 2 s start window, holding the lock); Redis is SIGKILLed and restarted
+    empty on the same port. After every round the guard answers a ping within 15 s and a
+    request after it; it logs the loss and the return of the broker once each time; it
+    never leaves two instances."""
+    workspace.add_profile(start_seconds=2)
+    harness.start_worker()
+    harness.call("workerguard.ensure", "demo")
+    server = own_redis
+    waits = []
+    try:
+        for i in range(ROUNDS):
+            [current] = poll_for(workspace.running, timeout=60, message=f"round {i}: one instance")
+            psutil.Process(current).send_signal(signal.SIGKILL)
+            poll_for(lambda: [p for p in workspace.running() if p != current], timeout=30,  # noqa: B023
+                     message=f"round {i}: the heal to spawn")
+            server.process.send_signal(signal.SIGKILL)  # mid start window, lock held
+            server.process.wait(5)
+            server = restart(server)
+            back = time.monotonic()
+            try:
+                poll_for(lambda: answers_ping(harness), timeout=15, interval=0.2,
+                         message=f"round {i}: the guard to answer a ping")
+            except AssertionError as exc:  # SIGUSR1 to a deaf guard logs its threads' stacks
+                raise AssertionError(f"{exc}; guard log:\n{harness.log_tail(8000)}") from None
+            waits.append(time.monotonic() - back)
+            first_answer(harness, "workerguard.ensure", "demo")
+            assert len(workspace.running()) == 1
+        log = harness.log_tail(10_000_000)
+        assert log.count("broker lost: ") == ROUNDS, log[-8000:]
+        assert log.count("broker back after ") == ROUNDS, log[-8000:]
+    finally:
+        if server is not own_redis:
+            server.stop()
+    waits.sort()
+    print(f"\n{ROUNDS} rounds: restart -> pong median {waits[len(waits) // 2]:.1f} s, "
+          f"max {waits[-1]:.1f} s")

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.conftest import Workspace
-from tests.support import SLEEPER, CountingTable, free_port, poll_for
+from tests.support import SLEEPER, CountingTable, RedisServer, free_port, poll_for
 from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
 from workerguard.ops.connect import redis_client as redis_client_for
 from workerguard.policy.guard import Guard
@@ -170,8 +170,9 @@ def test_a_lock_lost_before_acting_touches_nothing(workspace: Workspace, redis_c
 def test_redis_unreachable_fails_clearly_and_kills_nothing(workspace: Workspace, redis_client):
     workspace.add_profile()
     manual = [workspace.hand_started() for _ in range(2)]
-    dead = redis_client_for(f"redis://127.0.0.1:{free_port()}/0")
-    guard = Guard(dead, workspace.config())
+    config = workspace.config()
+    dead = redis_client_for(f"redis://127.0.0.1:{free_port()}/0", config.settings)
+    guard = Guard(dead, config)
     for action in (lambda: guard.enforce("demo"), lambda: guard.ensure("demo"),
                    lambda: guard.stop_all("demo"), guard.sweep):
         with pytest.raises(RedisUnavailable, match="nothing was touched"):
@@ -251,3 +252,22 @@ def test_crash_loop_backs_off_exponentially_and_force_overrides(workspace: Works
     fixed = Guard(redis_client, workspace.config(), clock=lambda: now[0])
     assert fixed.ensure("demo", force=True).action == "started"
     assert fixed.status("demo").profiles["demo"]["backoff"] is None
+
+
+def test_a_sweep_that_converged_in_parallel_leaves_no_idle_connection_open(
+        workspace: Workspace, redis_server: RedisServer, redis_client):
+    """A pool keeps every connection it ever opened: the parallel converges of one sweep
+    (a cold start) would hold one connection per profile to Redis for ever, and Redis's
+    ``maxclients`` is shared by the fleet (docs/benchmarks.md, ``redis_idle``)."""
+    for i in range(6):
+        name = workspace.add_profile(f"p{i}")
+        workspace.profiles[name]["command"][-1] = f"{workspace.token}-{i}"
+        workspace.profiles[name]["match"] = rf"sleeper\.py --tag {workspace.token}-{i}(\s|$)"
+    client = redis.Redis.from_url(redis_server.url, client_name="guard-under-test")
+    try:
+        guard = workspace.guard(client)
+        assert [r.action for r in guard.sweep()] == ["started"] * 6
+        held = [c for c in redis_client.client_list() if c["name"] == "guard-under-test"]
+        assert len(held) <= 1, held
+    finally:
+        client.close()

@@ -8,16 +8,22 @@ little, and there is exactly one worker instance.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
+import os
+import queue
+import random
+import threading
 import time
 
 import pytest
 
 from tests.conftest import CeleryHarness, Workspace
 from tests.support import poll_for
+from workerguard.errors import WorkerguardError
 from workerguard.store.lock import ProfileLock
-from workerguard.tasks.app import RESTORE_INTERVAL
-from workerguard.tasks.visibility import visibility_timeout
+from workerguard.tasks.visibility import RESTORE_INTERVAL, visibility_timeout
 
 pytestmark = pytest.mark.celery
 
@@ -59,3 +65,79 @@ def test_requests_in_flight_when_the_guard_is_sigkilled_end_in_a_final_state(
     assert len(workspace.running()) == 1
     print(f"\nvisibility_timeout {vt} s: all {len(requests)} requests final {took:.1f} s "
           f"after the SIGKILL: {states}")
+
+
+KILLS = int(os.environ.get("WG_GUARD_KILLS", "50"))
+
+
+@pytest.mark.slow
+def test_50_sigkills_of_the_guard_under_a_steady_flow_leave_no_request_without_a_final_state(
+        workspace: Workspace, harness: CeleryHarness, redis_client):
+    """Requests flow (one every 0.2 s, sent as ``workerguard.client`` sends them: with
+    ``expires``) while the guard worker is SIGKILLed 50 times at random moments and
+    restarted each time. Every request ends SUCCESS, FAILURE or REVOKED: redelivered and
+    answered, answered REVOKED by a guard that took it after its ``expires``, or (lost in
+    kombu's pop-before-record window, or still unanswered when it expired) marked REVOKED
+    by the caller's wait (``client.wait``). Nothing is left unacknowledged or queued."""
+    from workerguard import client
+    from workerguard.tasks.app import make_app
+    from workerguard.tasks.visibility import redelivered_within
+
+    workspace.add_profile(start_seconds=0.2, stop_timeout=1)
+    workspace.guard_settings.update(lock_timeout=5, lock_expire=3)
+    config = workspace.config()
+    harness.start_worker()
+    sender = harness.client_app()
+    waiter_app = make_app(config, workspace.redis_url)
+    sent: queue.Queue[str | None] = queue.Queue()
+    ids: list[str] = []
+    stop = threading.Event()
+
+    def flow() -> None:
+        while not stop.wait(0.2):
+            request = client.send(sender, config, "workerguard.ensure", ["demo"], {},
+                                  expires=client.ANSWER_TIMEOUT)
+            ids.append(request.id)
+            sent.put(request.id)
+        sent.put(None)
+
+    def wait_each() -> None:  # the callers' waits, one after the other (one result consumer)
+        while (task_id := sent.get()) is not None:
+            with contextlib.suppress(WorkerguardError):
+                client.wait(waiter_app.AsyncResult(task_id), harness.queue, timeout=30)
+
+    threads = [threading.Thread(target=flow, daemon=True),
+               threading.Thread(target=wait_each, daemon=True)]
+    for thread in threads:
+        thread.start()
+    chance = random.Random(17)
+    try:
+        for _ in range(KILLS):
+            stop.wait(chance.uniform(0.2, 2.5))  # a random moment of the flow
+            harness.worker.kill()
+            harness.worker.wait(10)
+            harness.start_worker()
+    finally:
+        stop.set()
+    stopped = time.monotonic()
+    bound = redelivered_within(config) + client.ANSWER_TIMEOUT + 60
+    threads[0].join(10)
+    threads[1].join(bound)
+    assert not threads[1].is_alive(), "the callers' waits did not end"
+
+    def left() -> tuple[int, int, int]:
+        states = [waiter_app.AsyncResult(i).state for i in ids]
+        return (sum(s not in FINAL for s in states), redis_client.hlen("unacked"),
+                redis_client.llen(harness.queue))
+
+    poll_for(lambda: left() == (0, 0, 0), timeout=bound, interval=1,
+             message=f"every request final, none unacked or queued (now {left()})")
+    took = time.monotonic() - stopped
+    results = [waiter_app.AsyncResult(i) for i in ids]
+    counts = collections.Counter(r.state for r in results)
+    by_caller = sum(r.state == "REVOKED" and "no guard took it" in str(r.result) for r in results)
+    waiter_app.close()
+    assert len(workspace.running()) == 1
+    print(f"\n{KILLS} SIGKILLs, {len(ids)} requests: {dict(counts)} ({by_caller} of the REVOKED "
+          f"marked by the caller); 0 without a final state, 0 unacked, 0 queued, "
+          f"{took:.1f} s after the flow stopped")

@@ -8,25 +8,31 @@ PIDs that are alive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import pytest
+import redis
 
 from tests.conftest import Workspace
-from tests.support import HERE, alive, poll_for
+from tests.support import HERE, SLEEPER, alive, events, poll_for
+from workerguard.policy.guard import Guard
+from workerguard.probes.liveness import Health, Unhealthy
 from workerguard.store import keys
-from workerguard.workers import cgroups
+from workerguard.workers import cgroup_layout, cgroups
 from workerguard.workers.discover import Scan
 from workerguard.workers.host import HostProcesses
+from workerguard.workers.logs import profile_logs
 
 SHAPESHIFTER = HERE / "shapeshifter.py"
-CGROUPS_USABLE = (cgroups.default_root() is not None
-                  and cgroups.CgroupTree(cgroups.default_root()).usable())  # type: ignore[arg-type]
+_ROOT = cgroup_layout.decide().root
+CGROUPS_USABLE = _ROOT is not None and cgroups.CgroupTree(_ROOT).usable()
 
 
 def modes() -> list[str]:
@@ -43,10 +49,8 @@ def mode(request: pytest.FixtureRequest, workspace: Workspace) -> Iterator[str]:
 
 def workers(ws: Workspace, profile: str = "demo") -> list[int]:
     """PIDs of the workers that announced themselves and are alive (the ground truth)."""
-    log = ws.home / "logs" / f"{profile}.log"
-    if not log.exists():
-        return []
-    pids = {int(p) for p in re.findall(r"shapeshifter (\d+) ready", log.read_text())}
+    logs = profile_logs(ws.home / "logs", profile)
+    pids = {int(p) for log in logs for p in re.findall(r"shapeshifter (\d+) ready", log.read_text())}
     return sorted(p for p in pids if alive(p))
 
 
@@ -137,7 +141,7 @@ def test_orphaned_helpers_never_pile_up_and_stop_leaves_none(workspace: Workspac
         result = guard.sweep()[0]
         if result.action == "started":
             restarts += 1
-            [pid] = poll_for(lambda: workers(workspace), message="the worker")
+            [pid] = poll_for(lambda: workers(workspace), timeout=60, message="the worker")
             seen.add(pid)
             poll_for(lambda: not alive(pid), timeout=10, message="the worker to exit")  # noqa: B023
         assert len(helpers(workspace.token)) <= 1  # the last one's helper, at most
@@ -282,3 +286,64 @@ def test_an_empty_group_of_a_start_in_progress_survives_a_concurrent_discovery(
         assert found.instances["demo"] == [] and group.is_dir()
     finally:
         cgroups.remove(group)
+
+
+# --- the guard's own helpers are never instances --------------------------------------
+def probes_running(token: str) -> list[int]:
+    """The command probes (``sleeper.py --tag TOKEN --probe ...``) this test's guard runs now."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmdline = child.cmdline()
+            if "--probe" in cmdline and token in cmdline and alive(child.pid):
+                found.append(child.pid)
+    return found
+
+
+def probe_the_worker_with_its_own_command(workspace: Workspace, redis_client: redis.Redis,
+                                          seconds: float) -> None:
+    """A guard whose liveness probe is the worker's own command with ``--probe`` (3 s long,
+    every 1 s), swept every 1 s for ``seconds``: the worker is never stopped, killed or
+    replaced, and the probe is never counted as an instance."""
+    workspace.add_profile(probe={
+        "kind": "command", "interval": 1, "timeout": 10, "failure_threshold": 3,
+        "start_interval": 1, "command": [sys.executable, str(SLEEPER), "--tag", workspace.token,
+                                         "--probe", "3"]})
+    guard: Guard | None = None
+
+    def unhealthy(event: Unhealthy) -> None:
+        assert guard is not None
+        guard.unhealthy(event)
+
+    health = Health(workspace.host_id, on_unhealthy=unhealthy)
+    try:
+        guard = Guard(redis_client, workspace.config(), liveness=health)
+        [worker] = guard.ensure("demo").started
+        ends, swept_while_probing = time.monotonic() + seconds, 0
+        while time.monotonic() < ends:
+            probing = probes_running(workspace.token)
+            [swept] = guard.sweep()
+            assert swept.action == "already_running", swept.contract()
+            assert [i.pid for i in swept.running] == [worker], swept.contract()
+            swept_while_probing += bool(probing and set(probing) & set(probes_running(workspace.token)))
+            time.sleep(1.0)  # the sweep cadence under test, not a synchronisation
+        assert alive(worker)
+        assert list(guard.status("demo").running) == [worker]
+        [record] = workspace.table().registry.records(workspace.host_id)
+        assert record.pid == worker
+        assert swept_while_probing >= seconds / 4, "the sweeps must overlap running probes"
+        assert events(redis_client, "stopped") == events(redis_client, "replaced") == []
+        assert events(redis_client, "unhealthy") == []
+    finally:
+        health.stop()
+
+
+def test_a_probe_running_the_workers_own_command_is_never_an_instance(
+        workspace: Workspace, redis_client: redis.Redis, mode: str) -> None:
+    probe_the_worker_with_its_own_command(workspace, redis_client, 10)
+
+
+@pytest.mark.slow
+def test_a_probe_running_the_workers_own_command_for_a_minute_kills_nothing(
+        workspace: Workspace, redis_client: redis.Redis, mode: str) -> None:
+    probe_the_worker_with_its_own_command(workspace, redis_client, 60)

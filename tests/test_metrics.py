@@ -112,7 +112,7 @@ def result(action: Action, *, running: tuple[int, ...] = (), started: tuple[int,
            dry_run: bool = False, backoff: dict[str, float] | None = None,
            error: str | None = None) -> Outcome:
     return Outcome(host="h1", profile="demo", action=action, time=1000.0,
-                   running=tuple(Instance("demo", pid, 1.0) for pid in running),
+                   running=tuple(Instance("demo", pid, 100) for pid in running),
                    started=tuple(started), dry_run=dry_run, error=error,
                    backoff=Backoff(int(backoff["failures"]), backoff["next_attempt"])
                    if backoff else None)
@@ -129,10 +129,68 @@ def test_failed_starts_backoff_and_dry_runs_are_counted_right(workspace: Workspa
     assert registry.get_sample_value("workerguard_backoff", labels) == 1
     assert registry.get_sample_value("workerguard_starts_total", labels) == 0  # not the dry run
     metrics.swept([result("backoff", backoff={"failures": 4, "next_attempt": 1002.0}),
-                   result("error", error="lock timeout")], 0.25)
+                   result("error", error="lock timeout")], 0.25, "timer")
+    sweeps = {t: registry.get_sample_value("workerguard_sweeps_total", {"host": metrics.host, "trigger": t})
+              for t in ("timer", "beat")}
+    assert sweeps == {"timer": 1, "beat": 0}
     assert registry.get_sample_value("workerguard_errors_total", labels) == 1
     assert registry.get_sample_value("workerguard_backoff", labels) == 1
     metrics.acted("ensure", result("started", started=(8,), running=(8,)))
     assert registry.get_sample_value("workerguard_starts_total", labels) == 1
     assert registry.get_sample_value("workerguard_backoff", labels) == 0
     assert registry.get_sample_value("workerguard_instances", labels) == 1
+
+
+def test_metrics_without_prometheus_client_give_an_install_hint(workspace: Workspace,
+                                                                  monkeypatch: pytest.MonkeyPatch):
+    import sys
+
+    from workerguard.errors import ConfigError
+    from workerguard.ops.runners import start_metrics
+
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "workerguard.ops.metrics", raising=False)
+    workspace.add_profile()
+    workspace.guard_settings["metrics_port"] = 1
+    hint = r"prometheus_client is not installed: pip install 'workerguard\[ops\]'"
+    with pytest.raises(ConfigError, match=hint):
+        start_metrics(workspace.config(), "threads")
+
+
+@pytest.mark.celery
+def test_a_guard_worker_serves_the_lease_metrics_of_a_cluster_profile(workspace: Workspace,
+                                                                      harness: CeleryHarness,
+                                                                      redis_client):
+    from tests.cluster_bed import TIMINGS, instances
+
+    body = workspace.sleeper_profile(scope="cluster", max_workers=1)
+    del body["match"]
+    workspace.profiles["demo"] = body
+    workspace.cluster = dict(TIMINGS)
+    port = free_port()
+    harness.start_worker(WORKERGUARD_METRICS_PORT=str(port))
+    mine = {"host": workspace.host_id, "profile": "demo"}
+    [first] = poll_for(lambda: instances(workspace.token), timeout=60, message="the instance")
+
+    def holding() -> Samples | None:
+        found = reachable(port)
+        return found if found and value(found, "workerguard_leases_held", **mine) == 1 \
+            and value(found, "workerguard_lease_renewals_total", **mine, result="ok") >= 1 else None
+
+    samples = poll_for(holding, timeout=30, message="the lease metrics")
+    assert samples is not None
+    assert value(samples, "workerguard_cluster_slots", **mine) == 1
+    assert value(samples, "workerguard_lease_claims_total", **mine, result="won") == 1
+    assert value(samples, "workerguard_fencing_token", **mine, slot="0") == first.token
+    assert value(samples, "workerguard_self_fences_total", **mine, reason="lost") == 0
+    redis_client.delete("workerguard:cluster:demo:slot:0")  # the lease lost behind its back
+    poll_for(lambda: value(scrape(port), "workerguard_self_fences_total", **mine,
+                           reason="lost") == 1, timeout=30, message="the fence counted")
+    # Who sees the loss first is a race: the renewal (lease_renewals_total{result="lost"}) or
+    # the claim planning's read of the holders; either way the fence is counted once.
+    after = scrape(port)
+    assert value(after, "workerguard_lease_renewals_total", **mine, result="lost") <= 1
+    assert value(after, "workerguard_self_fences_total", **mine, reason="lost") == 1
+    [again] = poll_for(lambda: [i for i in instances(workspace.token) if i.pid != first.pid],
+                       timeout=60, message="the slot claimed again")
+    assert again.token > first.token

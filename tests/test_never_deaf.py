@@ -19,9 +19,9 @@ from tests.conftest import CeleryHarness, Workspace
 from tests.support import RedisServer, alive, cli_env, free_port, poll_for, run_cli
 from tests.test_metrics import reachable, value
 from workerguard.ops.connect import HEALTH_CHECK_INTERVAL, SOCKET_TIMEOUT
-from workerguard.ops.metrics import BROKER_PROBE_INTERVAL
 from workerguard.tasks.app import make_app
 from workerguard.tasks.routing import SWEEP_TASK
+from workerguard.timing import REDIS_WATCH_INTERVAL as BROKER_PROBE_INTERVAL
 
 pytestmark = pytest.mark.celery
 

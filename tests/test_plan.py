@@ -11,8 +11,8 @@ from workerguard.workers.model import Instance
 
 instances_strategy = st.lists(
     st.builds(
-        lambda pid, tick: Instance(profile="p", pid=pid, create_time=1000 + tick / 100),
-        st.integers(1, 10_000), st.integers(0, 20),  # few ticks: many create_time ties
+        lambda pid, tick: Instance(profile="p", pid=pid, start=100_000 + tick),
+        st.integers(1, 10_000), st.integers(0, 20),  # few ticks: many start ties
     ),
     max_size=25,
     unique_by=lambda i: i.pid,
@@ -70,8 +70,8 @@ def test_plan_is_deterministic_whatever_the_input_order(instances, b):
 
 
 def test_plan_example_from_the_original_script():
-    old = Instance(profile="rpa", pid=30988, create_time=100.0)
-    new = Instance(profile="rpa", pid=51848, create_time=200.0)
+    old = Instance(profile="rpa", pid=30988, start=10_000)
+    new = Instance(profile="rpa", pid=51848, start=20_000)
     plan = make_plan([old, new], min_workers=1, max_workers=1)
     assert [i.pid for i in plan.keep] == [51848]
     assert [i.pid for i in plan.stop] == [30988]
@@ -81,3 +81,61 @@ def test_plan_example_from_the_original_script():
 def test_plan_rejects_min_above_max():
     with pytest.raises(ValueError, match="min_workers"):
         make_plan([], min_workers=3, max_workers=2)
+
+
+# Adopted, outdated and spare instances, and stop_adopted ----------------------------------
+
+mixed_strategy = st.lists(
+    st.builds(
+        lambda pid, tick, kind: Instance(
+            profile="p", pid=pid, start=100_000 + tick,
+            instance_id=None if kind == "adopted" else f"{pid:032x}",
+            origin="adopted" if kind == "adopted" else "spawned", outdated=kind == "outdated"),
+        st.integers(1, 10_000), st.integers(0, 20), st.sampled_from(["current", "outdated", "adopted"]),
+    ),
+    max_size=25,
+    unique_by=lambda i: i.pid,
+)
+
+
+def _class(instance: Instance) -> int:
+    """Survivor preference: spawned with the current command, then outdated, then adopted."""
+    return 2 if instance.origin == "adopted" else (1 if instance.outdated else 0)
+
+
+@given(mixed_strategy, bounds, st.sampled_from(["newest", "oldest"]), st.booleans())
+def test_every_instance_is_kept_stopped_or_spare_and_adopted_ones_stop_only_when_allowed(
+        instances, b, keep, stop_adopted):
+    lo, hi = b
+    plan = make_plan(instances, min_workers=lo, max_workers=hi, keep=keep, stop_adopted=stop_adopted)
+    kept, stopped, spare = ({i.pid for i in part} for part in (plan.keep, plan.stop, plan.spare))
+    assert kept | stopped | spare == {i.pid for i in instances}
+    assert not (kept & stopped or kept & spare or stopped & spare)
+    assert len(kept) == min(hi, len(instances))
+    assert plan.start == max(0, lo - len(kept))
+    if stop_adopted:
+        assert plan.spare == ()
+    else:
+        assert all(i.origin == "adopted" for i in plan.spare)
+        assert all(i.origin != "adopted" for i in plan.stop)
+
+
+@given(mixed_strategy, bounds, st.sampled_from(["newest", "oldest"]))
+def test_survivors_are_current_first_then_outdated_then_adopted_and_by_age_within_a_class(
+        instances, b, keep):
+    lo, hi = b
+    plan = make_plan(instances, min_workers=lo, max_workers=hi, keep=keep, stop_adopted=True)
+    for survivor in plan.keep:
+        for gone in plan.stop:
+            assert _class(survivor) <= _class(gone)
+            if _class(survivor) == _class(gone):
+                newer = survivor.sort_key() > gone.sort_key()
+                assert newer == (keep == "newest")
+
+
+@given(mixed_strategy, bounds)
+def test_an_outdated_instance_is_never_kept_over_a_current_one_beyond_max(instances, b):
+    lo, hi = b
+    plan = make_plan(instances, min_workers=lo, max_workers=hi)
+    current_gone = [i for i in plan.stop if _class(i) == 0]
+    assert not current_gone or all(_class(k) == 0 for k in plan.keep)

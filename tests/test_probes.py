@@ -129,7 +129,7 @@ def _load(body: str) -> _Profile:
     ('kind = "command"\ncommand = ["check"]\nfailure_threshold = 0', ["probe.command.failure_threshold"]),
     ('kind = "htpp"\nurl = "http://x/"', ["probe", "'htpp'", "'http'"]),
     ('url = "http://x/"', ["probe", "kind"]),
-    ('kind = "http"\nurl = "http://x:{port}/"', ["url", "unknown placeholder {port}"]),
+    ('kind = "http"\nurl = "http://x:{port}/"', ["url", "{port} is the instance's port", "port = "]),
     ('kind = "http"\nurl = "http://x/"\nport = 8000', ["url", "no {port}"]),
 ])
 def test_a_bad_probe_table_is_rejected_with_an_error_naming_the_field(body: str, names: list[str]) -> None:
@@ -153,12 +153,17 @@ def test_a_command_probe_gets_the_instance_in_placeholders_and_environment() -> 
     spec = probe(kind="command", command=[
         sys.executable, "-c",
         "import os, sys; print(sys.argv[1:], os.environ['WORKERGUARD_PID'], "
-        "os.environ['WORKERGUARD_INSTANCE'], os.environ['WORKERGUARD_INDEX'], "
+        "os.environ['WORKERGUARD_PROBED_INSTANCE'], os.environ['WORKERGUARD_INDEX'], "
+        "os.environ['WORKERGUARD_HELPER'], sorted(k for k in os.environ if k in "
+        "('WORKERGUARD_PROFILE', 'WORKERGUARD_HOST_ID', 'WORKERGUARD_INSTANCE')), "
         "'WORKERGUARD_REDIS_URL' in os.environ); sys.exit(int(sys.argv[-1]) % 2)",
         "{pid}", "{instance}", "{index}"])
-    ok = run_probe(spec, target(os.getpid(), index=2, instance="beef"))
+    instance_env = {"PATH": os.environ["PATH"], "WORKERGUARD_PROFILE": "bot",
+                    "WORKERGUARD_HOST_ID": "h1", "WORKERGUARD_INSTANCE": "beef"}
+    ok = run_probe(spec, ProbeTarget(pid=os.getpid(), instance="beef", index=2, env=instance_env))
     assert ok.ok, ok
-    assert ok.output == f"['{os.getpid()}', 'beef', '2'] {os.getpid()} beef 2 False"
+    # a probe is not its instance: none of the instance's marks, a helper's instead
+    assert ok.output == f"['{os.getpid()}', 'beef', '2'] {os.getpid()} beef 2 probe [] False"
     failed = run_probe(spec, target(os.getpid(), index=3, instance="beef"))
     assert not failed.ok
     assert failed.output.startswith("exit code 1: ")
@@ -418,12 +423,12 @@ def test_wait_ready_returns_at_the_first_pass(tracker: ProcessTracker, tmp_path:
     port = free_port()
     spec = probe(kind="http", url=f"http://127.0.0.1:{port}/", start_interval=0.2, start_timeout=20)
     seen = Recorder()
-    begun = time.time()
+    begun = time.monotonic()
     worker = tracker.popen([sys.executable, str(WORKERS), "http", str(port), str(tmp_path / "f"),
                             "--delay", "3"])
-    result = wait_ready(spec, target(worker.pid), started_at=begun,
+    result = wait_ready(spec, target(worker.pid), started=begun,
                         on_result=lambda r: seen.on_result("web", None, r))
-    took = time.time() - begun
+    took = time.monotonic() - begun
     assert result.ok, result
     assert 3.0 <= took <= 3.0 + 0.2 + MARGIN, took
     assert seen.count("web") >= 10 and all(k is None for _, _, k, _ in seen.results)
@@ -431,15 +436,20 @@ def test_wait_ready_returns_at_the_first_pass(tracker: ProcessTracker, tmp_path:
 
 def test_wait_ready_gives_up_at_the_start_timeout_with_the_last_output(
         tracker: ProcessTracker, tmp_path: Path) -> None:
+    """Probes before the deadline are clipped to it; the last one starts at the deadline
+    with its own timeout (so the wait never gives up before the deadline)."""
     pidfile = tmp_path / "pids"
     spec = probe(kind="command", command=[sys.executable, str(WORKERS), "hang", str(pidfile)],
-                 timeout=10, start_timeout=1.5)
-    begun = time.time()
+                 timeout=1.0, start_timeout=1.5, start_interval=1.0)
+    seen: list[ProbeResult] = []
+    begun = time.monotonic()
     try:
-        result = wait_ready(spec, target(os.getpid()), started_at=begun)
-        took = time.time() - begun
-        assert not result.ok and result.output.startswith("timed out after")
-        assert 1.5 - 0.1 <= took <= 1.5 + MARGIN, "the probe's timeout is clipped to the deadline"
+        result = wait_ready(spec, target(os.getpid()), started=begun, on_result=seen.append)
+        took = time.monotonic() - begun
+        assert not result.ok and result.output.startswith("timed out after 1 s")
+        assert took >= 1.5 + 1.0, "the last probe starts at the deadline, with its whole timeout"
+        assert len(seen) >= 2 and seen[-1].output.startswith("timed out after 1 s")
+        assert not any(r.ok for r in seen)
         pids = _hang_pids(pidfile)
         poll_for(lambda: all(not alive(pid) for pid in pids), 5, message="the probe and its child to be gone")
     finally:

@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import Workspace
 from tests.support import poll_for
 from workerguard.workers import cgroups, spawn
+from workerguard.workers.cgroup_layout import Layout
 from workerguard.workers.cgroups import CgroupTree
 from workerguard.workers.host import HostProcesses
 from workerguard.workers.spawn import JoinFailed, Launched, child_environment
@@ -154,8 +155,8 @@ class VanishingGroups(CgroupTree):
 
 class VanishingTable(HostProcesses):
     @staticmethod
-    def _choose_cgroups(identity: Any, root: Path | None) -> CgroupTree | None:
-        chosen = HostProcesses._choose_cgroups(identity, root)
+    def _choose_cgroups(identity: Any, layout: Layout) -> CgroupTree | None:
+        chosen = HostProcesses._choose_cgroups(identity, layout)
         return VanishingGroups(chosen.root) if chosen is not None else None
 
 
@@ -171,7 +172,7 @@ def test_a_group_that_cannot_be_joined_is_a_host_error_and_leaves_no_process(
     group = VanishingGroups(tree.root).create(workspace.host_id, "demo", uuid.uuid4().hex)
     with pytest.raises(JoinFailed) as raised:
         spawn.launch(profile, workspace.host_id, workspace.home / "demo.log", group)
-    failure = spawn.start_failure(profile, raised.value, workspace.home / "demo.log")
+    failure = spawn.start_failure(profile, raised.value)
     assert failure.host_error
     assert failure.describe() == (f"could not place '/bin/sh' in its cgroup: {group}/cgroup.procs: "
                                   "No such file or directory")
@@ -252,3 +253,27 @@ def test_priming_moves_this_process_into_its_own_cgroup_and_nowhere_else(tree: C
     assert len(priming()) == 1
     poll_for(lambda: not priming(), message="the prime to end")
     assert cgroups.own_cgroup() == before
+
+
+@pytest.mark.parametrize("read", [cgroups.members, cgroups.populated, cgroups.kill],
+                         ids=["members", "populated", "kill"])
+def test_a_group_removed_while_its_file_is_open_reads_as_gone(tree: CgroupTree,
+                                                               workspace: Workspace,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               read: Any):
+    """A ``status`` reads a group's files while a sweep removes the group: the kernel answers
+    ENODEV on a file opened just before the rmdir. That is "gone", never an error (a status
+    task failed with ``OSError(19, 'No such device')`` in CI)."""
+    group = tree.create(workspace.host_id, "demo", uuid.uuid4().hex)
+    real_open = Path.open
+
+    def open_then_remove(path: Path, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(path, *args, **kwargs)
+        if path.parent == group and group.exists():
+            group.rmdir()  # the concurrent sweep's remove, between open and read
+        return handle
+
+    monkeypatch.setattr(Path, "open", open_then_remove)
+    answer = read(group)
+    assert not group.exists()
+    assert answer == {cgroups.members: [], cgroups.populated: False, cgroups.kill: True}[read]

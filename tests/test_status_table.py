@@ -8,7 +8,7 @@ import sys
 
 from tests.conftest import Workspace
 from tests.support import LineReader, as_at_a_terminal, cli_env, run_cli
-from workerguard.cli.status_table import duration
+from workerguard.cli.common import duration
 
 
 def test_table_shows_profile_host_state_pids_uptime_command(workspace: Workspace, redis_client):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import pytest
 
@@ -71,3 +72,47 @@ def test_a_backoff_longer_than_the_visibility_timeout_heals_once_in_steps(
     assert len(received) == len(set(received)), "a heal was delivered twice"
     assert len(heals) >= 1 + math.floor(due_in / step)  # the wait was walked in steps
     assert attempts() == 1
+
+
+def test_a_mutex_left_by_a_guard_killed_mid_scan_holds_redelivery_up_for_seconds_not_minutes(
+        workspace: Workspace, redis_client):
+    """kombu's redelivery scan holds ``unacked_mutex``; a guard SIGKILLed mid-scan leaves it
+    behind. With the guard's transport options (``visibility_timeout`` shortened to 1 s for
+    the test) a request whose taker died is handed out again once the mutex expires:
+    ``UNACKED_MUTEX_EXPIRE`` seconds, not kombu's 300."""
+    from kombu.connection import Connection
+    from kombu.entity import Exchange, Queue
+
+    from workerguard.tasks.app import make_app
+    from workerguard.tasks.visibility import UNACKED_MUTEX_EXPIRE
+
+    app = make_app(workspace.config(), workspace.redis_url)
+    options = {**app.conf.broker_transport_options, "visibility_timeout": 1}
+    app.close()
+    queue = Queue("wg-mutex", Exchange("wg-mutex", type="direct"), routing_key="wg-mutex")
+    with Connection(workspace.redis_url, transport_options=options) as producer:
+        producer.Producer().publish({"n": 1}, exchange=queue.exchange, routing_key="wg-mutex",
+                                    declare=[queue], serializer="json")
+    taker = Connection(workspace.redis_url, transport_options=options)
+    channel: Any = taker.default_channel  # kombu's Redis channel (its fields are untyped)
+    assert channel.basic_get("wg-mutex", no_ack=False) is not None  # taken, unacked
+    assert channel.unacked_mutex_expire == UNACKED_MUTEX_EXPIRE
+    # The taker dies mid-scan: its mutex stays, it restores nothing on the way out.
+    assert redis_client.lock(channel.unacked_mutex_key,
+                             timeout=channel.unacked_mutex_expire).acquire(blocking=False)
+    channel.qos._delivered.clear()
+    died = time.monotonic()
+    with Connection(workspace.redis_url, transport_options=options) as rescuer:
+        qos = rescuer.default_channel.qos
+
+        def handed_out_again() -> bool:
+            qos.restore_visible(num=10, interval=1)
+            return bool(redis_client.llen("wg-mutex"))
+
+        poll_for(handed_out_again, timeout=UNACKED_MUTEX_EXPIRE + 60, interval=0.2,
+                 message="the request to be redelivered")
+    took = time.monotonic() - died
+    taker.release()
+    assert took >= UNACKED_MUTEX_EXPIRE - 1  # the mutex did hold it up, until it expired
+    print(f"\nredelivered {took:.1f} s after its taker died mid-scan "
+          f"(unacked_mutex_expire {UNACKED_MUTEX_EXPIRE} s; kombu's default 300 s)")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +14,10 @@ import psutil
 import pytest
 
 from tests.conftest import Workspace
-from tests.support import SLEEPER, alive, poll_for
+from tests.support import SLEEPER, alive, can_reuse_pids, poll_for, start_with_pid
+from tests.test_identity import mode  # noqa: F401 (the fixture: both identity modes)
 from workerguard.config import Profile
+from workerguard.workers.logs import log_path
 from workerguard.workers.model import Instance
 from workerguard.workers.spawn import SpawnFailure, child_environment
 from workerguard.workers.stop import stop_instances
@@ -96,7 +100,7 @@ def test_spawned_worker_is_detached_marked_and_gets_a_clean_environment(workspac
     assert env["RPA_MODE"] == "prod"
     assert not {"CELERY_LOG_LEVEL", "_MP_FORK_LOGLEVEL_", "PYTHONPATH"} & set(env)
     assert os.getsid(spawned.pid) == spawned.pid  # its own session
-    log = workspace.home / "logs" / "demo.log"
+    log = log_path(workspace.home / "logs", "demo", 0)
     poll_for(lambda: "SIGINT=<built-in function default_int_handler>" in log.read_text(),
              message="sleeper to report a default SIGINT handler")
     os.kill(spawned.pid, signal.SIGINT)  # SIGINT works again: the worker exits
@@ -138,17 +142,102 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_stop_timeout(workspace: W
     assert outcome.survivors == []
 
 
-def test_a_reused_pid_is_never_signalled(workspace: Workspace):
-    bystander = workspace.tracker.sleeper("--tag", "bystander")
-    real = psutil.Process(bystander.pid)
-    stale = Instance(profile="demo", pid=bystander.pid, create_time=real.create_time() - 50)
-    outcome = stop_instances([stale], stop_timeout=0.5)
-    assert outcome.stopped == [bystander.pid]  # the instance we knew is gone ...
-    assert bystander.poll() is None  # ... and the process now holding its PID is untouched
+def kill_and_reap(pid: int, parent: subprocess.Popen[Any] | None = None) -> None:
+    """Kill ``pid`` and wait until its pid is free (``parent``: ours to reap)."""
+    psutil.Process(pid).kill()
+    if parent is not None:
+        parent.wait()
+    poll_for(lambda: not os.path.exists(f"/proc/{pid}"), message=f"pid {pid} to be reaped")
+
+
+@pytest.mark.skipif(not can_reuse_pids(), reason="needs root and ns_last_pid (Linux)")
+@pytest.mark.parametrize("reused", ["member", "main"])
+def test_a_pid_of_the_tree_reused_by_a_bystander_is_never_signalled_by_stop(
+        workspace: Workspace, mode: str, reused: str):  # noqa: F811
+    """The real tree shape: a discovered instance with children; one of its processes
+    exits and a bystander gets that exact pid; then the instance is stopped as
+    discovered. Every process of the instance ends; the bystander never gets a signal.
+
+    ``member``: a child of a spawned instance. ``main``: the main process of an adopted
+    instance (a spawned one leads its session, and the kernel keeps a session leader's
+    pid while any process of its session lives: it cannot be reused under the tree)."""
+    profile = sleeper_profile(workspace, "--children", "2", "--reap", stop_timeout=2)
+    hand = None
+    if reused == "member":
+        [spawned], _ = spawn(workspace, profile, 1)
+        main = spawned.pid
+    else:
+        hand = workspace.hand_started("--children", "2", "--reap")
+        main = hand.pid
+    poll_for(lambda: len(children_of(main)) == 2, message="children")
+    [instance] = discover(workspace, profile)
+    assert instance.pid == main and len(instance.members) == 3
+    assert instance.origin == ("spawned" if reused == "member" else "adopted")
+    victim = main if reused == "main" else children_of(main)[0]
+    rest = [pid for pid in instance.tree if pid != victim]
+    kill_and_reap(victim, hand if reused == "main" else None)
+    bystander = start_with_pid(workspace.tracker, victim,
+                               [sys.executable, str(SLEEPER), "--tag", "bystander"])
+    outcome = workspace.table().stop([instance], "SIGTERM", 2)
+    assert bystander.poll() is None, "the bystander holding a reused pid got a signal"
+    assert victim not in outcome.killed
+    for pid in rest:
+        poll_for(lambda: not alive(pid), message=f"pid {pid} of the instance to end")  # noqa: B023
+
+
+@pytest.mark.skipif(not can_reuse_pids(), reason="needs root and ns_last_pid (Linux)")
+def test_a_member_pid_reused_while_the_stop_waits_is_never_killed(workspace: Workspace,
+                                                                   mode: str):  # noqa: F811
+    """The stop has begun (SIGTERM sent, ignored: it waits ``stop_timeout``); a child of
+    the instance exits and a bystander gets its pid before the SIGKILL phase: the
+    SIGKILL reaches every process of the instance and never the bystander."""
+    profile = sleeper_profile(workspace, "--children", "2", "--reap", "--ignore-term",
+                              stop_timeout=10)
+    [spawned], _ = spawn(workspace, profile, 1)
+    poll_for(lambda: len(children_of(spawned.pid)) == 2, message="children")
+    [instance] = discover(workspace, profile)
+    victim, other = children_of(spawned.pid)
+    outcomes: list[Any] = []
+    stopping = threading.Thread(target=lambda: outcomes.append(
+        workspace.table().stop([instance], "SIGTERM", 10)))
+    stopping.start()
+    try:
+        kill_and_reap(victim)
+        bystander = start_with_pid(workspace.tracker, victim,
+                                   [sys.executable, str(SLEEPER), "--tag", "bystander"])
+        assert stopping.is_alive(), "the stop must still be in its grace period"
+    finally:
+        stopping.join(60)
+    [outcome] = outcomes
+    assert bystander.poll() is None, "the bystander holding a reused pid was killed"
+    assert victim not in outcome.killed and {spawned.pid, other} <= set(outcome.killed)
+    assert not alive(spawned.pid) and not alive(other)
+
+
+@pytest.mark.skipif(not can_reuse_pids(), reason="needs root and ns_last_pid (Linux)")
+def test_a_pid_of_a_leftover_reused_by_a_bystander_is_never_killed_by_clean(
+        workspace: Workspace, mode: str):  # noqa: F811
+    """What is left of an instance whose main process ended is killed (``clean``) as
+    discovered; one of its processes exits and a bystander gets its pid first."""
+    profile = sleeper_profile(workspace, "--children", "2", "--reap", start_seconds=0.3)
+    [spawned], _ = spawn(workspace, profile, 1)
+    poll_for(lambda: len(children_of(spawned.pid)) == 2, message="children")
+    kids = children_of(spawned.pid)
+    table = workspace.table()
+    kill_and_reap(spawned.pid)  # the main process ends: its children are what is left
+    [left] = table.discover([profile], [profile]).leftovers
+    assert sorted(left.pids) == sorted(kids)
+    kill_and_reap(kids[0])
+    bystander = start_with_pid(workspace.tracker, kids[0],
+                               [sys.executable, str(SLEEPER), "--tag", "bystander"])
+    killed = table.clean([left])
+    assert bystander.poll() is None, "the bystander holding a reused pid was killed"
+    assert kids[0] not in killed or left.cgroup is not None
+    poll_for(lambda: not alive(kids[1]), message="the rest of the leftover to end")
 
 
 def test_an_already_gone_process_counts_as_stopped(tmp_path: Path):
-    gone = Instance(profile="demo", pid=2**22 + 12345, create_time=1.0)
+    gone = Instance(profile="demo", pid=2**22 + 12345, start=100)
     assert stop_instances([gone]).stopped == [gone.pid]
 
 

@@ -19,6 +19,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from workerguard.config.load import Config, load_config
+from workerguard.config.schema import Settings
 from workerguard.errors import (
     ActionFailed,
     InvalidRequest,
@@ -59,6 +60,7 @@ def wait(async_result: Any, queue: str, timeout: float,
         value = async_result.get(timeout=min(answer_timeout, timeout), propagate=False)
     except CeleryTimeout:
         if async_result.state == "PENDING":
+            expire_unanswered(async_result)
             raise NoGuardAnswered(
                 f"no guard answered on {queue} within {min(answer_timeout, timeout):g} s "
                 "(is `workerguard up` or `workerguard worker` running for that host?)") from None
@@ -71,9 +73,27 @@ def wait(async_result: Any, queue: str, timeout: float,
                 f"finish within {timeout:g} s") from None
     if async_result.state == "FAILURE":
         raise _as_error(value)
+    if async_result.state == "REVOKED":  # its expires passed before a guard took it
+        raise NoGuardAnswered(f"the request ({async_result.id}) expired before a guard on "
+                              f"{queue} took it")
     if not isinstance(value, dict):
         raise WorkerguardError(f"unexpected answer from the guard: {value!r}")
     return value
+
+
+def expire_unanswered(async_result: Any) -> None:
+    """Answer ``REVOKED`` for a request still ``PENDING`` after its ``expires``.
+
+    A guard answers ``REVOKED`` itself for a request it takes after its ``expires``; but a
+    request lost with the Redis that held it (queued on a primary that died before its
+    replicas had it, or a failover that forgot that a guard took it) reaches no guard and
+    would stay ``PENDING`` for ever. The caller is the only one who knows it was sent, so
+    the caller writes the answer a guard would have given. A guard that took it after all
+    overwrites this with its own result.
+    """
+    with contextlib.suppress(*_TRANSPORT_ERRORS):
+        async_result.backend.mark_as_revoked(
+            async_result.id, reason="expired: no guard took it before its expires")
 
 
 _TRANSPORT_ERRORS = (redis.exceptions.RedisError, kombu.exceptions.OperationalError, OSError,
@@ -82,31 +102,31 @@ _TRANSPORT_ERRORS = (redis.exceptions.RedisError, kombu.exceptions.OperationalEr
 backend gives up with a ``RuntimeError``, "Retry limit exceeded ... must be restarted")."""
 
 
-def reachable(url: str) -> None:
+def reachable(url: str, settings: Settings) -> None:
     """Fail fast and in one line (``RedisUnavailable``) if Redis does not answer a PING.
 
     Celery's own client retries for ages and then dumps a traceback; one PING with the
     short timeouts of ``redis_client`` answers in milliseconds (refused, wrong password)
     or a few seconds (unroutable).
     """
-    client = redis_client(url)
+    client = redis_client(url, settings)
     try:
         client.ping()
     except redis.exceptions.RedisError as exc:
-        raise unreachable(endpoint(url), exc) from None
+        raise unreachable(endpoint(url, settings.sentinel_master), exc) from None
     finally:
         client.close()
 
 
 @contextlib.contextmanager
-def _transport(url: str) -> Iterator[None]:
+def _transport(url: str, settings: Settings) -> Iterator[None]:
     """Redis lost between the PING and the answer: the same one line."""
     try:
         yield
     except WorkerguardError:
         raise
     except _TRANSPORT_ERRORS as exc:
-        raise unreachable(endpoint(url), exc) from None
+        raise unreachable(endpoint(url, settings.sentinel_master), exc) from None
 
 
 def check_request(config: Config, task: str, args: list[Any], host: str | None) -> None:
@@ -149,15 +169,15 @@ def call_and_wait(config: Config, task: str, args: list[Any], kwargs: dict[str, 
     timeout = timeout or default_timeout(config)
     queue = host_queue(host or config.settings.host_id)
     with redis_url(config.settings) as url, _sender(config, url) as app:
-        reachable(url)
-        with _transport(url):
+        reachable(url, config.settings)
+        with _transport(url, config.settings):
             # Expire with our patience: a request nobody took in time never runs later.
             request = send(app, config, task, args, kwargs, host,
                            expires=min(ANSWER_TIMEOUT, timeout))
             return wait(request, queue, timeout)
 
 
-_apps: dict[str, Celery] = {}
+_apps: dict[tuple[str, str | None, str | None], Celery] = {}
 _apps_lock = threading.Lock()
 MAX_CACHED_APPS = 4
 
@@ -178,13 +198,15 @@ def _sender(config: Config, url: str) -> Iterator[Celery]:
 
 
 def cached_app(config: Config, url: str) -> Celery:
-    """One app per Redis URL for the life of the process (at most ``MAX_CACHED_APPS``)."""
+    """One app per Redis URL (and Sentinel master) for the life of the process (at most
+    ``MAX_CACHED_APPS``)."""
+    key = (url, config.settings.sentinel_master, config.settings.sentinel_password)
     with _apps_lock:
-        app = _apps.get(url)
+        app = _apps.get(key)
         if app is None:
             if len(_apps) >= MAX_CACHED_APPS:
                 _apps.pop(next(iter(_apps))).close()
-            app = _apps[url] = make_app(config, url)
+            app = _apps[key] = make_app(config, url)
         return app
 
 
@@ -205,8 +227,8 @@ def _call(task: str, args: list[Any], kwargs: dict[str, Any], host: str | None, 
     if not url:
         raise WorkerguardError("wait=False needs a redis_url: the embedded server is per command")
     check_request(config, task, args, host)
-    reachable(url)
-    with _transport(url):
+    reachable(url, config.settings)
+    with _transport(url, config.settings):
         return send(cached_app(config, url), config, task, args, kwargs, host)
 
 
@@ -251,8 +273,8 @@ def ping(config: Config, host: str | None = None, timeout: float = 5.0) -> str:
     """The node name of the host's guard worker if it answers a Celery ping within ``timeout``."""
     node = node_name(host or config.settings.host_id)
     with redis_url(config.settings) as url, _sender(config, url) as app:
-        reachable(url)
-        with _transport(url):
+        reachable(url, config.settings)
+        with _transport(url, config.settings):
             replies = app.control.ping(destination=[node], timeout=timeout)
     if not any(node in reply for reply in replies or []):
         raise WorkerguardError(f"no guard answered: {node} did not answer a ping within "

@@ -17,6 +17,11 @@ class InvalidRequest(WorkerguardError):
     """A request's arguments have the wrong type, value or name."""
 
 
+class BlindLocal(WorkerguardError):
+    """A ``--local`` call runs as another uid, or with another runtime dir, than the guard
+    that runs the host's instances: it would see none of them; refused, nothing touched."""
+
+
 class LockTimeout(WorkerguardError):
     """The profile's lock could not be taken within the wait limit."""
 

@@ -13,9 +13,14 @@ def redact_url(url: str | None) -> str:
 
     >>> redact_url("redis://:hunter2@db:6379/0")
     'redis://:***@db:6379/0'
+
+    A sentinel URL is redacted part by part (``sentinel://:pw@h1;sentinel://:pw@h2/0``).
     """
     if not url:
         return str(url)
+    chunks = re.split(r";(?=sentinel://)", url)
+    if len(chunks) > 1:
+        return ";".join(redact_url(chunk) for chunk in chunks)
     try:
         parts = urlsplit(url)
     except ValueError:

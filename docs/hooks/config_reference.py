@@ -1,9 +1,9 @@
 """MkDocs hook: the pages whose text comes from the code, written when the site is built.
 
 - ``config-reference.md``: every key of the configuration file, from the pydantic models
-  that load it (``Settings``, ``Profile`` and the probe models). Type, default and bounds
-  come from the JSON Schema that ``workerguard schema`` prints; the description is the
-  field's attribute docstring. A key added to a model shows up here by itself, with
+  that load it (``Settings``, ``Profile``, ``ClusterSettings`` and the probe models).
+  Type, default and bounds come from the JSON Schema that ``workerguard schema`` prints;
+  the description is the field's attribute docstring. A key added to a model shows up here by itself, with
   the docstring written beside it.
 - ``callers.md``: the callers' snippets, copied from ``README.md``, where
   ``tests/test_readme.py`` runs them, so the site shows exactly the code that is tested.
@@ -175,7 +175,7 @@ def _definition(schema: dict[str, Any], model: type) -> dict[str, Any]:
 
 def reference_markdown() -> str:
     """The generated part of the configuration reference, as Markdown."""
-    from workerguard.config.schema import ENV_PREFIX, Profile, Settings, json_schema
+    from workerguard.config.schema import ENV_PREFIX, ClusterSettings, Profile, Settings, json_schema
     from workerguard.probes.spec import AnyProbe
 
     schema = json_schema()
@@ -194,6 +194,11 @@ def reference_markdown() -> str:
         *_table(Profile, _definition(schema, Profile),
                 not_in_table=profile_name),
         "",
+        "## `[cluster]`", "",
+        _inline(ClusterSettings.__doc__ or ""), "",
+        "Read only when a profile has `scope = \"cluster\"`; see [Fleet](fleet.md) for the "
+        "model and the timing inequality.", "",
+        *_table(ClusterSettings, _definition(schema, ClusterSettings)), "",
         "## `[profiles.NAME.probe]`", "",
         "At most one per profile; `kind` picks one of the tables below. What each kind does, "
         "the timings and the placeholders are explained in [Health probes](probes.md).", "",

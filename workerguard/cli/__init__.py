@@ -6,10 +6,14 @@ and failed, or no guard answered), ``EXIT_USAGE`` 2 (bad usage or bad config).
 
 from __future__ import annotations
 
-import click
+from workerguard.cli.deferred_imports import defer_redis_asyncio
 
-from workerguard.cli import actions, operations, services
-from workerguard.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+defer_redis_asyncio()  # before anything imports redis-py
+
+import click  # noqa: E402
+
+from workerguard.cli import actions, fleet, operations, services  # noqa: E402
+from workerguard.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE  # noqa: E402
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -22,6 +26,6 @@ def main() -> None:
 
 for command in (actions.ensure, actions.enforce, actions.stop, actions.status, actions.prune,
                 operations.events, operations.ping, operations.check, operations.reload,
-                operations.schema,
+                operations.schema, fleet.hosts,
                 services.worker, services.beat, services.flower, services.up):
     main.add_command(command)

@@ -25,6 +25,7 @@ from workerguard.config.schema import MAX_WORKERS_LIMIT
 from workerguard.errors import WorkerguardError
 from workerguard.policy.reports import Result
 from workerguard.redact import redact_text
+from workerguard.timing import PRUNE_OLDER_THAN
 
 
 @click.command()
@@ -50,12 +51,41 @@ def enforce(profile: str, max_workers: int | None, where: Where, dry_run: bool) 
               {"max_workers": max_workers, "dry_run": dry_run, "requested_by": requester()})
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+class Duration(click.ParamType[float]):
+    """Seconds, or a number with a unit: ``90s``, ``30m``, ``12h``, ``7d``."""
+
+    name = "duration"
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        unit = _UNITS.get(text[-1:])
+        number = text[:-1] if unit is not None else text
+        try:
+            seconds = float(number) * (unit or 1)
+        except ValueError:
+            self.fail(f"{value!r} is not a duration (seconds, or with s, m, h or d: 12h)", param, ctx)
+        if not 0 <= seconds < float("inf"):
+            self.fail(f"{value!r} is not a duration of 0 or more", param, ctx)
+        return seconds
+
+
 @click.command()
 @action_options
 @dry_run_option
-def prune(where: Where, dry_run: bool) -> None:
-    """Stop this host's orphans: instances of profiles that are no longer configured."""
-    where.run("prune", [], {"dry_run": dry_run, "requested_by": requester()})
+@click.option("--older-than", type=Duration(), default=f"{PRUNE_OLDER_THAN / 86_400:g}d", show_default=True,
+              help="Also remove the empty cgroups of host ids no guard has served for this long "
+                   "(seconds, or 90m, 12h, 7d).")
+def prune(where: Where, dry_run: bool, older_than: float) -> None:
+    """Stop this host's orphans (instances of profiles that are no longer configured) and
+    remove leftovers: empty groups, temp records, probe dirs (see docs/cli.md)."""
+    where.run("prune", [], {"dry_run": dry_run, "requested_by": requester(),
+                            "older_than": older_than})
 
 
 @click.command()
@@ -75,13 +105,21 @@ def stop(profile: str, where: Where, dry_run: bool) -> None:
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               metavar="SECONDS", help="Refresh interval of --watch.")
+@click.option("--cluster", is_flag=True,
+              help="The slots of every cluster profile (or of PROFILE) across the fleet, "
+                   "read from Redis only: holder, token, lease left, state.")
 def status(profile: str | None, where: Where, table: bool | None, watch: bool,
-           interval: float) -> None:
+           interval: float, cluster: bool) -> None:
     """Show the instances of PROFILE (or of every profile) on this host.
 
     On a terminal: a table of profile, host, state, pids, uptime and command. Piped,
-    or with --plain: one line per profile (`demo: running (PIDs: 4242)`).
+    or with --plain: one line per profile (`demo: running (PIDs: 4242)`). With
+    --cluster: the fleet's slots of cluster profiles, from Redis (no guard needed).
     """
+    if cluster:
+        from workerguard.cli.fleet import cluster_status
+
+        cluster_status(where.config_file, profile, where.as_json)
     config = load(where.config_file)
     show = _status_printer(where.as_json, table)
     args = [profile] if profile else []

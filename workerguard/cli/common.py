@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from workerguard.config.load import Config, load_config
-from workerguard.errors import ActionFailed, ConfigError, InvalidRequest, UnknownProfile, WorkerguardError
+from workerguard.errors import (
+    ActionFailed,
+    BlindLocal,
+    ConfigError,
+    InvalidRequest,
+    UnknownProfile,
+    WorkerguardError,
+)
 from workerguard.policy.reports import Result
 from workerguard.redact import redact_text
 
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-USAGE_ERRORS = (ConfigError, UnknownProfile, InvalidRequest)
+USAGE_ERRORS = (ConfigError, UnknownProfile, InvalidRequest, BlindLocal)
 
 
 def requester() -> str:
@@ -105,13 +112,15 @@ class Where:
 
 def run_local(config: Config, call: Callable[[Guard], Answer]) -> Result:
     """Run one guard action in this process, under the same lock the tasks use; its answer
-    as the task would return it (the contract dict)."""
+    as the task would return it (the contract dict). Refused (``BlindLocal``, exit 2)
+    when this process would not see the host's instances (``policy.guard.refuse_a_blind_call``)."""
     from workerguard.ops.connect import redis_client, redis_url
-    from workerguard.policy.guard import Guard
+    from workerguard.policy.guard import Guard, refuse_a_blind_call
 
     with redis_url(config.settings) as url:
-        client = redis_client(url)
+        client = redis_client(url, config.settings)
         try:
+            refuse_a_blind_call(client, config.settings)
             answer = call(Guard(client, config))
         finally:
             client.close()
@@ -145,3 +154,15 @@ def action_options(command: Callable[..., Any]) -> Callable[..., Any]:
         return command(*args, where=Where(config_file, local, as_json, host, timeout), **kwargs)
 
     return wrapper
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``5m03s``, ``2h05m``, ``3d04h``."""
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"

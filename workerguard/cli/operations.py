@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -18,6 +19,10 @@ from workerguard.cli.common import (
     load,
 )
 from workerguard.redact import redact_text, redact_url
+
+if TYPE_CHECKING:
+    from workerguard.config.load import Config
+    from workerguard.config.schema import Profile
 
 
 @click.command()
@@ -53,7 +58,7 @@ def events(profile: str | None, config_file: str | None, host: str | None, since
     wanted = log.EventFilter(profile=profile, host=host)
     show = log.as_json if as_json else log.line
     with errors(), redis_url(config.settings) as url:
-        client = redis_client(url)
+        client = redis_client(url, config.settings)
         try:
             cursor = log.last_id(client)
             if profile is not None and profile not in config.profiles and not log.latest(
@@ -69,7 +74,7 @@ def events(profile: str | None, config_file: str | None, host: str | None, since
         except KeyboardInterrupt:
             pass
         except REDIS_ERRORS as exc:
-            raise unreachable(endpoint(url), exc) from None
+            raise unreachable(endpoint(url, config.settings.sentinel_master), exc) from None
         finally:
             client.close()
     sys.exit(EXIT_OK)
@@ -129,6 +134,9 @@ def check(config_file: str | None) -> None:
     s = config.settings
     click.echo(f"config: {config.source}")
     click.echo(f"redis: {redact_url(s.redis_url) if s.redis_url else f'embedded ({s.home}/redis)'}")
+    if s.sentinel_master:
+        click.echo(f"sentinel_master: {s.sentinel_master}  sentinel_password: "
+                   f"{'***' if s.sentinel_password else 'none'}")
     click.echo(f"host_id: {s.host_id}  sweep_interval: {s.sweep_interval:g} s  "
                f"lock_expire: {s.lock_expire} s")
     if not config.profiles:
@@ -136,9 +144,39 @@ def check(config_file: str | None) -> None:
         sys.exit(EXIT_USAGE)
     for p in config.profiles.values():
         match = f"  match={p.match}" if p.match else ""
-        click.echo(f"  {p.name}: {' '.join(p.command)}  workers {p.min_workers}..{p.max_workers}"
-                   f"  keep={p.keep}{match}")
+        if p.is_cluster:
+            click.echo(f"  {p.name}: {' '.join(p.command)}  cluster: {p.max_workers} across "
+                       f"{', '.join(p.hosts) or 'every host that has it'}  "
+                       f"max_per_host={p.max_per_host}  guarantee={p.guarantee}")
+            for line in cluster_lines(config, p):
+                click.echo(f"    {line}")
+        else:
+            click.echo(f"  {p.name}: {' '.join(p.command)}  workers {p.min_workers}..{p.max_workers}"
+                       f"  keep={p.keep}{match}")
     click.echo("ok")
+
+
+def cluster_lines(config: Config, profile: Profile) -> list[str]:
+    """What ``check`` says of a cluster profile: its timings, inequality (I) with its margin,
+    the Sentinel timing that keeps its instances through a Redis failover, and a warning
+    where a worker could escape the leash's kill."""
+    t = config.timing(profile)
+    c = config.cluster
+    lines = [f"lease {t.lease:g} s  renew_deadline {t.renew_deadline:g} s  renew_period "
+             f"{t.renew_period:g} s  kill_budget {t.kill_budget:g} s  clock_drift {t.clock_drift:g}",
+             f"inequality (I): {t.summary()}"]
+    if c.replicas == 0 and config.settings.sentinel_master:
+        lines.append("warning: [cluster] replicas = 0 with Sentinel: a grant the failover "
+                     "loses can be granted again (set floor(n/2) of n Redis nodes)")
+    if config.settings.sentinel_master:
+        down_after = max(0.0, t.renew_deadline - t.renew_period - 2) * 1000
+        lines.append(f"sentinel: down-after-milliseconds <= {down_after:.0f} keeps instances "
+                     f"through a failover (F + renew_period < renew_deadline); longer ones "
+                     f"fence every cluster instance")
+    if config.settings.identity == "registry":
+        lines.append('warning: identity = "registry": a daemon that leaves its session escapes '
+                     "the leash's kill at the deadline (cgroups close that gap)")
+    return lines
 
 
 @click.command()

@@ -11,22 +11,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from workerguard.cli.common import duration
 from workerguard.policy.reports import Result
 
 STATE_STYLE = {"running": "green", "paused": "yellow", "backoff": "red", "stopped": "dim",
                "healthy": "green", "starting": "yellow", "unhealthy": "red"}
-
-
-def duration(seconds: float) -> str:
-    """``42s``, ``5m03s``, ``2h05m``, ``3d04h``."""
-    s = int(max(0.0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def status_table(result: Result) -> Table:
@@ -46,6 +35,9 @@ def status_table(result: Result) -> Table:
             ", ".join(_health(i.get("health")) for i in instances) or "-",
             " ".join(entry.get("command", [])),
         )
+    watch = result.get("exit_watch")
+    if watch and watch != "pidfd":  # exits are polled: say why under the table
+        table.caption = f"exit watch: {watch}"
     return table
 
 

@@ -82,8 +82,8 @@ def _place(loc: tuple[Any, ...], where: str, env_keys: Collection[str]) -> str:
     head, *rest = loc
     if head == "guard" and rest and rest[0] in env_keys:
         return f"environment: WORKERGUARD_{str(rest[0]).upper()}" + "".join(_label(rest[1:]))
-    if head == "guard":
-        return f"{where}: [guard]" + (f": {_label(rest)}" if rest else "")
+    if head in ("guard", "cluster"):
+        return f"{where}: [{head}]" + (f": {_label(rest)}" if rest else "")
     if head == "profiles" and rest:
         name, *inside = rest
         return f"{where}: profile {str(name)[:80]!r}" + (f": {_label(inside)}" if inside else "")
@@ -105,10 +105,10 @@ def _problem(error: ErrorDetails, root: type[BaseModel], loc: tuple[Any, ...]) -
     if kind == "missing":
         return "is required"
     if kind == "extra_forbidden":
-        allowed = _keys_at(root, loc[:-1])
+        allowed, listed = _keys_at(root, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.75)
         return (f"unknown {'table' if len(loc) == 1 else 'key'}"
-                + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+                + (f" (allowed: {', '.join(listed)})" if listed else "")
                 + (f"; did you mean {close[0]}?" if close else ""))
     if kind in _NUMBER_ERRORS:
         if (isinstance(value, float) and kind.startswith("int")) or (
@@ -145,22 +145,29 @@ def _is_float(text: Any) -> bool:
     return True
 
 
-def _keys_at(root: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
-    """The keys the schema allows in the table at ``path`` (empty if unknown)."""
+def _keys_at(root: type[BaseModel], path: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    """The keys the schema allows in the table at ``path`` (empty if unknown), and those of
+    them an error lists: not the keys a model names in ``UNLISTED_KEYS`` (a profile's
+    cluster keys: the common per-host case stays a short list; a misspelt one is still
+    suggested)."""
     kind: Any = root
     for part in path:
         model = _model(kind)
         if model is not None:
             field = model.model_fields.get(str(part))
             if field is None:
-                return []
+                return [], []
             kind = field.annotation
         elif get_origin(kind) is dict:
             kind = get_args(kind)[1]
         else:
-            return []
+            return [], []
     model = _model(kind)
-    return sorted(model.model_json_schema().get("properties", {})) if model else []
+    if model is None:
+        return [], []
+    allowed = sorted(model.model_json_schema().get("properties", {}))
+    unlisted = getattr(model, "UNLISTED_KEYS", ())
+    return allowed, [key for key in allowed if key not in unlisted]
 
 
 def _model(kind: Any) -> type[BaseModel] | None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from workerguard.config.explain import explain
-from workerguard.config.schema import ENV_PREFIX, ConfigFile, Profile, Settings
+from workerguard.config.lease_timing import Timing
+from workerguard.config.schema import ENV_PREFIX, ClusterSettings, ConfigFile, Profile, Settings
 from workerguard.errors import ConfigError, UnknownProfile
 
 
@@ -21,6 +22,8 @@ class Config:
     settings: Settings
     profiles: Mapping[str, Profile]
     source: str
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    """The ``[cluster]`` table: lease timings of the cluster profiles."""
 
     def profile(self, name: str) -> Profile:
         try:
@@ -31,12 +34,16 @@ class Config:
                 f"unknown profile {str(name)[:80]!r} (configured: {known}; config: {self.source})"
             ) from None
 
+    def timing(self, profile: Profile) -> Timing:
+        """A cluster profile's lease timings: ``[cluster]`` with its own L and D, if set."""
+        return self.cluster.timing(profile.lease_seconds, profile.renew_deadline)
+
 
 # WORKERGUARD_* overrides of the [guard] table --------------------------------------------
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """The ``[guard]`` keys set by WORKERGUARD_<KEY> (empty = unset), typed."""
     if not any(environ.get(f"{ENV_PREFIX}{key.upper()}") for key in Settings.model_fields):
-        return {}  # the usual case: spare the CLI importing pydantic-settings (~60 ms)
+        return {}  # the usual case: spare the CLI importing pydantic-settings (slow to import)
     from workerguard.config.env import read_overrides
 
     return read_overrides(environ)
@@ -78,4 +85,5 @@ def parse_config(data: Mapping[str, Any], where: str,
         parsed = ConfigFile.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise explain(exc, where, root=ConfigFile, env_keys=set(overrides)) from None
-    return Config(settings=parsed.guard, profiles=parsed.profiles, source=where)
+    return Config(settings=parsed.guard, profiles=parsed.profiles, source=where,
+                  cluster=parsed.cluster)

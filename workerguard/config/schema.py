@@ -13,12 +13,14 @@ below; a sub-table is a field whose type is another ``Table``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -33,10 +35,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import InitErrorDetails, PydanticCustomError, core_schema
 
+from workerguard.config.lease_timing import Timing, lease_socket_timeout
+from workerguard.ops import sentinel
 from workerguard.probes.spec import MAX_PORT, ProbeSpec, no_nul
 from workerguard.redact import redact_url
+from workerguard.workers.identity import this_uid
 from workerguard.workers.rundir import default_runtime_dir
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -45,11 +50,18 @@ Keep = Literal["newest", "oldest"]
 KEEP_CHOICES: tuple[Keep, ...] = get_args(Keep)
 StopSignal = Literal["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2"]
 STOP_SIGNALS: tuple[StopSignal, ...] = get_args(StopSignal)
+Scope = Literal["host", "cluster"]
+"""``host``: ``max_workers`` on each host (the default); ``cluster``: across the fleet."""
+Guarantee = Literal["at_most", "at_least"]
+"""A cluster profile's promise when a holder is cut off: never more than N (the default), or
+never fewer (a replacement starts while the cut-off one may still run)."""
+CLUSTER_ONLY = ("hosts", "max_per_host", "guarantee", "lease_seconds", "renew_deadline")
+"""Profile keys that only a ``scope = "cluster"`` profile may set."""
 Identity = Literal["auto", "cgroup", "registry"]
 """How a host tells its instances apart (``Settings.identity``; ``workers.host`` takes it)."""
 MAX_WORKERS_LIMIT = 1000
 """No profile may ask for more instances than this: a guard against typos like 10000."""
-REDIS_SCHEMES = re.compile(r"^(rediss?|redis\+socket|unix)://")
+REDIS_SCHEMES = re.compile(r"^(rediss?|redis\+socket|unix|sentinel)://")
 ENV_PREFIX = "WORKERGUARD_"
 
 
@@ -85,8 +97,22 @@ def _regex(pattern: str) -> str:
 
 def _redis_url(url: str) -> str:
     if not REDIS_SCHEMES.match(url):
-        raise _fail(f"must start with redis://, rediss:// or unix://, got {redact_url(url)!r}")
+        raise _fail(f"must start with redis://, rediss://, unix:// or sentinel://, "
+                    f"got {redact_url(url)!r}")
+    if sentinel.is_sentinel(url):
+        try:
+            sentinel.parse(url)
+        except sentinel.SentinelURLError as exc:
+            raise _fail(str(exc)) from None
     return url
+
+
+def _secret(value: Any, handler: Any) -> Any:
+    """Validate a secret without ever echoing it in the error line."""
+    try:
+        return handler(value)
+    except (ValidationError, PydanticCustomError):
+        raise _fail("must be a non-empty string without NUL (the value is not shown)") from None
 
 
 def _path(value: Any) -> Path:
@@ -113,6 +139,29 @@ def _from_config_dir(cwd: str | None, info: ValidationInfo) -> str | None:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+@functools.lru_cache(maxsize=256)
+def _uid_of(user: str | int) -> int | None:
+    """The uid of a user name, or the uid itself; None if no user has that name."""
+    if isinstance(user, int) or sys.platform == "win32":
+        return user if isinstance(user, int) else None
+    import pwd
+
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _known_users(users: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    if sys.platform == "win32":
+        return users  # no uids there: ``match_users`` changes nothing
+    for user in users:
+        if _uid_of(user) is None:
+            raise _fail(f"names no user of this host: {user!r} (write a uid as a number, "
+                        f"e.g. 1001, or a name `getent passwd` knows)")
+    return users
+
+
 def _within(low: int, high: int) -> AfterValidator:
     def check(value: int) -> int:
         if not low <= value <= high:
@@ -124,6 +173,8 @@ def _within(low: int, high: int) -> AfterValidator:
 Text = Annotated[str, StringConstraints(min_length=1), AfterValidator(no_nul)]
 """A non-empty string without NUL, of any length (``probes.spec.ProbeText`` is capped)."""
 Name = Annotated[str, StringConstraints(pattern=f"^{PROFILE_NAME.pattern}$")]
+HostPattern = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.*?!\[\]-]{1,64}$")]
+"""A ``host_id`` or an fnmatch pattern of them (``scrape-0[1-5]``, ``gpu-*``)."""
 Seconds = Annotated[float, Field(gt=0)]
 """A duration of the guard or a profile: > 0, no upper bound (``probes.spec.ProbeSeconds``
 is capped at a day)."""
@@ -131,6 +182,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Count = Annotated[int, Field(ge=0)]
 Command = Annotated[tuple[Text, ...], Field(min_length=1),
                     _as_whole("must be a non-empty list of non-empty strings")]
+MatchUsers = Annotated[tuple[Text | Annotated[int, Field(ge=0)], ...],
+                      _as_whole("must be a list of user names or uids (whole numbers >= 0)"),
+                      AfterValidator(_known_users)]
 Environment = Annotated[dict[str, str], _as_whole("must be a table of string values"),
                         Field(json_schema_extra={"propertyNames": {"not": {"pattern": f"^{ENV_PREFIX}"}}})]
 HomePath = Annotated[Path, BeforeValidator(_path), Field(json_schema_extra={"type": "string"})]
@@ -152,14 +206,22 @@ class Settings(Table):
 
     redis_url: Annotated[Text, AfterValidator(_redis_url),
                          Field(json_schema_extra={"pattern": REDIS_SCHEMES.pattern})] | None = None
-    """redis://, rediss:// or unix:// URL of the broker and lock server; absent: the embedded server."""
+    """redis://, rediss:// or unix:// URL of the broker and lock server, or the Sentinels'
+    ``sentinel://[:PASS@]h1:26379;sentinel://h2:26379;.../0`` (then with
+    ``sentinel_master``); absent: the embedded server."""
+    sentinel_master: Name | None = None
+    """With a sentinel:// ``redis_url`` (and only then): the name of the primary the
+    Sentinels watch (``sentinel monitor NAME ...``)."""
+    sentinel_password: Annotated[Text, WrapValidator(_secret)] | None = None
+    """With a sentinel:// ``redis_url``: the Sentinels' own AUTH password (``requirepass``
+    of sentinel.conf), distinct from the Redis password in the URL; absent: no AUTH."""
     host_id: Annotated[str, StringConstraints(pattern=f"^{HOST_ID.pattern}$")] = Field(
         default_factory=socket.gethostname)
     """This host's name in queues, locks and the action log (default: the hostname)."""
     home: HomePath = Field(default_factory=default_home)
     """Logs, locks and the embedded server (default: ~/.local/state/workerguard)."""
     sweep_interval: Seconds = 30.0
-    """Seconds between beat sweeps."""
+    """Seconds between two sweeps of a host (beat's schedule, the guard's timer)."""
     lock_expire: PositiveInt = 10
     """Server-side TTL of a profile's lock, renewed while held (seconds)."""
     lock_timeout: Seconds = 30.0
@@ -178,12 +240,17 @@ class Settings(Table):
     """Address the metrics endpoint binds to; 127.0.0.1 keeps it local."""
     sweep_on_start: bool = True
     """The guard worker sweeps its host once when it is ready, without waiting for beat."""
+    sweep_timer: bool = True
+    """The guard worker also sweeps its host when no sweep came for about one
+    ``sweep_interval`` (a dead or absent beat); false leaves sweeps to beat alone."""
     identity: Identity = "auto"
     """How instances are told apart: ``cgroup`` (a cgroup v2 group each), ``registry`` (a
     record of what was spawned), ``auto`` (cgroup where writable, else registry)."""
     cgroup_root: AbsolutePath | None = None
-    """The cgroup v2 directory instance groups go under (default: <cgroup2 mount>/workerguard
-    for root, a ``workerguard`` group beside the guard's own otherwise)."""
+    """The cgroup v2 directory instance groups go under (default, by systemd's delegation
+    rules: ``<own group>/workerguard`` in a delegated unit, the guard itself moving into
+    ``<own group>/guard``; else ``<cgroup2 mount>/workerguard`` for root; see
+    ``workers/cgroup_layout.py``)."""
     log_max_bytes: PositiveInt = 10 * 1024 * 1024
     """A worker log larger than this is rotated (before each spawn and on every sweep)."""
     log_backups: Count = 3
@@ -193,7 +260,22 @@ class Settings(Table):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, (redact_url(value) if name == "redis_url" and value else value)
+            if value and name == "redis_url":
+                yield name, redact_url(value)
+            else:
+                yield name, "***" if value and name == "sentinel_password" else value
+
+    @model_validator(mode="after")
+    def _sentinel_settings(self) -> Settings:
+        uses_sentinel = bool(self.redis_url) and sentinel.is_sentinel(str(self.redis_url))
+        if uses_sentinel and not self.sentinel_master:
+            raise _fail("is required with a sentinel:// redis_url (the name in "
+                        "`sentinel monitor NAME ...`)", field="sentinel_master")
+        for name in ("sentinel_master", "sentinel_password"):
+            if not uses_sentinel and getattr(self, name) is not None:
+                raise _fail("is only used with a sentinel:// redis_url; remove it, or set "
+                            "redis_url to the Sentinels", field=name)
+        return self
 
     @property
     def log_dir(self) -> Path:
@@ -211,6 +293,62 @@ class Settings(Table):
         return self.runtime_dir / "registry"
 
 
+# the [cluster] table -------------------------------------------------------------------
+def _raise_all(problems: list[tuple[tuple[str | int, ...], str]], value: Any) -> None:
+    """Several problems at once, each at its own location (a check across tables)."""
+    if problems:
+        raise ValidationError.from_exception_data("workerguard", [
+            InitErrorDetails(type=_fail(problem), loc=loc, input=value) for loc, problem in problems])
+
+
+class ClusterSettings(Table):
+    """The ``[cluster]`` table: the lease timings of every ``scope = "cluster"`` profile,
+    fleet-wide (every host must have the same). Defaults are Kubernetes' leader election
+    (lease 15 s, renew deadline 10 s, retry 2 s). ``workerguard check`` prints the timing
+    inequality with these numbers and its margin."""
+
+    lease_seconds: Seconds = 15.0
+    """L: the TTL of a slot's lease in Redis, set by every grant and renewal; a crashed
+    holder's slot moves to another host this long after its last renewal."""
+    renew_deadline: Seconds = 10.0
+    """D: an instance whose lease had no acknowledged renewal for this long is killed by its
+    leash, before the lease can pass to another host (the inequality below)."""
+    renew_period: Seconds = 2.0
+    """P: seconds between two renewal rounds of a guard (one pipeline for all its slots)."""
+    kill_budget: Seconds = 1.0
+    """K: from the renew deadline until no process of the instance runs (leash lateness,
+    ``cgroup.kill`` and the kernel's teardown)."""
+    clock_drift: Annotated[float, Field(ge=0, lt=0.5)] = 0.01
+    """rho: the most any host's clock and the Redis primary's may run fast or slow (0.01:
+    1 %); clock steps are detected, not covered by this."""
+    fence_grace: Seconds = 3.0
+    """The profile's stop_signal goes out this long before the hard deadline (capped by its
+    stop_timeout), then the group is killed at the deadline."""
+    replicas: Count = 0
+    """Grants and renewals count only once this many replicas have them (``WAIT``):
+    floor(n/2) of n Redis nodes behind Sentinel; 0 for a single Redis."""
+    wait_timeout: Seconds = 0.5
+    """Seconds a ``WAIT`` for ``replicas`` may take."""
+    claim_stagger: Annotated[float, Field(ge=0)] = 0.25
+    """Seconds between two placement ranks: the host at rank r claims a vacant slot r times
+    this after the first."""
+
+    def timing(self, lease_seconds: float | None = None,
+               renew_deadline: float | None = None) -> Timing:
+        """The lease timings, with a profile's own L and D where it sets them."""
+        return Timing(lease=lease_seconds or self.lease_seconds,
+                      renew_deadline=renew_deadline or self.renew_deadline,
+                      renew_period=self.renew_period, kill_budget=self.kill_budget,
+                      clock_drift=self.clock_drift)
+
+    @model_validator(mode="after")
+    def _inequality(self) -> ClusterSettings:
+        timing = self.timing()
+        _raise_all([((field,), problem) for field, problem
+                    in timing.violations(lease_socket_timeout(self.renew_period))], self)
+        return self
+
+
 # a [profiles.NAME] table ---------------------------------------------------------------
 def _drop_name(schema: dict[str, Any]) -> None:
     """The name is the table's key (``[profiles.NAME]``), not a key inside the table."""
@@ -222,6 +360,8 @@ class Profile(Table):
     """One named worker definition. Tasks name a profile; they never carry a command."""
 
     model_config = ConfigDict(json_schema_extra=_drop_name)
+    UNLISTED_KEYS: ClassVar[tuple[str, ...]] = ("scope", *CLUSTER_ONLY)
+    """Left out of the keys an unknown-key error lists (config.explain): the cluster keys."""
 
     name: Annotated[str, BeforeValidator(_not_in_table)]
     """The table's key (checked there)."""
@@ -240,6 +380,10 @@ class Profile(Table):
     """Which instances survive when there are too many."""
     match: Annotated[Text, AfterValidator(_regex)] | None = None
     """Regex on the command line: also count instances started outside workerguard."""
+    match_users: MatchUsers = ()
+    """With ``match``: user names or uids whose processes ``match`` may adopt (and so, with
+    ``stop_adopted``, stop); empty (the default): only the guard's own user's. A process
+    of any other user is never adopted, whatever its command line."""
     start_seconds: Seconds = 1.0
     """A new instance must stay up this long to count."""
     stop_timeout: Seconds = 10.0
@@ -256,11 +400,33 @@ class Profile(Table):
     """Health probe ([profiles.NAME.probe], ``kind`` = command | http | tcp | heartbeat): a new
     instance counts as started once it passes; one that fails it ``failure_threshold``
     times in a row is replaced."""
+    scope: Scope = "host"
+    """``host``: ``max_workers`` instances on each host that configures the profile;
+    ``cluster``: ``max_workers`` across the fleet, each in a leased slot (docs/fleet.md)."""
+    hosts: Annotated[tuple[HostPattern, ...],
+                     _as_whole("must be a list of host_id patterns (fnmatch: * ? [..])")] = ()
+    """Cluster profiles: the hosts that may run it, as fnmatch patterns in order of
+    preference; empty: every host whose config has the profile."""
+    max_per_host: PositiveInt = 1
+    """Cluster profiles: the most slots one host may hold (1: every instance on another host)."""
+    guarantee: Guarantee = "at_most"
+    """Cluster profiles: ``at_most``: a cut-off holder kills its instance before the slot can
+    move, so never more than max_workers run; ``at_least``: it keeps running, and a
+    replacement starts elsewhere (duplicates possible, gaps shorter)."""
+    lease_seconds: Seconds | None = None
+    """Cluster profiles: this profile's own L (default: ``[cluster] lease_seconds``)."""
+    renew_deadline: Seconds | None = None
+    """Cluster profiles: this profile's own D (default: ``[cluster] renew_deadline``)."""
 
     @model_validator(mode="before")
     @classmethod
     def _max_follows_min(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "max_workers" not in data and type(data.get("min_workers")) is int:
+        if not isinstance(data, dict):
+            return data
+        if (data.get("scope") == "cluster" and "min_workers" not in data
+                and type(data.get("max_workers")) is int):
+            return {**data, "min_workers": data["max_workers"]}  # N slots: all of them run
+        if "max_workers" not in data and type(data.get("min_workers")) is int:
             return {**data, "max_workers": max(1, data["min_workers"])}
         return data
 
@@ -268,14 +434,48 @@ class Profile(Table):
     def _check(self) -> Profile:
         if any(k.startswith(ENV_PREFIX) for k in self.env):
             raise _fail("must not set WORKERGUARD_* variables (they mark instances)", field="env")
+        if self.match_users and self.match is None:
+            raise _fail("is only used with match; remove it, or set match", field="match_users")
         if self.min_workers > self.max_workers:
             raise _fail(f"must be <= max_workers ({self.max_workers}), got {self.min_workers}",
                         field="min_workers")
+        if self.scope == "cluster":
+            self._check_cluster()
+        else:
+            for name in CLUSTER_ONLY:
+                if name in self.model_fields_set:
+                    raise _fail('is only used with scope = "cluster"', field=name)
         return self
+
+    def _check_cluster(self) -> None:
+        if self.match is not None:
+            raise _fail('cannot be used with scope = "cluster": an adopted process has no '
+                        "leash to kill it at its lease's deadline", field="match")
+        if self.min_workers != self.max_workers:
+            raise _fail(f"must equal max_workers ({self.max_workers}) with scope = \"cluster\" "
+                        f"(every slot runs), got {self.min_workers}", field="min_workers")
+        if sys.platform == "win32":
+            raise _fail('"cluster" needs a POSIX host (the leash kills through cgroups and '
+                        "process groups); Windows runs per-host profiles only", field="scope")
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.scope == "cluster"
 
     @property
     def match_regex(self) -> re.Pattern[str] | None:
         return re.compile(self.match) if self.match else None
+
+    @property
+    def match_uids(self) -> frozenset[int] | None:
+        """The uids whose processes ``match`` may adopt: ``match_users``, else the guard's
+        own; None where processes have no uid (Windows: any)."""
+        own = this_uid()
+        if own is None:
+            return None
+        if not self.match_users:
+            return frozenset({own})
+        return frozenset(uid for user in self.match_users if (uid := _uid_of(user)) is not None)
 
 
 # the file ------------------------------------------------------------------------------
@@ -307,9 +507,34 @@ class ConfigFile(Table):
 
     guard: Settings = Field(default_factory=Settings)
     """Settings of this host's guard."""
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    """Lease timings of the cluster profiles, fleet-wide."""
     profiles: Annotated[dict[Name, Profile], BeforeValidator(_name_profiles)] = Field(
         default_factory=dict, json_schema_extra={"additionalProperties": False})
     """The worker definitions, by name: [profiles.NAME]."""
+
+    @model_validator(mode="after")
+    def _cluster_profiles(self) -> ConfigFile:
+        """What a cluster profile needs beyond its own table: a shared Redis, and lease
+        timings that keep inequality (I) with its own L or D."""
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for name, profile in self.profiles.items():
+            if not profile.is_cluster:
+                continue
+            if self.guard.redis_url is None:
+                problems.append((("profiles", name, "scope"),
+                                 '"cluster" needs a Redis every host reaches: set [guard] '
+                                 "redis_url (the embedded server serves one host only)"))
+            if profile.lease_seconds is None and profile.renew_deadline is None:
+                continue  # the [cluster] table's own timings, checked there
+            timing = self.cluster.timing(profile.lease_seconds, profile.renew_deadline)
+            for field, problem in timing.violations(lease_socket_timeout(timing.renew_period)):
+                whose = ("" if field in profile.model_fields_set
+                         else " ([cluster]'s, with this profile's own timings)")
+                problems.append((("profiles", name, field),
+                                 problem.replace(" must", f"{whose} must", 1)))
+        _raise_all(problems, self)
+        return self
 
 
 class _TomlSchema(GenerateJsonSchema):

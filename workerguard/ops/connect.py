@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from workerguard import timing
+from workerguard.config.lease_timing import lease_socket_timeout
 from workerguard.config.schema import Settings
 from workerguard.errors import RedisUnavailable
+from workerguard.ops import sentinel, sentinel_order
 from workerguard.ops.embedded import embedded_redis
+from workerguard.ops.write_refusal import RefusalParser
+from workerguard.timing import RESULT_STORE_PATIENCE
 
-SOCKET_TIMEOUT = 5.0
-"""Seconds any read or write on a Redis connection may take. Every blocking command of
-ours waits less (the lock's BLPOP slices and ``events --follow``'s XREAD: 1 s; kombu's
-BRPOP: 1 s), so only a dead or black-holed connection ever reaches it."""
+SOCKET_TIMEOUT = timing.SOCKET_TIMEOUT
+"""Named in ``timing`` (the lease client's bound in ``store.lease`` needs it too); here for
+the callers that have always read it from here."""
+
 HEALTH_CHECK_INTERVAL = 5
 """redis-py PINGs a connection idle this long before using it; kombu checks its BRPOP
 and pub/sub connections this often and drops one whose reply is overdue."""
@@ -32,22 +38,124 @@ SOCKET_OPTIONS: dict[str, Any] = {
 result backend's (kombu's Redis transport has none of them by default, docs/pitfalls.md)."""
 
 
-def redis_client(url: str) -> redis.Redis:
+def redis_client(url: str, settings: Settings) -> redis.Redis:
     """A client for the lock and state, with ``SOCKET_OPTIONS``: a dead Redis (or a path
     that silently drops packets) fails within ``SOCKET_TIMEOUT``, and the next command
-    reconnects.
+    reconnects. A ``sentinel://`` URL gives a client of the primary the Sentinels name
+    (``settings.sentinel_master``), which follows a failover on its next connection.
 
     Only connection errors are retried (twice, briefly): a command that timed out may
-    have run, and re-sending ``SET NX`` would make us wait on our own lock.
+    have run, and re-sending ``SET NX`` would make us wait on our own lock. A Redis that
+    refuses writes (NOREPLICAS, READONLY: ``ops.write_refusal``) counts as a lost
+    connection, for every client built here.
     """
     retry = Retry(ExponentialBackoff(cap=0.25, base=0.05), 2,
                   supported_errors=(redis.exceptions.ConnectionError,))
-    return redis.Redis.from_url(url, retry=retry, **socket_options(url))
+    return _client(url, settings, retry, socket_options(url))
 
 
-def endpoint(url: str) -> str:
+def lease_client(url: str, settings: Settings, renew_period: float) -> redis.Redis:
+    """The client of the cluster loop (store.leases): no retry at all, and a socket timeout
+    of at most ``renew_period``. A renewal that failed must be seen as failed at once:
+    redis-py's default retries (10, with backoff) would hide a partition for longer than a
+    renew deadline (measured: a 4 s partition went unreported by a 1 s-timeout client)."""
+    timeout = lease_socket_timeout(renew_period)
+    options = socket_options(url) | {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return _client(url, settings, Retry(NoBackoff(), 0), options, NewestEpochSentinel)
+
+
+class NewestEpochSentinel(Sentinel):
+    """Finds the primary the way a failover decided it: of every Sentinel that answers,
+    the one with the highest ``config-epoch`` names it.
+
+    redis-py takes the first Sentinel's answer. Right after a failover a Sentinel that has
+    not heard of it yet (they spread it in hello messages, every 2 s) still names the old
+    primary, which is by then a replica: a lease client reconnecting through it gets only
+    ``READONLY`` until the renew deadline fences its instance (seen in
+    tests/test_cluster_sentinel.py). Asking all of them costs a round trip per Sentinel
+    per new connection, which a lease client makes rarely."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        best: tuple[int, str, int] | None = None
+        for node in self.sentinels:
+            try:
+                masters = cast(dict[str, dict[str, Any]], node.sentinel_masters())
+            except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError,
+                    redis.exceptions.TimeoutError):
+                continue
+            state = masters.get(service_name)
+            if state and self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
+                epoch = int(state.get("config-epoch", 0))
+                if best is None or epoch > best[0]:
+                    best = (epoch, str(state["ip"]), int(state["port"]))
+        if best is None:  # its error names every Sentinel
+            found = cast(tuple[str, int], super().discover_master(service_name))
+            return found
+        return best[1], best[2]
+
+
+def _client(url: str, settings: Settings, retry: Retry, options: dict[str, Any],
+            sentinel_class: type[Sentinel] = Sentinel) -> redis.Redis:
+    options = options | {"parser_class": RefusalParser}
+    if not sentinel.is_sentinel(url):
+        return redis.Redis.from_url(url, retry=retry, **options)
+    parsed = sentinel.parse(url)
+    sentinels = sentinel_order.prefer(
+        sentinel_class(parsed.nodes, sentinel_kwargs=sentinel_kwargs(settings), **options))
+    client: redis.Redis = sentinels.master_for(
+        str(settings.sentinel_master), redis_class=redis.Redis, retry=retry, db=parsed.db,
+        username=parsed.username, password=parsed.password)
+    return client
+
+
+SENTINEL_CONNECT_TIMEOUT = 0.5
+"""Seconds to connect to one Sentinel, or to a Redis found through them (a connect is
+the kernel's work, done in well under this on any network a Redis should serve).
+redis-py asks the Sentinels in turn, so a Sentinel cut off with the old primary (its box
+partitioned: no RST) costs every new connection this long before the next is asked.
+kombu and Celery make a new Sentinel client for each connection they open: with
+``SOCKET_TIMEOUT`` (5 s) a guard took 20 s to consume again after an isolated
+primary's failover (``tests/test_sentinel.py``)."""
+SENTINEL_SOCKET_TIMEOUT = 1.0
+"""Seconds any read from a Sentinel may take (one already connected, then cut off)."""
+
+
+def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    """How to reach the Sentinels themselves: ``SOCKET_OPTIONS`` with the shorter
+    Sentinel timeouts, and ``sentinel_password`` (never the Redis password of the URL)."""
+    kwargs = SOCKET_OPTIONS | {"socket_connect_timeout": SENTINEL_CONNECT_TIMEOUT,
+                               "socket_timeout": SENTINEL_SOCKET_TIMEOUT}
+    if settings.sentinel_password:
+        kwargs["password"] = settings.sentinel_password
+    return kwargs
+
+
+def sentinel_options(url: str, settings: Settings) -> dict[str, Any]:
+    """The transport options kombu's ``SentinelChannel`` and Celery's ``SentinelBackend``
+    need for a sentinel URL (none for any other): the master's name, how to reach the
+    Sentinels. In ``app.conf``, where ``inspect conf`` and Flower mask the ``password``."""
+    if not sentinel.is_sentinel(url):
+        return {}
+    return {"master_name": settings.sentinel_master, "sentinel_kwargs": sentinel_kwargs(settings)}
+
+
+def result_transport_options(url: str, settings: Settings) -> dict[str, Any]:
+    """Celery's ``result_backend_transport_options``: how long a result write is retried
+    (longer across a Sentinel failover, ``timing.RESULT_STORE_PATIENCE``), and the
+    Sentinel options."""
+    patience = RESULT_STORE_PATIENCE if sentinel.is_sentinel(url) else 5.0
+    return {"retry_policy": {"timeout": patience}, **sentinel_options(url, settings)}
+
+
+def endpoint(url: str, master: str | None = None) -> str:
     """Where ``url`` points, for an error line: scheme, host and port (or socket path) and
-    database; never a user name or password."""
+    database, or the Sentinels and the ``master`` they are asked for; never a user name
+    or password."""
+    if sentinel.is_sentinel(url):
+        try:
+            return sentinel.parse(url).where(master)
+        except sentinel.SentinelURLError:
+            return f"sentinels (master {master or '?'})"
     parts = urlsplit(url)
     if parts.scheme in ("unix", "redis+socket"):
         return f"{parts.scheme}://{parts.path}"
@@ -57,7 +165,13 @@ def endpoint(url: str) -> str:
 
 def client_endpoint(client: redis.Redis) -> str:
     """``endpoint`` of the server a client talks to."""
-    kwargs = client.connection_pool.connection_kwargs
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    if isinstance(pool, SentinelConnectionPool):
+        nodes = tuple((s.connection_pool.connection_kwargs.get("host", "localhost"),
+                       s.connection_pool.connection_kwargs.get("port", sentinel.DEFAULT_PORT))
+                      for s in pool.sentinel_manager.sentinels)
+        return sentinel.SentinelURL(nodes, kwargs.get("db", 0)).where(pool.service_name)
     if "path" in kwargs:
         return f"unix://{kwargs['path']}"
     return f"redis://{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
@@ -70,10 +184,15 @@ def unreachable(where: str, exc: BaseException, then: str = "") -> RedisUnavaila
 
 def socket_options(url: str) -> dict[str, Any]:
     """``SOCKET_OPTIONS`` for ``url``: a unix socket has no TCP keepalive (and redis-py's
-    unix connection refuses the keyword)."""
+    unix connection refuses the keyword); with Sentinel, connecting to a Redis may take
+    ``SENTINEL_CONNECT_TIMEOUT`` only: after a partition's failover, redis-py reconnects
+    a connection that failed to the address it had (the old primary, a black hole)
+    before it asks the Sentinels again, and the Celery consumer's loop waits for it."""
     options = dict(SOCKET_OPTIONS)
     if urlsplit(url).scheme in ("unix", "redis+socket"):
         del options["socket_keepalive"]
+    if sentinel.is_sentinel(url):
+        options["socket_connect_timeout"] = SENTINEL_CONNECT_TIMEOUT
     return options
 
 
@@ -96,7 +215,10 @@ def result_backend_settings(url: str) -> dict[str, Any]:
 
 
 def celery_url(url: str) -> str:
-    """redis-py's ``unix:///path?db=N`` is kombu's ``redis+socket:///path?virtual_host=N``."""
+    """redis-py's ``unix:///path?db=N`` is kombu's ``redis+socket:///path?virtual_host=N``;
+    a sentinel URL gets its credentials and database into every part (``sentinel.kombu_url``)."""
+    if sentinel.is_sentinel(url):
+        return sentinel.kombu_url(url)
     parts = urlsplit(url)
     if parts.scheme != "unix":
         return url

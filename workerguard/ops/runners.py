@@ -13,20 +13,32 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
+import kombu.exceptions
+import redis
 from celery import Celery
 
 from workerguard.config.load import Config
 from workerguard.errors import ConfigError, WorkerguardError
 from workerguard.ops.connect import celery_url, redis_url
-from workerguard.tasks import context, sweep_logging
+from workerguard.redact import redact_text
+from workerguard.tasks import context, idle_wakeups, sweep_logging
 from workerguard.tasks.app import make_app
-from workerguard.tasks.routing import BROADCAST, DEFAULT_QUEUE, host_queue, node_name
+from workerguard.tasks.routing import (
+    BROADCAST,
+    DEFAULT_QUEUE,
+    SWEEP_TASK,
+    host_queue,
+    node_name,
+    to_host,
+)
 from workerguard.timing import UP_POLL
+from workerguard.workers import cgroup_layout
 from workerguard.workers.lockfile import holder_pid, opened_lock_file, record_holder, try_lock
 from workerguard.workers.pdeathsig import die_with_parent
+from workerguard.workers.rundir import checked_runtime_dir
 
 if TYPE_CHECKING:
     from workerguard.ops.metrics import GuardMetrics
@@ -35,7 +47,10 @@ log = logging.getLogger("workerguard.ops.runners")
 
 
 def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> None:
-    """Run the guard worker; with ``metrics_port`` set, also serve Prometheus metrics."""
+    """Run the guard worker; with ``metrics_port`` set, also serve Prometheus metrics.
+    Refuses (``HostError``) to start with a runtime dir that is not this user's own."""
+    checked_runtime_dir(config.settings.runtime_dir)
+    cgroup_layout.settle_at_start(config.settings.identity, config.settings.cgroup_root)
     metrics = start_metrics(config, pool) if config.settings.metrics_port else None
     with redis_url(config.settings) as url:
         app = make_app(config, url)
@@ -43,16 +58,39 @@ def run_worker(config: Config, pool: str, concurrency: int, loglevel: str) -> No
         live.pool = pool
         if metrics is not None:
             live.hooks.append(metrics)
-            metrics.watch_broker(url)
+        watch_redis(app)
         if config.settings.sweep_on_start:
             sweep_when_ready(app)
+        if config.settings.sweep_timer:
+            sweep_on_a_timer(app)
+        if any(p.is_cluster for p in config.profiles.values()):
+            run_the_cluster_loop(app, url)
         reload_on_sighup(app)
         sweep_logging.install()
-        app.worker_main([
-            "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--loglevel={loglevel}",
-            "--hostname", node_name(config.settings.host_id), "--task-events",
-            "--queues", f"{DEFAULT_QUEUE},{host_queue(config.settings.host_id)},{BROADCAST}",
-        ])
+        start_celery_worker(app, pool, concurrency, loglevel, config.settings.host_id)
+
+
+def start_celery_worker(app: Celery, pool: str, concurrency: int, loglevel: str, host: str) -> None:
+    """Run Celery's worker as ``celery worker`` runs it (``celery.bin.worker``:
+    ``app.Worker(...).start()``), without Celery's command line: importing it loads every
+    subcommand and plugin (click_repl and prompt_toolkit for ``celery shell``, Flower and
+    tornado), about 13 MB of RSS and 0.2 s of start that a guard never uses
+    (docs/benchmarks.md, "What an idle guard costs").
+
+    Gossip and mingle are off (``--without-gossip --without-mingle``): gossip subscribes
+    every guard to every other worker's heartbeats (a fleet of N hosts costs each guard
+    N/2 messages a second, and Redis N^2/2 deliveries) to keep a list of peers nobody
+    here reads; mingle asks all workers for their revoked ids and waits 1 s at each
+    start, and workerguard revokes nothing (a request past its ``expires`` is refused by
+    the worker that takes it, with no sync). Task events and the worker heartbeat stay on:
+    Flower shows the requests from the first and a guard's online state from the second.
+    """
+    idle_wakeups.install()
+    worker = app.Worker(
+        hostname=node_name(host), pool_cls=pool, concurrency=concurrency, loglevel=loglevel,
+        task_events=True, queues=[DEFAULT_QUEUE, host_queue(host), BROADCAST],
+        without_gossip=True, without_mingle=True)
+    worker.start()
 
 
 def sweep_when_ready(app: Celery) -> None:
@@ -60,22 +98,106 @@ def sweep_when_ready(app: Celery) -> None:
 
     After a reboot or an upgrade the workers are converged at once, not one
     ``sweep_interval`` later (beat's first run of a new schedule waits an interval).
+
+    The sweep is sent as a ``workerguard.sweep`` task (``trigger="startup"``) to this
+    guard's own queue, so it runs where every request runs: in the pool, whatever the pool.
+    Never in a prefork pool's main process: what spawns an instance watches and reaps it,
+    and the main process forks the pool children, which would inherit its watcher and its
+    children (``workers/watch.py``). It claims the host's sweep slot in any case (the next
+    sweeps count from it) and shows in Flower like any sweep.
     """
     from celery.signals import worker_ready
 
-    from workerguard.tasks.handlers import guard_for
+    settings = context.of(app).config.settings
 
-    def sweep() -> None:
+    def send() -> None:
         try:
-            for result in guard_for(app).sweep(requested_by="guard startup"):
-                log.info("startup sweep: %s", result.message)
-        except WorkerguardError as exc:
-            log.warning("startup sweep failed (the next beat sweep retries): %s", exc)
+            app.send_task(SWEEP_TASK, kwargs={"trigger": "startup"},
+                          expires=settings.sweep_interval, **to_host(settings.host_id))
+        except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError) as exc:
+            log.warning("startup sweep not sent (the next beat or timer sweep heals): %s",
+                        redact_text(str(exc)))
 
     def on_ready(**_: object) -> None:
-        threading.Thread(target=sweep, name="startup-sweep", daemon=True).start()
+        threading.Thread(target=send, name="startup-sweep", daemon=True).start()
 
     worker_ready.connect(on_ready, weak=False)
+
+
+class _Background(Protocol):
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def from_ready_to_shutdown(make: Callable[[], _Background]) -> None:
+    """Start what ``make`` builds when the worker is ready (in the main process, whatever
+    the pool) and stop it at shutdown."""
+    from celery.signals import worker_ready, worker_shutdown
+
+    running: list[_Background] = []
+
+    def on_ready(**_: object) -> None:
+        running.append(make())
+        running[-1].start()
+
+    def on_shutdown(**_: object) -> None:
+        for thing in running:
+            thing.stop()
+
+    worker_ready.connect(on_ready, weak=False)
+    worker_shutdown.connect(on_shutdown, weak=False)
+
+
+def sweep_on_a_timer(app: Celery) -> None:
+    """Run this guard's sweep timer (``tasks.sweep_timer``) from ready to shutdown: its
+    host is swept every ``sweep_interval`` even where no beat runs."""
+    from workerguard.store.sweep_claim import SweepClaims
+    from workerguard.tasks.sweep_timer import SweepTimer
+
+    def make() -> SweepTimer:  # no guard here: this may be a prefork main process
+        live = context.of(app)
+        host, interval = live.config.settings.host_id, live.config.settings.sweep_interval
+        return SweepTimer(app, SweepClaims(live.client(), host), host, interval)
+
+    from_ready_to_shutdown(make)
+
+
+def run_the_cluster_loop(app: Celery, url: str) -> None:
+    """Run the cluster loop (``ops.cluster_loop``) from ready to shutdown, in the main
+    process whatever the pool, on a client of its own without retries
+    (``ops.connect.lease_client``)."""
+    from workerguard import __version__
+    from workerguard.ops.cluster_loop import ClusterLoop, heal_through
+    from workerguard.ops.connect import lease_client
+    from workerguard.store.events import EventLog
+
+    def make() -> ClusterLoop:
+        live = context.of(app)
+        config = live.config
+        settings = config.settings
+        client = lease_client(url, settings, config.cluster.renew_period)
+        return ClusterLoop(config, client, heal_through(app.send_task, host_queue(settings.host_id)),
+                           EventLog(live.client(), settings.host_id, settings.events_maxlen),
+                           version=__version__, hooks=live.hooks)
+
+    from_ready_to_shutdown(make)
+
+
+def watch_redis(app: Celery) -> None:
+    """Run the Redis watch (``ops.primary_watch``) from ready to shutdown: a new primary
+    or a jump of its clock is logged, recorded and counted; the metrics learn whether
+    Redis answers."""
+    from workerguard.ops.primary_watch import PrimaryWatch
+    from workerguard.store.events import EventLog
+
+    def make() -> PrimaryWatch:
+        live = context.of(app)
+        settings = live.config.settings
+        client = live.client()
+        return PrimaryWatch(client, settings.host_id, live.hooks,
+                            EventLog(client, settings.host_id, settings.events_maxlen))
+
+    from_ready_to_shutdown(make)
 
 
 def reload_on_sighup(app: Celery) -> None:
@@ -112,8 +234,11 @@ def start_metrics(config: Config, pool: str) -> GuardMetrics:
             "metrics_port is set, but --pool prefork runs tasks in child processes whose "
             "counters this process cannot serve; use --pool threads (the default) or solo, "
             "or unset WORKERGUARD_METRICS_PORT")
-    from workerguard.ops.metrics import serve
-
+    try:
+        from workerguard.ops.metrics import serve
+    except ImportError as exc:  # prometheus-client comes with the ops extra
+        raise ConfigError(f"metrics_port is set, but {exc.name or 'prometheus_client'} is not "
+                          "installed: pip install 'workerguard[ops]' (or unset metrics_port)") from None
     try:
         return serve(config)
     except OSError as exc:
@@ -157,6 +282,7 @@ def run_flower(config: Config, address: str, port: int, flower_args: list[str]) 
 
 def run_up(config: Config, loglevel: str) -> int:
     """Run embedded Redis, the guard worker and beat until Ctrl-C or SIGTERM."""
+    checked_runtime_dir(config.settings.runtime_dir)  # before anything starts
     with one_up(config):
         return _run_up(config, loglevel)
 

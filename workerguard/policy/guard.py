@@ -40,10 +40,11 @@ import redis
 import redis_lock
 
 from workerguard.config.load import Config
-from workerguard.config.schema import Profile
-from workerguard.errors import LockLost, LockTimeout, WorkerguardError
+from workerguard.config.schema import Profile, Settings
+from workerguard.errors import BlindLocal, InvalidRequest, LockLost, LockTimeout, WorkerguardError
 from workerguard.ops.connect import client_endpoint, unreachable
 from workerguard.policy import reports
+from workerguard.policy.cluster_side import ClusterSide
 from workerguard.policy.coalesce import Coalescer
 from workerguard.policy.hooks import GuardHooks
 from workerguard.policy.outcome import Outcome
@@ -55,17 +56,23 @@ from workerguard.probes.run import ProbeResult
 from workerguard.store.backoff import Backoff, Backoffs
 from workerguard.store.events import EventLog
 from workerguard.store.exit_claims import ExitClaims
+from workerguard.store.host_owner import HostOwner, Viewpoint, blind_spot
 from workerguard.store.known_instances import KnownInstances, decode_known
 from workerguard.store.lock import REDIS_ERRORS, ProfileLock
 from workerguard.store.pause import Pauses
 from workerguard.store.snapshot import Snapshots
 from workerguard.store.sweep_claim import SweepClaims
+from workerguard.timing import PRUNE_OLDER_THAN
 from workerguard.workers import cgroups
 from workerguard.workers.discover import Discovery
-from workerguard.workers.fence import host_fence
+from workerguard.workers.fence import host_fence, profile_fence
 from workerguard.workers.host import HostProcesses, SpawnOutcome
+from workerguard.workers.identity import age_seconds, boot_id
+from workerguard.workers.leashed import LeaseTerms, lease_dir
+from workerguard.workers.logs import log_path
 from workerguard.workers.model import Instance, Leftover
-from workerguard.workers.spawn import log_path, tail
+from workerguard.workers.rundir import checked_runtime_dir
+from workerguard.workers.spawn import tail
 from workerguard.workers.watch import Exit, describe_exit
 
 log = logging.getLogger("workerguard.policy.guard")
@@ -73,8 +80,29 @@ Intent = Literal["ensure", "heal", "replace", "enforce", "stop_all"]
 """ensure: start and stop, clears a pause. heal: the same for sweeps and exit events,
 but a paused profile stays stopped. replace: heal, after stopping one unhealthy instance
 (counted toward backoff). enforce: only stop extras. stop_all: stop and pause."""
-_PARALLEL_CONVERGES = 32
-"""Converges of one sweep at once: mostly waiting out start windows, so cheap threads."""
+_PARALLEL_CONVERGES = 128
+"""Converges of one sweep at once: mostly waiting out start windows, so cheap threads.
+Enough for a cold start of 100 profiles to wait one window, not four as with 32 at a time
+(``python benchmarks/run.py --only coldstart``); each still under its own lock."""
+
+
+def refuse_a_blind_call(client: redis.Redis, settings: Settings) -> None:
+    """Raise ``BlindLocal`` if the guard that runs this host's instances sees them from
+    another uid or runtime dir than this process would (``store.host_owner``): a
+    ``--local`` call from here would find none and start duplicates. Asked before a guard
+    is made, so a refused call creates nothing, not even its runtime dir."""
+    try:
+        owner = HostOwner(client, settings.host_id).read()
+    except REDIS_ERRORS as exc:
+        raise unreachable(client_endpoint(client), exc, "; nothing was touched") from None
+    problem = blind_spot(owner, Viewpoint.here(settings.runtime_dir), settings.host_id)
+    if problem:
+        raise BlindLocal(problem)
+
+
+VACANCY_MARGIN = 5.0
+"""Seconds beyond ``stop_timeout`` and two renew periods a cluster ``stop`` waits for its
+slots to be given back."""
 
 
 class Guard:
@@ -103,14 +131,21 @@ class Guard:
         self.sweep_claims = SweepClaims(client, self.host)
         self.exit_claims = ExitClaims(client, self.host)
         self.events = EventLog(client, self.host, config.settings.events_maxlen)
+        self.owner = HostOwner(client, self.host)
+        self.viewpoint = Viewpoint.here(config.settings.runtime_dir)
+        self._claimed = False
         self.clock = clock
         self.hooks = tuple(hooks)
+        checked_runtime_dir(self.settings.runtime_dir)  # HostError naming the fix if not ours
         self.table = table or HostProcesses(
             self.host, registry_dir=self.settings.registry_dir, log_dir=self.settings.log_dir,
-            identity=self.settings.identity, cgroup_root=self.settings.cgroup_root,
+            fence_dir=self.settings.fence_dir, identity=self.settings.identity,
+            cgroup_root=self.settings.cgroup_root,
             log_max_bytes=self.settings.log_max_bytes, log_backups=self.settings.log_backups)
         self.liveness = liveness
         self.watch_exits = watch_exits
+        self.cluster = ClusterSide(client, self.host, lease_dir(self.settings.runtime_dir, self.host),
+                                   config.cluster)
         self._flights: Coalescer[Outcome] = Coalescer(on_join=self._coalesced)
         # Exits and unhealthy instances are handled here, off the watcher's and prober's threads.
         self._handover = (ThreadPoolExecutor(1, thread_name_prefix="workerguard-exit")
@@ -155,9 +190,26 @@ class Guard:
 
     def stop_all(self, profile: str, *, dry_run: bool = False,
                  requested_by: str = "unknown") -> Outcome:
-        """Stop every instance and pause the profile so sweeps leave it stopped."""
-        return self._observed("stop_all", self._converge(
-            self.config.profile(profile), "stop_all", dry_run=dry_run, requested_by=requested_by))
+        """Stop every instance and pause the profile so sweeps leave it stopped. A cluster
+        profile is paused fleet-wide: this waits (outside the lock, which a holder here
+        needs) until every holder has stopped its instance and given its slot back."""
+        spec = self.config.profile(profile)
+        outcome = self._converge(spec, "stop_all", dry_run=dry_run, requested_by=requested_by)
+        if spec.is_cluster and not dry_run:
+            timeout = spec.stop_timeout + 2 * self.config.cluster.renew_period + VACANCY_MARGIN
+            with self._redis():
+                if not self.cluster.wait_vacant(spec, timeout):
+                    log.warning("%s: slots still held %.0f s after the stop", spec.name, timeout)
+        return self._observed("stop_all", outcome)
+
+    def _claim_the_host(self) -> None:
+        """Say from where this host's instances are seen (before a spawn, and at the first
+        sweep of this guard); a failure to reach Redis is logged, never in the way."""
+        try:
+            self.owner.claim(self.viewpoint)
+            self._claimed = True
+        except REDIS_ERRORS as exc:
+            log.warning("could not record this guard's uid and runtime dir: %s", exc)
 
     def status(self, profile: str | None = None) -> StatusReport:
         """Instances per profile on this host, with pause, backoff and orphans. No lock."""
@@ -171,9 +223,11 @@ class Guard:
         return reports.status_report(self.host, profile, profiles, found.instances, paused,
                                      backoffs, self.clock(), orphans=found.orphans,
                                      identity=self.table.mode,
-                                     health=self.liveness.snapshot() if self.liveness else None)
+                                     identity_note=self.table.layout.note,
+                                     health=self.liveness.snapshot() if self.liveness else None,
+                                     exit_watch=self.table.watcher.mode if self.watch_exits else None)
 
-    def sweep(self, *, requested_by: str = "beat") -> list[Outcome]:
+    def sweep(self, *, requested_by: str = "beat", trigger: str = "beat") -> list[Outcome]:
         """Heal every profile of this host, with one process scan.
 
         A profile within bounds (or paused) is answered from the scan without its lock;
@@ -184,6 +238,8 @@ class Guard:
         profiles = list(self.config.profiles.values())
         with self._redis():  # read before the scan: a converge that writes later wins
             paused, known = self.snapshots.paused_and_known([p.name for p in profiles])
+        if not self._claimed:
+            self._claim_the_host()
         found = self._discover(profiles)
         self._report_orphans(found)
         for instances in found.instances.values():
@@ -210,18 +266,49 @@ class Guard:
                 for profile, result in zip(pending, pool.map(
                         lambda p: self._converge_or_error(p, requested_by), pending), strict=True):
                     results[profile.name] = result
+            if len(pending) > 1:
+                self._close_idle_connections()
         try:  # what this scan saw becomes the known instances (unless a converge wrote since)
             self.known.refresh(refresh)
         except REDIS_ERRORS as exc:
             log.warning("could not refresh known instances: %s", exc)
+        self._collect_garbage()
         ordered = [results[p.name] for p in profiles]
         seconds = time.monotonic() - began
         for hook in self.hooks:
-            hook.swept(ordered, seconds)
+            hook.swept(ordered, seconds, trigger)
         return ordered
 
-    def prune(self, *, dry_run: bool = False, requested_by: str = "unknown") -> PruneReport:
-        """Stop the orphans of this host: instances of profiles no longer configured."""
+    def _close_idle_connections(self) -> None:
+        """Close the connections that parallel converges opened and left idle in the pool.
+
+        A pool keeps every connection it ever opened: after a cold start of 50 profiles a
+        guard held 37 connections to Redis for good, and the fleet shares Redis's
+        ``maxclients`` (docs/benchmarks.md, ``redis_idle``). Only idle ones are closed
+        (one in use is untouched); the next command on one reconnects."""
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect(inuse_connections=False)
+
+    def _collect_garbage(self) -> None:
+        """This host's leftovers (``workers.garbage``); a failure is logged, never raised."""
+        try:
+            collected = self.table.collect_garbage()
+        except OSError as exc:
+            log.warning("could not collect this host's garbage: %s", exc)
+            return
+        if collected.removed:
+            log.info("removed %d leftovers: %s", len(collected.removed),
+                     ", ".join(str(path) for path in collected.removed[:5])
+                     + (" ..." if len(collected.removed) > 5 else ""))
+        for hook in self.hooks:
+            hook.collected(len(collected.removed), collected.stale_groups)
+
+    def prune(self, *, dry_run: bool = False, requested_by: str = "unknown",
+              older_than: float = PRUNE_OLDER_THAN) -> PruneReport:
+        """Stop the orphans of this host (instances of profiles no longer configured), then
+        remove leftovers: this host's, and the empty groups of host ids no guard has
+        served for ``older_than`` seconds (``workers.garbage``)."""
         deadline = time.monotonic() + self.settings.lock_timeout
         with host_fence(self.settings.fence_dir, f"{self.host}.-orphans-", deadline):
             found = self._discover([])
@@ -231,32 +318,43 @@ class Guard:
                 stopped = self.table.stop(found.orphans, "SIGTERM", 10.0).stopped
                 self._record("-", "pruned", stopped, requested_by,
                              ", ".join(sorted({i.profile for i in found.orphans})))
-        return reports.prune_report(self.host, found.orphans, stopped, dry_run)
+            collected = self.table.collect_garbage(unserved_for=older_than, dry_run=dry_run)
+        return reports.prune_report(self.host, found.orphans, stopped, dry_run,
+                                    [str(path) for path in collected.removed],
+                                    collected.stale_groups)
 
-    def claim_sweep(self) -> bool:
-        """Deduplicate sweeps per host: True for the first sweep of this host in the
-        current half-interval (see ``store.sweep_claim``)."""
+    def claim_sweep(self, *, always: bool = False) -> bool:
+        """True if this host's last sweep began long enough ago (``store.sweep_claim``);
+        the claimed sweep becomes the last. ``always``: claim in any case (the startup
+        sweep, which must run, and from which the next ones count)."""
         with self._redis():
-            return self.sweep_claims.claim(self.settings.sweep_interval)
+            return self.sweep_claims.claim(self.settings.sweep_interval,
+                                           **({"spacing": 0.0} if always else {}))
 
     # the converge ----------------------------------------------------------------------
     def _converge(self, profile: Profile, intent: Intent, *, dry_run: bool = False,
                   force: bool = False, max_workers: int | None = None,
                   victim: str | None = None, reason: str = "",
                   requested_by: str = "unknown") -> Outcome:
-        fast = self._fast_path(profile) if intent == "ensure" and not dry_run else None
+        if profile.is_cluster and intent == "enforce":
+            raise InvalidRequest(
+                f"profile {profile.name!r} has scope = \"cluster\": cluster profiles run exactly "
+                f"max_workers across the fleet (ensure or stop it); nothing was touched")
+        fast = (self._fast_path(profile) if intent == "ensure" and not dry_run
+                and not profile.is_cluster else None)
         if fast is not None:
             return fast
         deadline = time.monotonic() + self.settings.lock_timeout  # the lock's, then the fence's
         with self._locked(profile) as lock:
             with self._redis():
                 snapshot = self.snapshots.read(profile.name)
-            if intent == "ensure" and not dry_run and not snapshot.paused:
+            if intent == "ensure" and not dry_run and not snapshot.paused and not profile.is_cluster:
                 fast = self._known_within_bounds(profile, snapshot.known)
                 if fast is not None:  # the converge we waited for has just done it
                     return fast
             lock.start_renewal()  # from here on the hold may take a while
-            with host_fence(self.settings.fence_dir, f"{self.host}.{profile.name}", deadline):
+            with host_fence(self.settings.fence_dir, profile_fence(self.host, profile.name),
+                            deadline):
                 found = self._discover([profile], full=False)
                 instances = found.instances[profile.name]
                 if intent in ("heal", "replace") and snapshot.paused:
@@ -272,6 +370,9 @@ class Guard:
                                   self._leftovers(found, profile))
                 after = (self._discover([profile], full=False).instances[profile.name]
                          if acted.changed else instances)
+                if profile.is_cluster:
+                    self._release_vacated(profile, after, stopping=intent == "stop_all")
+                    self._publish_slots(profile, after)
                 self._remember(lock, profile, after)
                 return self._conclude(profile, intent, plan, acted, after, blocked_by, now,
                                       requested_by, reason)
@@ -298,6 +399,9 @@ class Guard:
             plan = self._plan(profile, "heal", [i for i in instances if i not in gone])
             return Plan(keep=plan.keep, stop=(*gone, *plan.stop), start=plan.start,
                         spare=plan.spare)
+        if profile.is_cluster:
+            with self._redis():
+                return self.cluster.plan(profile, instances, stopping=intent == "stop_all").plan
         if intent in ("ensure", "heal"):
             return make_plan(instances, min_workers=profile.min_workers,
                              max_workers=profile.max_workers, keep=profile.keep,
@@ -314,18 +418,24 @@ class Guard:
         self._confirm_owned(lock)  # never act on a lock that expired under us
         if leftovers:
             acted.cleaned = self.table.clean(leftovers)
+        unkilled: list[int] = []
         if plan.stop:
             self._claim_exits(plan.stop)
             if self.liveness is not None:
                 self.liveness.forget(plan.stop)
             outcome = self.table.stop(plan.stop, profile.stop_signal, profile.stop_timeout)
-            acted.stopped = outcome.stopped
+            acted.stopped, unkilled = outcome.stopped, list(outcome.survivors)
             if outcome.survivors:
                 log.error("%s: pids %s survived SIGKILL", profile.name, outcome.survivors)
-        if plan.start:
+        leases = self._confirm_leased(profile, plan)
+        if profile.is_cluster and unkilled:
+            leases = ()  # a slot starts again only once its previous instance is gone
+        if plan.start and (leases or not profile.is_cluster):
+            self._claim_the_host()
             survivors = [*plan.keep, *plan.spare]
             acted.spawned = self.table.spawn(profile, plan.start,
-                                             taken=[i.index for i in survivors if i.instance_id])
+                                             taken=[i.index for i in survivors if i.instance_id],
+                                             leases=leases)
             if profile.probe is not None:
                 acted.spawned = self._ready(profile, acted.spawned)
         return acted
@@ -344,13 +454,14 @@ class Guard:
             if result.ok:
                 ready.append(instance)
             else:
-                failures.append(not_ready(profile, instance, result,
-                                          tail(log_path(self.table.log_dir, profile.name))))
+                own_lines = tail(log_path(self.table.log_dir, profile.name, instance.index),
+                                 since=spawned.log_starts.get(instance.instance_id or "", 0))
+                failures.append(not_ready(profile, instance, result, own_lines))
                 late.append(instance)
         if late:
             self._claim_exits(late)
             self.table.stop(late, profile.stop_signal, profile.stop_timeout)
-        return SpawnOutcome(started=ready, failures=failures)
+        return SpawnOutcome(started=ready, failures=failures, log_starts=spawned.log_starts)
 
     def _count_replacement(self, profile: Profile, victim: Instance, backoff: Backoff,
                            now: float) -> Backoff:
@@ -358,7 +469,7 @@ class Guard:
         longer starts the count afresh (as Kubernetes resets CrashLoopBackOff after a
         good run), so a worker that hangs once a week is replaced at once."""
         with self._redis():
-            if now - victim.create_time >= profile.backoff_max:
+            if age_seconds(victim.start) >= profile.backoff_max:
                 self.backoffs.reset(profile.name)
             return self.backoffs.record_failure(profile.name, profile.start_retries,
                                                 profile.backoff_max, now)
@@ -430,8 +541,8 @@ class Guard:
         if not self.watch_exits:
             return
         for instance in instances:
-            key = instance.instance_id or f"adopted-{instance.pid}-{instance.create_time}"
-            self.table.watcher.watch(key, instance.pid, instance.create_time,
+            key = instance.instance_id or f"adopted-{instance.pid}-{instance.start}"
+            self.table.watcher.watch(key, instance.pid, instance.start,
                                      self._exit_callback(instance))
 
     def _exit_callback(self, instance: Instance) -> Callable[[Exit], None]:
@@ -447,7 +558,7 @@ class Guard:
         """An exit this guard did not cause: record it once per host, then heal."""
         if self.liveness is not None:
             self.liveness.forget([instance])
-        uptime = max(0.0, event.at - instance.create_time)
+        uptime = max(0.0, age_seconds(instance.start) - max(0.0, time.time() - event.at))
         reason = f"pid {instance.pid} {describe_exit(event.returncode)} after {uptime:.1f} s"
         try:
             if not self.exit_claims.claim(self._exit_key(instance)):
@@ -492,7 +603,8 @@ class Guard:
 
     @staticmethod
     def _exit_key(instance: Instance) -> str:
-        return f"{instance.instance_id or 'adopted'}:{instance.pid}:{instance.create_time:.2f}"
+        """Which exit: the instance's process (pid, start ticks) of this boot."""
+        return f"{instance.instance_id or 'adopted'}:{instance.pid}:{instance.start}:{boot_id()[:8]}"
 
     # helpers ---------------------------------------------------------------------------
     def _discover(self, profiles: Sequence[Profile], full: bool = True) -> Discovery:
@@ -525,7 +637,39 @@ class Guard:
             except REDIS_ERRORS:
                 return
 
+    def _confirm_leased(self, profile: Profile, plan: Plan) -> tuple[LeaseTerms, ...]:
+        """A cluster profile's grants still more than a start window from their deadline,
+        read again right before the start (beside ``_confirm_owned``: never start on a lease
+        that lapses within the start window)."""
+        if not plan.leases:
+            return ()
+        leased = self.cluster.still_leased(profile, plan.leases)
+        if len(leased) < len(plan.leases):
+            log.warning("%s: slots %s lapse within the start window; not started there",
+                        profile.name, sorted({t.slot for t in plan.leases} - {t.slot for t in leased}))
+        return leased
+
+    def _release_vacated(self, profile: Profile, instances: list[Instance], stopping: bool) -> None:
+        try:
+            released = self.cluster.release_vacated(profile, instances, stopping=stopping)
+        except REDIS_ERRORS as exc:  # the lease expires on its own; nothing runs for it
+            log.warning("%s: could not release slots: %s", profile.name, exc)
+            return
+        if released:
+            log.info("%s: released slots %s", profile.name, released)
+
+    def _publish_slots(self, profile: Profile, instances: list[Instance]) -> None:
+        """The pid and start of each cluster instance, for ``status --cluster`` (best effort:
+        the next converge writes it again)."""
+        try:
+            self.cluster.publish_info(profile, instances)
+        except REDIS_ERRORS as exc:
+            log.warning("%s: could not publish the slots' instances: %s", profile.name, exc)
+
     def _set_pause(self, profile: Profile, intent: Intent, paused: Any, requested_by: str) -> None:
+        if profile.is_cluster and intent in ("ensure", "stop_all"):
+            with self._redis():
+                self.cluster.pause(profile, intent == "stop_all")
         with self._redis():
             if intent == "ensure" and paused:
                 self.pauses.unpause(profile.name)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from workerguard.config.schema import Keep
+from workerguard.workers.leashed import LeaseTerms
 from workerguard.workers.model import Instance
 
 
@@ -20,6 +21,8 @@ class Plan:
     start: int
     spare: tuple[Instance, ...] = ()
     """Adopted instances beyond ``max_workers`` that the profile does not let us stop."""
+    leases: tuple[LeaseTerms, ...] = ()
+    """A cluster profile's starts: the grant of each (``start`` is their number)."""
 
     @property
     def is_noop(self) -> bool:
@@ -43,8 +46,8 @@ def make_plan(instances: Sequence[Instance], *, min_workers: int, max_workers: i
     """Decide which instances survive and how many to start.
 
     Instances beyond ``max_workers`` are stopped, keeping the newest (or oldest) by
-    ``(create_time, pid)`` within each preference class (``_preference``);
-    ``create_time`` ticks at 10 ms, so the pid breaks ties. An adopted instance is
+    ``(start, pid)`` within each preference class (``_preference``);
+    ``start`` ticks at 10 ms, so the pid breaks ties. An adopted instance is
     stopped only with ``stop_adopted``; otherwise an extra one is left alone as
     ``spare``. When ``may_start`` is true, instances are started up to ``min_workers``.
     """

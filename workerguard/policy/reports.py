@@ -19,6 +19,7 @@ from workerguard.config.schema import Profile
 from workerguard.policy.outcome import Action, Outcome, pid_list
 from workerguard.policy.plan import Plan
 from workerguard.store.backoff import Backoff
+from workerguard.workers.identity import age_seconds
 from workerguard.workers.model import Instance
 from workerguard.workers.spawn import SpawnFailure
 
@@ -103,8 +104,8 @@ def dry_run_result(host: str, profile: str, mode: str, plan: Plan,
 def instance_entry(i: Instance, now: float,
                    health: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "pid": i.pid, "create_time": i.create_time,
-        "uptime": round(max(0.0, now - i.create_time), 1),
+        "pid": i.pid, "create_time": round(i.started_at, 2), "start_ticks": i.start,
+        "uptime": round(age_seconds(i.start), 1),
         "tree": list(i.tree), "marked": i.spawned, "cmdline": list(i.cmdline),
         "instance_id": i.instance_id, "origin": i.origin, "outdated": i.outdated,
         "processes": len(i.tree) or 1, "index": i.index,
@@ -148,19 +149,33 @@ class PruneReport(_HostReport):
     stopped: tuple[int, ...]
     dry_run: bool
     time: float
+    removed: tuple[str, ...] = ()
+    """Leftovers removed (in a dry run: that would be): empty groups, temp records, probe dirs."""
+    stale_groups: int = 0
+    """Empty instance groups left (of host ids served recently, or just made)."""
 
     @property
     def action(self) -> Literal["pruned", "nothing_to_stop"]:
-        return "pruned" if self.stopped else "nothing_to_stop"
+        return "pruned" if self.stopped or (self.removed and not self.dry_run) else "nothing_to_stop"
 
     @property
     def message(self) -> str:
+        return "\n".join([self._orphans_line(), *self._removed_lines()])
+
+    def _orphans_line(self) -> str:
         if not self.orphans:
             return "no orphaned instances"
         names = ", ".join(sorted({i.profile for i in self.orphans}))
         if self.dry_run:
             return f"[dry-run] would stop orphans {pid_list([i.pid for i in self.orphans])} ({names})"
         return f"stopped orphans {pid_list(self.stopped)} ({names})"
+
+    def _removed_lines(self) -> list[str]:
+        left = f"; {self.stale_groups} empty groups left" if self.stale_groups else ""
+        if not self.removed:
+            return [f"no leftovers to remove{left}"]
+        verb = "[dry-run] would remove" if self.dry_run else "removed"
+        return [f"{verb} {len(self.removed)} leftovers{left}:", *(f"  {path}" for path in self.removed)]
 
     def contract(self) -> Result:
         """The task result: a fresh dict, JSON-ready."""
@@ -169,12 +184,14 @@ class PruneReport(_HostReport):
                 "dry_run": self.dry_run,
                 "orphans": [{"profile": i.profile, "pid": i.pid, "instance_id": i.instance_id}
                             for i in self.orphans],
+                "removed": list(self.removed), "stale_groups": self.stale_groups,
                 "time": self.time, "ok": self.ok, "message": self.message}
 
 
 def prune_report(host: str, orphans: Sequence[Instance], stopped: Sequence[int],
-                 dry_run: bool) -> PruneReport:
-    return PruneReport(host, tuple(orphans), tuple(stopped), dry_run, time.time())
+                 dry_run: bool, removed: Sequence[str] = (), stale_groups: int = 0) -> PruneReport:
+    return PruneReport(host, tuple(orphans), tuple(stopped), dry_run, time.time(),
+                       tuple(removed), stale_groups)
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,9 @@ class StatusReport(_HostReport):
     identity: str
     time: float
     message: str
+    exit_watch: str | None = None
+    """How the answering guard worker learns of exits: ``pidfd``, or ``polling every 0.5 s
+    (why)``; None when the answer does not come from a guard worker (``--local``)."""
 
     @property
     def action(self) -> Literal["status"]:
@@ -206,7 +226,8 @@ class StatusReport(_HostReport):
             "running": list(self.running), "started": [], "stopped": [], "dry_run": False,
             "profiles": copy.deepcopy(dict(self.profiles)),
             "orphans": copy.deepcopy(list(self.orphans)),
-            "identity": self.identity, "time": self.time, "ok": self.ok, "message": self.message,
+            "identity": self.identity, "exit_watch": self.exit_watch, "time": self.time,
+            "ok": self.ok, "message": self.message,
         }
 
 
@@ -215,9 +236,13 @@ def status_report(host: str, profile: str | None, profiles: Sequence[Profile],
                   paused: Mapping[str, Mapping[str, Any] | None],
                   backoffs: Mapping[str, Backoff], now: float,
                   orphans: Sequence[Instance] = (), identity: str = "registry",
-                  health: Mapping[str, Mapping[str, Any]] | None = None) -> StatusReport:
+                  health: Mapping[str, Mapping[str, Any]] | None = None,
+                  exit_watch: str | None = None, identity_note: str | None = None,
+                  ) -> StatusReport:
     """Every profile's state and instances; ``health`` (the guard worker's probes, by
-    instance id) adds each probed instance's health."""
+    instance id) adds each probed instance's health; ``exit_watch`` (the guard worker's
+    exit watcher mode) adds a line when exits are polled; ``identity_note`` (why the cgroup
+    layout is not the one systemd wants, or why there is none: ``cgroup_layout``) a line."""
     entries: dict[str, Any] = {}
     lines = []
     for p in profiles:
@@ -247,8 +272,12 @@ def status_report(host: str, profile: str | None, profiles: Sequence[Profile],
     for orphan in orphans:
         lines.append(f"{orphan.profile}: orphaned (PID: {orphan.pid}; profile not configured, "
                      "`workerguard prune` stops it)")
+    if exit_watch is not None and exit_watch != "pidfd":
+        lines.append(f"exit watch: {exit_watch}")
+    if identity_note is not None:
+        lines.append(f"identity: {identity} ({identity_note})")
     return StatusReport(
         host=host, profile=profile, profiles=entries,
         orphans=tuple({"profile": o.profile, **instance_entry(o, now)} for o in orphans),
         running=tuple(i.pid for p in profiles for i in found[p.name]), identity=identity,
-        time=now, message="\n".join(lines))
+        time=now, message="\n".join(lines), exit_watch=exit_watch)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workerguard.config.schema import Profile
-from workerguard.probes.readiness import probe_target
+from workerguard.probes.readiness import instance_start, probe_target
 from workerguard.probes.run import ProbeResult
 from workerguard.probes.scheduler import Prober
 from workerguard.probes.spec import AnyProbe
@@ -37,7 +37,8 @@ class Unhealthy:
     profile: str
     instance_id: str
     pid: int
-    create_time: float
+    start: int
+    """Of its main process, in clock ticks since boot (``identity``)."""
     output: str
 
 
@@ -48,7 +49,7 @@ ResultListener = Callable[[str, ProbeResult], None]
 @dataclass(frozen=True)
 class _Watched:
     pid: int
-    create_time: float
+    start: int
     spec: AnyProbe
 
 
@@ -70,14 +71,18 @@ class Health:
             key = instance.instance_id
             if key is None or instance.origin != "spawned":
                 continue
-            seen = _Watched(instance.pid, instance.create_time, profile.probe)
+            seen = _Watched(instance.pid, instance.start, profile.probe)
             with self._lock:
                 if self._watched.get(key) == (profile.name, seen):
                     continue
                 self._watched[key] = (profile.name, seen)
-            self.prober.watch(key, profile.name, profile.probe,
-                              probe_target(self.host, profile, instance),
-                              started_at=instance.create_time)
+            try:
+                target = probe_target(self.host, profile, instance)
+            except ValueError as exc:  # an id no probe can carry: not probed, said once
+                log.warning("%s: instance %r is not probed: %s", profile.name, key, exc)
+                continue
+            self.prober.watch(key, profile.name, profile.probe, target,
+                              started=instance_start(instance))
 
     def forget(self, instances: Sequence[Instance]) -> None:
         for instance in instances:
@@ -114,7 +119,7 @@ class Health:
             entry = self._watched.get(str(key))
         if entry is None:  # forgotten meanwhile (stopped, exited)
             return
-        self.on_unhealthy(Unhealthy(profile, str(key), entry[1].pid, entry[1].create_time,
+        self.on_unhealthy(Unhealthy(profile, str(key), entry[1].pid, entry[1].start,
                                     result.output))
 
     def _result(self, profile: str, key: Any, result: ProbeResult) -> None:

@@ -11,20 +11,19 @@ have been reused by an unrelated process.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from workerguard.probes.deadline import Deadline, http_get, tcp_connect
 from workerguard.probes.spec import (
     AnyProbe,
     CommandProbe,
@@ -35,25 +34,12 @@ from workerguard.probes.spec import (
     expand,
 )
 from workerguard.timing import PROBE_SLICE
-from workerguard.workers.childenv import base_environment
+from workerguard.workers.childenv import helper_environment
 
+log = logging.getLogger("workerguard.probes")
 OUTPUT_LIMIT = 500
 """Characters of output kept in a result."""
 _READ_LIMIT = 4096
-
-
-def _http_opener() -> urllib.request.OpenerDirector:
-    """HTTP(S) only, redirects included, no proxy from the environment (a probe of
-    127.0.0.1 must not go through one) and no file:, ftp: or data: handlers."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (urllib.request.ProxyHandler({}), urllib.request.HTTPHandler(),
-                    urllib.request.HTTPSHandler(), urllib.request.HTTPRedirectHandler(),
-                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
-
-
-_OPENER = _http_opener()
 
 
 @dataclass(frozen=True)
@@ -87,40 +73,72 @@ def run_probe(spec: AnyProbe, target: ProbeTarget, timeout: float | None = None,
             ok, output = _tcp(spec, target, limit)
         else:
             ok, output = _heartbeat(spec, target)
-    except (OSError, ValueError) as exc:  # e.g. a command that cannot be executed
-        ok, output = False, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # any error of a probe is its failure, never the prober's
+        ok, output = False, failed_with(exc)
     return ProbeResult(ok, cut(output), time.monotonic() - t0, started_at)
 
 
-def wait_ready(spec: AnyProbe, target: ProbeTarget, started_at: float | None = None,
-               deadline: float | None = None, cancel: threading.Event | None = None,
-               gone: Callable[[], bool] | None = None,
+def failed_with(exc: BaseException) -> str:
+    """The reason of a probe that raised ``exc``: its type and message (a port that answers
+    something other than HTTP raises ``http.client.BadStatusLine``, a command that cannot
+    be executed an ``OSError``, ...)."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def failed(output: str) -> ProbeResult:
+    """A failed probe that did not run (or whose run ended in an error of its own)."""
+    return ProbeResult(False, cut(output), 0.0, time.time())
+
+
+def wait_ready(spec: AnyProbe, target: ProbeTarget, started: float | None = None,
+               cancel: threading.Event | None = None, gone: Callable[[], bool] | None = None,
                on_result: Callable[[ProbeResult], None] | None = None) -> ProbeResult:
-    """Probe every ``start_interval`` until the first pass or the deadline (epoch seconds;
-    default ``started_at + start_timeout``); return the last result. The first probe runs
-    ``initial_delay`` after ``started_at`` (default now). No probe outlives the deadline:
-    the last one's timeout is clipped to it. ``cancel`` (set) or ``gone`` (True: the
+    """Probe until the first pass, for ``start_timeout`` after ``started`` (the instance's
+    start on the monotonic clock, ``time.monotonic()``; default now); return the last result.
+
+    The first probe runs ``initial_delay`` after ``started``, the next ones every
+    ``start_interval``; each one's timeout is clipped to the deadline, and one last probe
+    starts at the deadline with its whole ``timeout``. So an instance that is ready at any
+    moment within ``start_timeout`` passes, and a wait never gives up before the deadline
+    (it ends at most ``timeout`` after it). Every wait is on the monotonic clock: a wall
+    clock set back or forward changes nothing. ``cancel`` (set) or ``gone`` (True: the
     instance has ended) ends the wait early with the last result."""
-    started_at = time.time() if started_at is None else started_at
-    end = started_at + spec.start_timeout if deadline is None else deadline
+    started = time.monotonic() if started is None else started
+    end = started + spec.start_timeout
     cancel = cancel or threading.Event()
-    cancel.wait(max(0.0, started_at + spec.initial_delay - time.time()))
+    due = started + spec.initial_delay
+    result: ProbeResult | None = None
     while True:
-        result = run_probe(spec, target, timeout=min(spec.timeout, end - time.time()),
+        if cancel.wait(max(0.0, due - time.monotonic())):
+            return result or failed("cancelled before the first probe")
+        begun = time.monotonic()
+        last = begun >= end
+        result = run_probe(spec, target, timeout=spec.timeout if last else min(spec.timeout, end - begun),
                            cancel=cancel)
         if on_result is not None:
-            on_result(result)
-        pause = spec.start_interval - result.duration
-        if (result.ok or cancel.is_set() or time.time() + max(pause, 0.0) >= end
-                or (gone is not None and gone())):
+            _quietly(on_result, result)
+        if result.ok or last or cancel.is_set() or (gone is not None and _quietly(gone)):
             return result
-        cancel.wait(max(0.0, pause))
+        due = min(max(due + spec.start_interval, time.monotonic()), end)
+
+
+def _quietly(callback: Callable[..., object], *args: object) -> bool:
+    """``callback(*args)``; an error of the caller's callback is logged and taken as False
+    (a readiness wait goes on to its deadline: a failed attempt, never an aborted wait)."""
+    try:
+        return bool(callback(*args))
+    except Exception:
+        log.exception("readiness callback %r failed", getattr(callback, "__name__", callback))
+        return False
 
 
 def probe_environment(target: ProbeTarget) -> dict[str, str]:
-    """The instance's environment (or a minimal one) plus the probe's marks."""
-    env = dict(target.env) if target.env is not None else base_environment()
-    env.update(WORKERGUARD_PID=str(target.pid), WORKERGUARD_INSTANCE=target.instance,
+    """The instance's environment (or a minimal one) as a helper's (``helper_environment``:
+    none of the instance's marks, so discovery never counts the probe as the instance)
+    plus what the probe is told: ``WORKERGUARD_PID``, ``WORKERGUARD_PROBED_INSTANCE`` and
+    ``WORKERGUARD_INDEX``."""
+    env = helper_environment("probe", target.env)
+    env.update(WORKERGUARD_PID=str(target.pid), WORKERGUARD_PROBED_INSTANCE=target.instance,
                WORKERGUARD_INDEX=str(target.index))
     return env
 
@@ -211,35 +229,28 @@ def _drain(fd: int, kept: bytearray) -> bool:
 
 def _http(spec: HttpProbe, target: ProbeTarget, limit: float) -> tuple[bool, str]:
     url = expand(spec.url, target.values(spec.port))
-    # The spec admits only http:// and https:// urls, and the opener only those schemes.
-    request = urllib.request.Request(url, method="GET",  # noqa: S310
-                                     headers={"User-Agent": "workerguard-probe"})
     try:
-        with _OPENER.open(request, timeout=limit) as response:
-            status = int(response.status)
-            body = response.read(_READ_LIMIT).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:  # a non-2xx status that urllib raises for
-        with contextlib.closing(exc):
-            body = exc.read(_READ_LIMIT).decode("utf-8", "replace") if exc.fp is not None else ""
-        return False, f"HTTP {exc.code} from {url}: {body}"
-    except urllib.error.URLError as exc:
-        return False, f"{url}: {exc.reason}"
-    except (TimeoutError, OSError) as exc:
-        return False, f"{url}: {type(exc).__name__}: {exc or 'timed out'}"
-    ok = 200 <= status < 300
-    return ok, f"HTTP {status} from {url}: {body}"
+        answer = http_get(url, Deadline(limit), _READ_LIMIT)
+    except TimeoutError:
+        return False, f"{url}: timed out after {limit:g} s"
+    except OSError as exc:
+        return False, f"{url}: {exc.strerror or exc}"
+    except Exception as exc:  # BadStatusLine, too many redirects ...
+        return False, f"{url}: {failed_with(exc)}"
+    body = answer.body.decode("utf-8", "replace")
+    return 200 <= answer.status < 300, f"HTTP {answer.status} from {answer.url}: {body}"
 
 
 def _tcp(spec: TcpProbe, target: ProbeTarget, limit: float) -> tuple[bool, str]:
     host = expand(spec.host, target.values())
     port = spec.port + target.index
     try:
-        with socket.create_connection((host, port), timeout=limit):
-            return True, f"connected to {host}:{port}"
+        tcp_connect(host, port, Deadline(limit)).close()
     except TimeoutError:
         return False, f"connect to {host}:{port}: timed out after {limit:g} s"
     except OSError as exc:
         return False, f"connect to {host}:{port}: {exc.strerror or exc}"
+    return True, f"connected to {host}:{port}"
 
 
 def _heartbeat(spec: HeartbeatProbe, target: ProbeTarget) -> tuple[bool, str]:

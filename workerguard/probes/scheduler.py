@@ -36,6 +36,10 @@ IDLE_EXIT = 60.0
 """Seconds a worker thread waits for work before it ends."""
 SNAPSHOT_OUTPUT = 200
 """Characters of the last output shown per instance in a snapshot."""
+TIMER_ERROR_PAUSE = 0.1
+"""After an unexpected error in the timer (logged), or a probe thread that could not be
+started, the timer pauses this long before it tries again, so an error that repeats cannot
+spin a core."""
 
 
 @dataclass
@@ -116,6 +120,7 @@ class Prober:
         self._jobs: queue.SimpleQueue[_Watch | None] = queue.SimpleQueue()
         self._queued = 0
         self._idle = 0
+        self._understaffed = False
         self._workers: list[threading.Thread] = []
         self._stopping = threading.Event()
         self._timer = threading.Thread(target=self._timer_loop, name="probe-timer", daemon=True)
@@ -123,13 +128,13 @@ class Prober:
 
     # --- the owner's side ----------------------------------------------------------------
     def watch(self, key: Hashable, profile: str, spec: AnyProbe, target: ProbeTarget,
-              started_at: float | None = None) -> None:
-        """Probe ``target`` until ``forget(key)``. ``started_at`` is when the instance started
-        (epoch seconds, like psutil's create_time; default now): it places the initial delay
-        and the start timeout. Watching a key again starts its record afresh."""
-        now_wall, now = time.time(), time.monotonic()
-        started_at = now_wall if started_at is None else started_at
-        started_mono = now - max(0.0, now_wall - started_at)
+              started: float | None = None) -> None:
+        """Probe ``target`` until ``forget(key)``. ``started`` is when the instance started,
+        on the monotonic clock (``time.monotonic()``; default now): it places the initial
+        delay and the start timeout. Watching a key again starts its record afresh."""
+        now = time.monotonic()
+        started_mono = now if started is None else min(started, now)
+        started_at = time.time() - (now - started_mono)  # for the snapshot only
         with self._lock:
             old = self._watches.get(key)
             watch = _Watch(key, profile, spec, target, started_mono, started_at,
@@ -186,15 +191,27 @@ class Prober:
             self._wake.notify()
 
     def _timer_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._hand_out_due()
+            except Exception:  # a bug of ours: logged; probing goes on after a pause
+                log.exception("the probe timer failed; it goes on")
+                self._stopping.wait(TIMER_ERROR_PAUSE)
+
+    def _hand_out_due(self) -> None:
+        """Hand each due probe to its lane, until ``stop``."""
         with self._lock:
             while not self._stopping.is_set():
                 now = time.monotonic()
+                if self._understaffed:  # a thread could not be started: try again, paced
+                    self._staff()
+                pause = TIMER_ERROR_PAUSE if self._understaffed else None
                 if not self._heap:
-                    self._wake.wait()
+                    self._wake.wait(pause)
                     continue
                 due, _seq, key, generation = self._heap[0]
                 if due > now:
-                    self._wake.wait(due - now)
+                    self._wake.wait(due - now if pause is None else min(pause, due - now))
                     continue
                 heapq.heappop(self._heap)
                 watch = self._watches.get(key)
@@ -215,10 +232,22 @@ class Prober:
         """Give ``watch`` to a worker, starting one if none is free; the lock is held."""
         self._queued += 1
         self._jobs.put(watch)
+        self._staff()
+
+    def _staff(self) -> None:
+        """Start a worker if more probes are queued than workers are idle; the lock is held.
+        A thread that cannot be started (the process is out of threads) leaves the probes
+        queued, and the timer tries again every ``TIMER_ERROR_PAUSE``."""
+        self._understaffed = False
         if self._queued > self._idle and not self._stopping.is_set():
             thread = threading.Thread(target=self._worker_loop, name="probe-worker", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                log.warning("could not start a probe thread (%s); %d probes wait", exc, self._queued)
+                self._understaffed = True
+                return
             self._workers.append(thread)
-            thread.start()
 
     def _worker_loop(self) -> None:
         while True:
@@ -240,27 +269,45 @@ class Prober:
                     self._queued -= 1
             if watch is None:
                 return
-            self._probe(watch)
+            try:
+                self._probe(watch)
+            except Exception:  # a bug of ours: logged; this thread and the others go on
+                log.exception("probe of %r failed unexpectedly", watch.key)
 
     def _probe(self, watch: _Watch) -> None:
-        with self._lock:
-            live = self._live(watch)
-        result = run_probe(watch.spec, watch.target, cancel=self._stopping) if live else None
-        with self._lock:
-            lane = self._lanes[watch.profile]
-            lane.running -= 1
-            while lane.waiting and lane.running < self._per_profile:
-                lane.running += 1
-                self._hand_over(lane.waiting.popleft())
-            if result is None or not self._live(watch):
-                return
-            now = time.monotonic()
-            fire = self._record(watch, result, now)
-            step = watch.spec.start_interval if watch.in_start(now) else watch.spec.interval
-            self._push(watch, max(now, watch.due + step))
+        """Run one due probe, then free its lane slot and schedule the next one, whatever
+        happened (``run_probe`` turns any error of a probe into a failed result; the slot is
+        freed in ``finally`` even so)."""
+        result: ProbeResult | None = None
+        recorded = fire = False
+        try:
+            with self._lock:
+                live = self._live(watch)
+            if live:
+                result = run_probe(watch.spec, watch.target, cancel=self._stopping)
+        finally:
+            with self._lock:
+                self._release(watch.profile)
+                if result is not None and self._live(watch):
+                    now = time.monotonic()
+                    recorded, fire = True, self._record(watch, result, now)
+                    step = watch.spec.start_interval if watch.in_start(now) else watch.spec.interval
+                    self._push(watch, max(now, watch.due + step))
+        if not recorded:
+            return
+        assert result is not None
         self._report(watch.profile, watch.key, result)
         if fire and self._on_unhealthy is not None:
             _call(self._on_unhealthy, watch.profile, watch.key, result)
+
+    def _release(self, profile: str) -> None:
+        """A probe of ``profile`` ended: its slot goes to the lane's next waiting probe; the
+        lock is held."""
+        lane = self._lanes[profile]
+        lane.running -= 1
+        while lane.waiting and lane.running < self._per_profile:
+            lane.running += 1
+            self._hand_over(lane.waiting.popleft())
 
     def _live(self, watch: _Watch) -> bool:
         """Whether ``watch`` is still to be probed and its result recorded; the lock is held.

@@ -21,10 +21,14 @@ start_timeout    60 s     startupProbe failureThreshold   --start-period (0s)
 - ``initial_delay``: no probe at all until this long after the instance started.
 - Until its first pass an instance is *starting*: it is probed every
   ``start_interval`` and its failures do not count, for up to ``start_timeout``
-  after it started (Docker's start period, Kubernetes' startup probe). A readiness
-  wait gives up then; after that the watcher counts failures at ``interval``.
+  after it started (Docker's start period, Kubernetes' startup probe), counted from
+  its exact start on the monotonic clock. A readiness wait's last probe starts then
+  (with its own ``timeout``): it never gives up sooner; after that the watcher counts
+  failures at ``interval``.
 - A pass resets the count; ``failure_threshold`` failures in a row make the
-  instance unhealthy. A probe that outlives ``timeout`` is killed and is a failure.
+  instance unhealthy. ``timeout`` is one total deadline for the whole probe (an HTTP
+  probe's redirects and a trickling answer included, see ``deadline``): a probe that
+  outlives it is killed and is a failure; so is a probe that raises anything.
 
 Placeholders, expanded per instance when the probe runs: ``{pid}`` (the instance's
 main process), ``{instance}`` (its instance id, hex), ``{index}`` (its 0-based slot
@@ -157,7 +161,8 @@ class _Timing(BaseModel):
 
 class CommandProbe(_Timing):
     """Run ``command`` (argv, no shell); exit 0 is healthy. Its environment also holds
-    WORKERGUARD_PID, WORKERGUARD_INSTANCE and WORKERGUARD_INDEX."""
+    WORKERGUARD_PID, WORKERGUARD_PROBED_INSTANCE and WORKERGUARD_INDEX (never an
+    instance's own marks: a probe is not an instance)."""
 
     kind: Literal["command"]
     command: Annotated[tuple[ProbeText, ...], Field(min_length=1, max_length=256)]
@@ -172,8 +177,9 @@ class CommandProbe(_Timing):
 
 
 class HttpProbe(_Timing):
-    """GET ``url``; any 2xx answer within ``timeout`` is healthy (redirects are followed,
-    proxies from the environment are not used)."""
+    """GET ``url``; any 2xx answer within ``timeout`` is healthy (at most 5 redirects are
+    followed, http and https only, all within the one deadline; proxies from the
+    environment are not used; certificates are verified)."""
 
     kind: Literal["http"]
     url: ProbeText
@@ -185,6 +191,9 @@ class HttpProbe(_Timing):
         if not re.match(r"https?://[^/]", self.url):
             raise ValueError(f"url: must start with http:// or https://, got {self.url[:80]!r}")
         no_nul(self.url, field="url")
+        if self.port is None and "{port}" in self.url:
+            raise ValueError("url: {port} is the instance's port, so the probe needs `port = "
+                             "<the first instance's port>` (instance i gets port + i)")
         allowed = (*PLACEHOLDERS, "port") if self.port is not None else PLACEHOLDERS
         _check_placeholders("url", [self.url], allowed)
         if self.port is not None and "port" not in placeholders_in(self.url):

@@ -50,6 +50,59 @@ def exit_claim(host: str, instance: str) -> str:
     return f"{PREFIX}exit:{host}:{instance}"
 
 
+def host_owner(host: str) -> str:
+    """From where the host's instances are seen: the uid and runtime dir of the guard that
+    spawns them (JSON; ``store.host_owner``); a ``--local`` call of another refuses."""
+    return f"{PREFIX}owner:{host}"
+
+
 def retry(host: str, profile: str) -> str:
     """Deduplicates the one retry scheduled for when a profile's backoff ends."""
     return f"{PREFIX}retry:{host}:{profile}"
+
+
+# cluster-scoped profiles (store.lease): one lease per slot across the fleet ------------
+EPOCH = PREFIX + "epoch"
+"""The Redis primary the fleet last agreed on, and since when (Redis clock): after a
+change (a failover) or a jump of the Redis clock, no slot is claimed for a hold-off."""
+
+
+def cluster_slot(profile: str, slot: int) -> str:
+    """The lease of one slot of a cluster profile: ``<host>|<token>|<instance id>``, PX L."""
+    return f"{PREFIX}cluster:{profile}:slot:{slot}"
+
+
+def cluster_info(profile: str, slot: int) -> str:
+    """The holder's instance of one slot, for ``status --cluster`` (a hash: host, token, pid,
+    start, started_ms on the Redis clock), written by the holder's converge and extended
+    with the lease by each renewal: it lives as long as the lease does."""
+    return f"{PREFIX}cluster:{profile}:info:{slot}"
+
+
+def cluster_token(profile: str) -> str:
+    """The last fencing token issued for a cluster profile (strictly increasing)."""
+    return f"{PREFIX}cluster:{profile}:token"
+
+
+def cluster_spec(profile: str) -> str:
+    """The fingerprint of the cluster profile's definition the fleet runs."""
+    return f"{PREFIX}cluster:{profile}:spec"
+
+
+def cluster_paused(profile: str) -> str:
+    """Set by ``stop`` of a cluster profile: no slot is claimed, holders release theirs."""
+    return f"{PREFIX}cluster:{profile}:paused"
+
+
+# hosts (store.host_records) ------------------------------------------------------------
+HOSTS = PREFIX + "hosts"
+"""Every host ever seen by the fleet, scored by its last-seen Redis time (ms)."""
+
+
+def host_record(host: str) -> str:
+    """A guard's own record (JSON: machine, boot, version, fingerprints, slots held, the
+    primary it sees, its clock offset), PX 3P: gone when the guard is."""
+    return f"{PREFIX}host:{host}"
+DRAINING = PREFIX + "draining"
+"""The hosts ``hosts --drain`` marked (a set, read in one command by every lease round):
+they claim no slot and hand theirs over."""

@@ -2,9 +2,13 @@
 
 Stored as JSON under ``keys.known(host, profile)`` with a fingerprint of
 the profile's ``command`` and ``match``, so a record made for another definition is
-never trusted. The Lua scripts make every write of the record atomic with respect to the
-profile's lock (see the fast path in ``guard``); ``KnownInstances`` runs them. The fast
-path's read, which spans the lock and the pause flag too, is ``snapshot``'s.
+never trusted, and the boot id: each instance is ``[pid, start, id, slot]`` with its start
+in clock ticks since boot (``identity``), verified exactly. An entry of another boot, or
+of the format before start ticks (an epoch ``create_time``, no boot), is not trusted:
+the caller scans, as it does when nothing is known. The Lua scripts make every write
+of the record atomic with respect to the profile's lock (see the fast path in
+``guard``); ``KnownInstances`` runs them. The fast path's read, which spans the lock and
+the pause flag too, is ``snapshot``'s.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import redis
 from workerguard.config.schema import Profile
 from workerguard.store import keys
 from workerguard.workers.discover import fingerprint
+from workerguard.workers.identity import boot_id
 from workerguard.workers.model import Instance
 
 # Write the known instances only while we still own the profile's lock.
@@ -39,8 +44,8 @@ return 0
 
 
 def encode_known(profile: Profile, instances: Sequence[Instance]) -> str:
-    return json.dumps({"fp": fingerprint(profile, with_match=True),
-                       "instances": [[i.pid, i.create_time, i.instance_id, i.index]
+    return json.dumps({"fp": fingerprint(profile, with_match=True), "boot": boot_id(),
+                       "instances": [[i.pid, i.start, i.instance_id, i.index]
                                      for i in instances]},
                       separators=(",", ":"))
 
@@ -51,13 +56,16 @@ def decode_known(profile: Profile, raw: bytes | str | None) -> list[Instance] | 
         return None
     try:
         data = json.loads(raw)
-        if data["fp"] != fingerprint(profile, with_match=True):
-            return None
-        return [Instance(profile=profile.name, pid=int(pid), create_time=float(created),
-                         instance_id=instance_id, tree=(int(pid),),
-                         origin="spawned" if instance_id else "adopted",
-                         index=int(rest[0]) if rest else 0)
-                for pid, created, instance_id, *rest in data["instances"]]
+        if data["fp"] != fingerprint(profile, with_match=True) or data.get("boot") != boot_id():
+            return None  # another definition, another boot, or the older format
+        known = [Instance(profile=profile.name, pid=int(pid), start=start,
+                          instance_id=instance_id, members=((int(pid), start),),
+                          origin="spawned" if instance_id else "adopted",
+                          index=int(rest[0]) if rest else 0)
+                 for pid, start, instance_id, *rest in data["instances"]]
+        if not all(type(i.start) is int for i in known):
+            return None  # a start is stored as an integer, never a float
+        return known
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -75,7 +83,7 @@ class KnownInstances:
         self.ttl_ms = max(1, int(ttl * 1000))
         self._set_if_owner = client.register_script(SET_IF_OWNER)
         self._set_if_unchanged = client.register_script(SET_IF_UNCHANGED)
-        self._seen: dict[str, tuple[bytes | None, tuple[tuple[int, float], ...]]] = {}
+        self._seen: dict[str, tuple[bytes | None, tuple[tuple[int, int], ...]]] = {}
 
     def remember(self, profile: Profile, instances: Sequence[Instance], lock_key: str,
                  lock_id: str) -> bool:
@@ -90,7 +98,7 @@ class KnownInstances:
         (compare-and-set), in one round trip. Returns how many differed."""
         changed = []
         for profile, previous, instances in updates:
-            seen = (previous, tuple((i.pid, i.create_time) for i in instances))
+            seen = (previous, tuple((i.pid, i.start) for i in instances))
             if previous is not None and self._seen.get(profile.name) == seen:
                 continue  # the same record and the same scan result as last time
             encoded = encode_known(profile, instances)

@@ -11,8 +11,22 @@ from celery import Celery
 from kombu.entity import Exchange
 
 from workerguard.config.load import Config
-from workerguard.ops.connect import celery_url, result_backend_settings, socket_options
-from workerguard.tasks import caller_errors, closed_channel, context
+from workerguard.ops.connect import (
+    celery_url,
+    result_backend_settings,
+    result_transport_options,
+    sentinel_options,
+    socket_options,
+)
+from workerguard.tasks import (
+    broker_watch,
+    caller_errors,
+    closed_channel,
+    context,
+    loop_reads,
+    reconnect,
+    sentinel_pools,
+)
 from workerguard.tasks.routing import (
     BROADCAST,
     DEFAULT_QUEUE,
@@ -21,16 +35,15 @@ from workerguard.tasks.routing import (
     host_queue,
     sweep_queue,
 )
-from workerguard.tasks.visibility import visibility_timeout
-
-RESTORE_INTERVAL = 2
-"""Seconds between the guard's scans for requests whose guard died (kombu's restore)."""
+from workerguard.tasks.visibility import RESTORE_INTERVAL, UNACKED_MUTEX_EXPIRE, visibility_timeout
 
 
 def make_app(config: Config, redis_url: str) -> Celery:
     """Build the guard's Celery app for ``config``, talking to ``redis_url``."""
     settings = config.settings
     closed_channel.install()
+    sentinel_pools.install()
+    loop_reads.install()
     url = celery_url(redis_url)
     app = Celery("workerguard", broker=url, backend=caller_errors.backend_url(url),
                  task_cls=caller_errors.TASK, set_as_current=False)
@@ -67,7 +80,8 @@ def make_app(config: Config, redis_url: str) -> Celery:
         worker_prefetch_multiplier=1,
         # Requests survive a guard's death: a request is acked when it has finished, so
         # one in flight when its guard dies is redelivered visibility_timeout after it
-        # was taken (converge is idempotent); one that expired meanwhile is answered
+        # was taken (converge is idempotent; at the latest redelivered_within, even when
+        # a guard died holding kombu's scan mutex); one that expired meanwhile is answered
         # REVOKED. Sweeps are not redelivered: the next guard sweeps at start anyway.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -81,10 +95,18 @@ def make_app(config: Config, redis_url: str) -> Celery:
         broker_transport_options={**socket_options(url), "retry_on_timeout": True,
                                   "visibility_timeout": visibility_timeout(config),
                                   "unacked_restore_interval": RESTORE_INTERVAL,
-                                  "unacked_restore_throttle": 1},
+                                  "unacked_restore_throttle": 1,
+                                  "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
+                                  **sentinel_options(url, settings)},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        result_backend_transport_options={"retry_policy": {"timeout": 5.0}},
+        # A Redis error reply while (re)connecting is retried too: a primary just promoted
+        # by Sentinel refuses writes (NOREPLICAS) until its replicas attach, and kombu's
+        # restore of unacked requests then killed the guard ("Unrecoverable error").
+        broker_channel_error_retry=True,
+        # ... with pauses of at most 5 s between rounds, not kombu's 30 s (tasks/reconnect.py)
+        worker_consumer=reconnect.CONSUMER,
+        result_backend_transport_options=result_transport_options(url, settings),
         beat_schedule={
             "workerguard-sweep": {
                 "task": SWEEP_TASK,
@@ -94,6 +116,7 @@ def make_app(config: Config, redis_url: str) -> Celery:
             }
         },
     )
+    broker_watch.install(app)
     # Never in app.conf: inspect and Flower publish it (see tasks/context.py).
     context.attach(app, context.Runtime(config, redis_url))
     from workerguard.tasks.handlers import register

@@ -16,29 +16,70 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Task
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.worker.request import Request
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from workerguard.errors import InvalidRequest
+from workerguard.ops import sentinel_order
+from workerguard.timing import RESULT_STORE_RETRIES
 
 BACKEND = "workerguard.tasks.caller_errors:QuietRedisBackend"
+SENTINEL_BACKEND = "workerguard.tasks.caller_errors:QuietSentinelBackend"
 TASK = "workerguard.tasks.caller_errors:QuietTask"
 HIDDEN = "(not shown to callers; see the guard's log)"
 
 
-class QuietRedisBackend(RedisBackend):  # type: ignore[misc]
-    """Celery's Redis result backend, storing failures without their traceback."""
+class _Quiet:
+    """Stores failures without their traceback (mixed into Celery's Redis backends)."""
 
     def mark_as_failure(self, task_id: str, exc: BaseException, traceback: str | None = None,
                         *args: Any, **kwargs: Any) -> Any:
-        return super().mark_as_failure(task_id, exc, HIDDEN if traceback else None,
+        return super().mark_as_failure(task_id, exc, HIDDEN if traceback else None,  # type: ignore[misc]
                                        *args, **kwargs)
 
     def mark_as_retry(self, task_id: str, exc: BaseException, traceback: str | None = None,
                       *args: Any, **kwargs: Any) -> Any:
-        return super().mark_as_retry(task_id, exc, HIDDEN if traceback else None,
+        return super().mark_as_retry(task_id, exc, HIDDEN if traceback else None,  # type: ignore[misc]
                                      *args, **kwargs)
+
+
+class QuietRedisBackend(_Quiet, RedisBackend):  # type: ignore[misc]
+    """Celery's Redis result backend, storing failures without their traceback."""
+
+
+class QuietSentinelBackend(_Quiet, SentinelBackend):  # type: ignore[misc]
+    """Celery's Sentinel result backend (``sentinel://``), the same way, and patient with
+    a failover.
+
+    Celery drops a request (rejects it without requeue) whose result it cannot store, and
+    its state stays ``STARTED`` for ever. Until the Sentinels name the new primary a
+    connection goes to the dead one (refused), and Celery's own retry covers only the
+    write, not the read before it; a new primary then refuses writes (``NOREPLICAS``)
+    until a replica attaches. Both are retried here for ``timing.RESULT_STORE_PATIENCE``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connparams["retry"] = Retry(
+            ExponentialBackoff(cap=1.0, base=0.1), RESULT_STORE_RETRIES,
+            supported_errors=(redis.exceptions.ConnectionError,))
+
+    def _get_sentinel_instance(self, **params: Any) -> Any:
+        """Celery's, asking first the Sentinel that answered last (``ops.sentinel_order``)."""
+        return sentinel_order.prefer(super()._get_sentinel_instance(**params))
+
+    def _set(self, key: str, value: Any, expires: Any = None) -> Any:
+        try:
+            return super()._set(key, value, expires)
+        except redis.exceptions.ResponseError as exc:
+            if "NOREPLICAS" not in str(exc):
+                raise
+            # nothing was stored: retried by Celery's retry_policy like a lost connection
+            raise redis.exceptions.ConnectionError(str(exc)) from exc
 
 
 class QuietRequest(Request):  # type: ignore[misc]
@@ -92,5 +133,7 @@ def backend_url(url: str) -> str:
     """``url`` with the quiet backend class in front (Celery's ``cls+url`` form).
 
     Celery reads ``redis+socket://path`` itself as the backend ``redis`` with the URL
-    ``socket://path``; with a class in front the ``redis+`` goes, the same way."""
-    return f"{BACKEND}+{url.removeprefix('redis+')}"
+    ``socket://path``; with a class in front the ``redis+`` goes, the same way. A
+    ``sentinel://`` URL gets the Sentinel variant."""
+    cls = SENTINEL_BACKEND if url.startswith("sentinel://") else BACKEND
+    return f"{cls}+{url.removeprefix('redis+')}"

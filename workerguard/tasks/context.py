@@ -13,6 +13,7 @@ app, so nothing grows with the number of requests.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from workerguard.policy.hooks import GuardHooks
 from workerguard.probes.liveness import Health
 from workerguard.probes.run import ProbeResult
 
-RESTART_ONLY = ("redis_url", "host_id", "home", "metrics_port", "metrics_addr")
+RESTART_ONLY = ("redis_url", "sentinel_master", "sentinel_password", "host_id", "home",
+                "metrics_port", "metrics_addr")
 """Settings a running guard cannot take over: its queues, node name, sockets and listeners
 were made from them. A reload that changes one is refused."""
 
@@ -50,15 +52,30 @@ class Runtime:
     _client: tuple[int, redis.Redis] | None = field(default=None, repr=False)
 
     def guard(self) -> Guard:
-        """This process's guard for the current config (rebuilt after a fork or a reload)."""
+        """This process's guard for the current config (rebuilt after a fork or a reload).
+
+        Only where requests run (the pool): a guard spawns, watches and reaps instances,
+        and a prefork pool's main process must do none of that (``ops/runners.py``)."""
         pid = os.getpid()
         with self._lock:
             if self._guard is None or self._guard[0] != pid:
-                if self._client is None or self._client[0] != pid:
-                    self._client = (pid, redis_client(self.redis_url))
-                self._guard = (pid, Guard(self._client[1], self.config, hooks=self.hooks,
+                self._guard = (pid, Guard(self._client_here(pid), self.config, hooks=self.hooks,
                                           liveness=self._liveness_here(pid), watch_exits=True))
             return self._guard[1]
+
+    def client(self) -> redis.Redis:
+        """This process's Redis client (for what needs Redis but no guard: the sweep timer)."""
+        with self._lock:
+            return self._client_here(os.getpid())
+
+    def _client_here(self, pid: int) -> redis.Redis:
+        if self._client is None or self._client[0] != pid:
+            self._client = (pid, redis_client(self.redis_url, self.config.settings))
+        return self._client[1]
+
+    def after_fork_in_child(self) -> None:
+        """A fresh lock: another thread may have held it at the fork (the rest is per pid)."""
+        self._lock = threading.Lock()
 
     def _liveness_here(self, pid: int) -> Health:
         """This process's prober (its threads outlive reloads; the lock is held)."""
@@ -113,17 +130,32 @@ def changes(old: Config, new: Config) -> list[str]:
 
 
 _registry: weakref.WeakKeyDictionary[Any, Runtime] = weakref.WeakKeyDictionary()
-_registry_lock = threading.Lock()
+
+
+class _Registry:
+    lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A prefork pool child starts with unheld locks (a thread of the parent may have held
+    one at the fork; only the forking thread exists in the child)."""
+    _Registry.lock = threading.Lock()
+    for runtime in list(_registry.values()):
+        runtime.after_fork_in_child()
+
+
+if sys.platform != "win32":
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def attach(app: Any, runtime: Runtime) -> None:
-    with _registry_lock:
+    with _Registry.lock:
         _registry[app] = runtime
 
 
 def of(app: Any) -> Runtime:
     """The runtime of a workerguard app (``WorkerguardError`` for any other app)."""
-    with _registry_lock:
+    with _Registry.lock:
         found = _registry.get(app)
     if found is None:
         raise WorkerguardError(f"{app!r} is not a workerguard app (built by make_app)")
@@ -131,5 +163,5 @@ def of(app: Any) -> Runtime:
 
 
 def find(app: Any) -> Runtime | None:
-    with _registry_lock:
+    with _Registry.lock:
         return _registry.get(app)

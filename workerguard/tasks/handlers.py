@@ -33,6 +33,8 @@ RETRY = {"autoretry_for": RETRY_ON, "max_retries": MAX_RETRIES, "retry_backoff":
 """A lock wait that timed out or Redis unreachable: retried 3 times, after 1, 2 and 4 s."""
 EXPECTED = (InvalidRequest, UnknownProfile, ActionFailed, ConfigError)
 """Failures that are answers, not bugs: logged without a traceback (Celery's ``throws``)."""
+STARTUP = "guard startup"
+"""Who asked for a guard worker's first sweep (its ``trigger="startup"``), in the action log."""
 
 
 def guard_for(app: Celery) -> Guard:
@@ -99,11 +101,14 @@ def register(app: Celery) -> None:
         return reload_config(app, _who(self, validate.requester(requested_by)))
 
     @app.task(name="workerguard.sweep", bind=True, ignore_result=True)
-    def sweep(self: Task) -> list[dict[str, Any]]:
+    def sweep(self: Task, trigger: Any = "beat") -> list[dict[str, Any]]:
         guard = guard_for(app)
-        if not guard.claim_sweep():
+        why = validate.trigger(trigger)
+        if not guard.claim_sweep(always=why == "startup"):  # a starting guard sweeps in any case
             log.info("workerguard.sweep[%s] skipped: another sweep ran on %s this interval",
                      self.request.id, guard.host)
             return []
         rotate_logs(guard)
-        return [outcome.contract() for outcome in guard.sweep(requested_by=_who(self, "beat"))]
+        return [outcome.contract()
+                for outcome in guard.sweep(requested_by=_who(self, STARTUP if why == "startup" else why),
+                                           trigger=why)]

@@ -27,6 +27,7 @@ from workerguard.store import keys
 from workerguard.tasks import validate
 from workerguard.tasks.routing import host_queue
 from workerguard.tasks.visibility import longest_countdown
+from workerguard.timing import PRUNE_OLDER_THAN
 
 log = logging.getLogger("workerguard.tasks.heal_requests")
 HEAL_TASK = "workerguard.heal"
@@ -105,7 +106,10 @@ def register_healing(app: Celery, guard_for: Callable[[Celery], Guard],
         return checked(result)
 
     @app.task(name="workerguard.prune", bind=True, throws=throws, **retry)
-    def prune(self: Task, dry_run: Any = False, requested_by: Any = None) -> dict[str, Any]:
+    def prune(self: Task, dry_run: Any = False, requested_by: Any = None,
+              older_than: Any = PRUNE_OLDER_THAN) -> dict[str, Any]:
         dry = validate.flag("dry_run", dry_run)
+        unserved = validate.seconds("older_than", older_than)
         requester = who(self, validate.requester(requested_by))
-        return checked(guard_for(app).prune(dry_run=dry, requested_by=requester))
+        return checked(guard_for(app).prune(dry_run=dry, requested_by=requester,
+                                            older_than=unserved))

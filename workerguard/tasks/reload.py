@@ -16,8 +16,7 @@ from workerguard.errors import ConfigError
 from workerguard.policy.reports import Result
 from workerguard.redact import redact_text
 from workerguard.tasks import context
-from workerguard.workers.logs import rotate_all
-from workerguard.workers.spawn import log_path
+from workerguard.workers.logs import profile_logs, rotate_all
 
 log = logging.getLogger("workerguard.reload")
 
@@ -25,7 +24,8 @@ log = logging.getLogger("workerguard.reload")
 def rotate_logs(guard: Any) -> None:
     """Rotate the logs of every configured profile that went over ``log_max_bytes``."""
     settings = guard.config.settings
-    rotate_all([log_path(settings.log_dir, name) for name in guard.config.profiles],
+    rotate_all([path for name in guard.config.profiles
+                for path in profile_logs(settings.log_dir, name)],
                settings.log_max_bytes, settings.log_backups)
 
 

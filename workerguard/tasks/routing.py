@@ -30,5 +30,13 @@ def direct_queue(name: str) -> Queue:
     return Queue(name, Exchange(name, type="direct"), routing_key=name)
 
 
+def to_host(host_id: str) -> dict[str, str]:
+    """``send_task`` options that deliver to one guard's own queue. Named by exchange and
+    routing key: a plain ``queue=`` would keep the exchange of the task's route (the
+    sweep's is the broadcast), and every guard would get it."""
+    name = host_queue(host_id)
+    return {"exchange": name, "routing_key": name}
+
+
 def sweep_queue() -> Broadcast:
     return Broadcast(BROADCAST, routing_key=BROADCAST)

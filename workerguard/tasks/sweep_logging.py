@@ -35,6 +35,16 @@ def acted(shown: str) -> bool:
     return any(action not in IDLE_ACTIONS for action in _ACTION.findall(shown))
 
 
+def _text(literal: str) -> str:
+    """The string a quoted literal of Celery's ``saferepr`` stands for. ``saferepr`` leaves
+    a newline in a string as it is (a status with orphans has several lines), which is
+    no Python literal; anything that still does not parse is shown as it is."""
+    try:
+        return str(ast.literal_eval(literal.replace("\r", "\\r").replace("\n", "\\n")))
+    except (ValueError, SyntaxError):
+        return literal
+
+
 def _said(shown: str) -> str:
     """A workerguard result's line(s) as the CLI prints them: the messages of what acted
     (all of them for one request's dict); anything else as it is."""
@@ -42,13 +52,22 @@ def _said(shown: str) -> str:
     if not messages:
         return shown
     if shown.startswith("{"):
-        return str(ast.literal_eval(messages[0]))
-    return "; ".join(str(ast.literal_eval(m)) for a, m in zip(actions, messages, strict=False)
+        return _text(messages[0])
+    return "; ".join(_text(m) for a, m in zip(actions, messages, strict=False)
                      if a not in IDLE_ACTIONS)
 
 
 class QuietSweeps(logging.Filter):
+    """Never raises and never loses a line: a record it cannot read is passed unchanged."""
+
     def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return self._quiet(record)
+        except Exception:  # a log filter that raises would drop the line it was given
+            return True
+
+    @staticmethod
+    def _quiet(record: logging.LogRecord) -> bool:
         fields = record.args if isinstance(record.args, Mapping) else None
         debug = logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         if fields is None or not str(fields.get("name", "")).startswith("workerguard."):

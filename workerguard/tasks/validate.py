@@ -8,6 +8,7 @@ from typing import Any
 from workerguard.config.load import Config
 from workerguard.config.schema import MAX_WORKERS_LIMIT, PROFILE_NAME
 from workerguard.errors import InvalidRequest, UnknownProfile
+from workerguard.policy.hooks import SWEEP_TRIGGERS
 
 MAX_REQUESTER = 200
 
@@ -49,12 +50,27 @@ def max_workers(value: Any) -> int | None:
     return value
 
 
+def seconds(name: str, value: Any) -> float:
+    """A duration in seconds: a finite number, 0 or more."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise InvalidRequest(f"{name} must be a number of seconds (0 or more), got {_shown(value)}")
+    return float(value)
+
+
 def requester(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or len(value) > MAX_REQUESTER or "\x00" in value:
         raise InvalidRequest(f"requested_by must be a string of at most {MAX_REQUESTER} characters")
     return value
+
+
+def trigger(value: Any) -> str:
+    """What sent a sweep: ``beat`` (its schedule), ``timer`` (the guard's own clock) or
+    ``startup`` (a guard worker that just became ready)."""
+    if value not in SWEEP_TRIGGERS:
+        raise InvalidRequest(f"trigger must be one of {', '.join(SWEEP_TRIGGERS)}, got {_shown(value)}")
+    return str(value)
 
 
 def instance_id(value: Any) -> str:

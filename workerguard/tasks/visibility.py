@@ -20,6 +20,28 @@ import math
 from workerguard.config.load import Config
 from workerguard.config.schema import Profile
 
+RESTORE_INTERVAL = 5
+"""Seconds between the guard's scans for requests whose guard died (kombu's restore).
+
+Each scan costs five Redis commands (take the mutex, read the unacknowledged index,
+release the mutex), and every guard of the fleet scans the same index: at 2 s they were
+150 of an idle guard's ~460 commands a minute (docs/benchmarks.md, ``redis_idle``). 5 s
+makes them 60 and adds 3 s to ``redelivered_within`` (73 s to 76 s with the defaults),
+against a ``visibility_timeout`` of a minute."""
+UNACKED_MUTEX_EXPIRE = 10
+"""Seconds a scan for unacknowledged requests may hold kombu's ``unacked_mutex``.
+
+Each scan (every ``RESTORE_INTERVAL``, in every guard) takes the mutex, redelivers the
+requests taken more than ``visibility_timeout`` ago and releases it: milliseconds. A
+guard SIGKILLed mid-scan leaves the mutex behind, and no guard redelivers anything until
+it expires: kombu's default, 300 s, stopped every redelivery for up to five minutes
+(reproduced: a request redelivered in 49 s normally was still ``STARTED`` at 74 s with the
+mutex left behind). 10 s covers a scan that meets a slow Redis (two socket timeouts).
+A mutex that expires under a scan still running costs nothing: kombu redelivers each
+request in a ``WATCH`` transaction on the unacked hash, so two scans cannot redeliver one
+request twice; the mutex only spares the work. A request whose guard died is therefore
+redelivered within ``visibility_timeout + UNACKED_MUTEX_EXPIRE + RESTORE_INTERVAL``
+(``redelivered_within``)."""
 VISIBILITY_MARGIN = 10.0
 """Seconds of slack beyond the longest request: scheduling, a slow Redis, a GC pause."""
 
@@ -42,3 +64,9 @@ def longest_countdown(config: Config) -> float:
     """The longest countdown a task may be sent with: half the visibility timeout, so a
     countdown task is due well before it could be redelivered."""
     return visibility_timeout(config) / 2
+
+
+def redelivered_within(config: Config) -> int:
+    """Seconds after which a request taken by a guard that died is handed out again, at
+    the latest (a guard killed in the middle of a scan included)."""
+    return visibility_timeout(config) + UNACKED_MUTEX_EXPIRE + RESTORE_INTERVAL

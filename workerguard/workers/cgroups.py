@@ -4,15 +4,16 @@ systemd's answer to "which processes belong to this service": whatever a member
 execs, renames, double-forks or orphans stays in the group, ``cgroup.procs`` lists
 them all, and writing ``1`` to ``cgroup.kill`` SIGKILLs every one of them at once.
 
-Layout under the guard's cgroup root (``Settings.cgroup_root``)::
+Layout under the guard's cgroup root (``Settings.cgroup_root``; where that root is, by
+systemd's delegation rules, is decided in ``cgroup_layout``)::
 
     <root>/<host_id>/<profile>/<instance_id>/
 
-No controller is enabled anywhere below the root, so the "no internal processes"
-rule of cgroup v2 never applies and any delegated subtree works (systemd
-``Delegate=yes``). An instance is in its group before its first instruction (the guard
-moves the waiting trampoline with ``join``, or the child joins between fork and exec with
-``join_fd``: see spawn), so not even a fast fork can escape.
+Processes live only in the instance groups (the leaves): no cgroup here with children
+holds a process, and no controller is enabled below the root. An instance is in its group
+before its first instruction (the guard moves the waiting trampoline with ``join``, or the
+child joins between fork and exec with ``join_fd``: see spawn), so not even a fast fork
+can escape.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from workerguard.timing import CGROUP_KILL_POLL, CGROUP_PRIME_STEP, KILL_WAIT
 
 _MOUNTS = Path("/proc/self/mounts")
+PROBE_PREFIX = ".probe-"
+"""``usable`` makes and removes ``<root>/.probe-<pid>``; one left by a process that died in
+between is removed by the sweeps (``garbage``)."""
 
 
 def cgroup2_mount() -> Path | None:
@@ -57,31 +61,24 @@ def own_cgroup(pid: int | str = "self") -> str | None:
     return None
 
 
-def default_root() -> Path | None:
-    """``<mount>/workerguard`` for root; for others a ``workerguard`` group beside their
-    own when that is writable (a delegated subtree); else None (no cgroup mode)."""
-    mount = cgroup2_mount()
-    if mount is None:
-        return None
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        return mount / "workerguard"
-    mine = own_cgroup()
-    if mine is None:
-        return None
-    return mount / mine.lstrip("/") / "workerguard"
-
-
 @dataclass(frozen=True)
 class CgroupTree:
-    """The instance groups of one cgroup root."""
+    """The instance groups of one cgroup root (and of older roots, read but never written)."""
 
     root: Path
+    legacy: tuple[Path, ...] = ()
+    """Roots of an earlier layout (``cgroup_layout.Layout.legacy``): their groups are found,
+    stopped and collected, no group is made there."""
+
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        return (self.root, *self.legacy)
 
     def usable(self) -> bool:
         """True if groups can be made here (cgroup v2, writable, ``cgroup.kill`` works)."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".probe-{os.getpid()}"
+            probe = self.root / f"{PROBE_PREFIX}{os.getpid()}"
             probe.mkdir(exist_ok=True)
             try:
                 return (probe / "cgroup.kill").exists() and os.access(probe / "cgroup.procs", os.W_OK)
@@ -98,17 +95,21 @@ class CgroupTree:
         path.mkdir(parents=True, exist_ok=False)
         return path
 
-    def instances(self, host: str) -> Iterator[tuple[str, str, Path]]:
-        """(profile, instance id, path) of every group of ``host``, populated or not."""
-        base = self.root / host
-        with contextlib.suppress(FileNotFoundError):
-            for profile_dir in base.iterdir():
-                if not profile_dir.is_dir():
-                    continue
-                with contextlib.suppress(FileNotFoundError):
-                    for group in profile_dir.iterdir():
-                        if group.is_dir():
-                            yield profile_dir.name, group.name, group
+    def instances(self, host: str, profiles: Collection[str] | None = None,
+                  ) -> Iterator[tuple[str, str, Path]]:
+        """(profile, instance id, path) of every group of ``host`` (``profiles``: only of
+        these), populated or not."""
+        for root in self.roots:
+            with contextlib.suppress(FileNotFoundError):
+                for profile_dir in (root / host).iterdir():
+                    if profiles is not None and profile_dir.name not in profiles:
+                        continue
+                    if not profile_dir.is_dir():
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        for group in profile_dir.iterdir():
+                            if group.is_dir():
+                                yield profile_dir.name, group.name, group
 
     def owner(self, pid: int) -> tuple[str, str, str] | None:
         """(host, profile, instance id) if ``pid`` lives in one of this root's groups."""
@@ -116,12 +117,11 @@ class CgroupTree:
         mount = cgroup2_mount()
         if path is None or mount is None:
             return None
-        try:
-            relative = (mount / path.lstrip("/")).relative_to(self.root)
-        except ValueError:
-            return None
-        parts = relative.parts
-        return (parts[0], parts[1], parts[2]) if len(parts) >= 3 else None
+        for root in self.roots:
+            with contextlib.suppress(ValueError):
+                parts = (mount / path.lstrip("/")).relative_to(root).parts
+                return (parts[0], parts[1], parts[2]) if len(parts) >= 3 else None
+        return None
 
     def in_any_group(self, pid: int) -> bool:
         """True if ``pid`` lives below this root (any host, any profile)."""
@@ -129,7 +129,7 @@ class CgroupTree:
         mount = cgroup2_mount()
         if path is None or mount is None:
             return False
-        return (mount / path.lstrip("/")).is_relative_to(self.root)
+        return any((mount / path.lstrip("/")).is_relative_to(root) for root in self.roots)
 
 
 def join_fd(group: Path) -> int:
@@ -142,10 +142,9 @@ def join(group: Path, pid: int) -> None:
 
     The kernel makes a move wait for an RCU grace period (it takes a global lock for
     writers, ``cgroup_threadgroup_rwsem``) unless another move happened within the last
-    few ms: measured here ~11 ms after a quiet second (max 160 ms), 0.1-0.9 ms back to back.
-    ``prime`` pays it ahead of a likely spawn. The kernel documents the cgroup2 mount
-    option ``favordynmods`` as removing it (forks and exits pay a little instead; not
-    measured here)."""
+    few ms: after a quiet second a move is an order of magnitude slower than back to
+    back. ``prime`` pays it ahead of a likely spawn. The kernel documents the cgroup2
+    mount option ``favordynmods`` as removing it (forks and exits pay a little instead)."""
     fd = join_fd(group)
     try:
         os.write(fd, str(pid).encode())
@@ -154,8 +153,9 @@ def join(group: Path, pid: int) -> None:
 
 
 _PRIME_SECONDS = 0.5
-"""A prime keeps moves cheap for this long (an exit to its restart takes ~25 ms here,
-longer under load), with one move every ``timing.CGROUP_PRIME_STEP``."""
+"""A prime keeps moves cheap for this long (an exit to its restart takes tens of ms, longer
+under load: the restart row of docs/benchmarks.md), with one move every
+``timing.CGROUP_PRIME_STEP``."""
 
 
 class _Primer:
@@ -216,25 +216,39 @@ def move_self() -> bool:
 
 def members(group: Path) -> list[int]:
     """Pids in the group (exited processes are gone from the list at once)."""
-    try:
-        return [int(line) for line in (group / "cgroup.procs").read_text().split()]
-    except FileNotFoundError:
-        return []
+    text = _read_control(group / "cgroup.procs")
+    return [int(line) for line in text.split()] if text is not None else []
 
 
 def populated(group: Path) -> bool:
+    text = _read_control(group / "cgroup.events")
+    return text is not None and "populated 1" in text
+
+
+def _gone(exc: OSError) -> bool:
+    """A group removed under us: ENOENT before the open, ENODEV from a file opened just
+    before the directory went away (a concurrent ``remove``)."""
+    return exc.errno in (errno.ENOENT, errno.ENODEV)
+
+
+def _read_control(path: Path) -> str | None:
+    """A control file's text, or None if its group is gone."""
     try:
-        return "populated 1" in (group / "cgroup.events").read_text()
-    except FileNotFoundError:
-        return False
+        return path.read_text()
+    except OSError as exc:
+        if _gone(exc):
+            return None
+        raise
 
 
 def kill(group: Path, timeout: float = KILL_WAIT) -> bool:
     """SIGKILL every member at once and wait until the group is empty; True if it is."""
     try:
         (group / "cgroup.kill").write_text("1")
-    except FileNotFoundError:
-        return True
+    except OSError as exc:
+        if _gone(exc):
+            return True
+        raise
     deadline = time.monotonic() + timeout
     while populated(group):
         if time.monotonic() > deadline:
@@ -249,6 +263,6 @@ def remove(group: Path) -> None:
         try:
             path.rmdir()
         except OSError as exc:
-            if exc.errno in (errno.ENOENT,):
+            if _gone(exc):
                 continue
             return  # busy (populated or not empty): leave it

@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Collection, Iterable, Sequence
@@ -21,27 +22,43 @@ from pathlib import Path
 import psutil
 
 from workerguard.config.schema import Identity, Profile
-from workerguard.timing import MARK_POLL
-from workerguard.workers import cgroups, spawn
+from workerguard.errors import HostError
+from workerguard.timing import MARK_POLL, SPAWN_RECORD_WAIT
+from workerguard.workers import cgroup_layout, cgroups, garbage, spawn
 from workerguard.workers.cgroups import CgroupTree
 from workerguard.workers.discover import (
     Discovery,
     Scan,
-    alive,
     fingerprint,
     identify,
     read_mark,
     scan_processes,
     verify_known,
 )
-from workerguard.workers.logs import DEFAULT_BACKUPS, DEFAULT_MAX_BYTES, rotate_all
+from workerguard.workers.identity import Stat, age_seconds, stat
+from workerguard.workers.leashed import LeaseTerms
+from workerguard.workers.logs import (
+    DEFAULT_BACKUPS,
+    DEFAULT_MAX_BYTES,
+    SPAWN_ROTATION_WAIT,
+    log_path,
+    rotate_all,
+)
 from workerguard.workers.model import Instance, Leftover
 from workerguard.workers.registry import Record, Registry
 from workerguard.workers.spawn import Launched
-from workerguard.workers.stop import StopOutcome, stop_instances
+from workerguard.workers.stop import KILL, StopOutcome, descendants, gone, signal_all, stop_instances
 from workerguard.workers.watch import ExitWatcher, shared_watcher
 
 log = logging.getLogger("workerguard.workers")
+
+
+def _stat(pid: int) -> Stat | None:
+    """``identity.stat``, where a process that cannot be read is none of ours."""
+    try:
+        return stat(pid)
+    except OSError:
+        return None
 
 
 def free_slots(taken: Collection[int], count: int) -> list[int]:
@@ -54,37 +71,71 @@ def free_slots(taken: Collection[int], count: int) -> list[int]:
 class SpawnOutcome:
     started: list[Instance] = field(default_factory=list)
     failures: list[spawn.SpawnFailure] = field(default_factory=list)
+    log_starts: dict[str, int] = field(default_factory=dict)
+    """Instance id -> the offset of its slot's log at its start (``spawn.tail``'s ``since``)."""
+
+
+_said: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def _say_once(note: str | None, level: int = logging.WARNING) -> None:
+    """Log a layout note once per process (every Guard of a process builds a table): a
+    warning when it means registry mode, else (a dedicated subtree under systemd) info."""
+    with _said_lock:
+        if note is None or note in _said:
+            return
+        _said.add(note)
+    log.log(level, "%s", note)
 
 
 class HostProcesses:
     """Find, start and stop the instances of one host (``host_id``)."""
 
     def __init__(self, host_id: str, *, registry_dir: Path, log_dir: Path,
+                 fence_dir: Path | None = None,
                  identity: Identity = "auto", cgroup_root: Path | None = None,
                  watcher: ExitWatcher | None = None, log_max_bytes: int = DEFAULT_MAX_BYTES,
                  log_backups: int = DEFAULT_BACKUPS) -> None:
         self.host = host_id
-        self.registry = Registry(registry_dir)
+        self.registry = Registry(registry_dir, fence_dir)
         self.log_dir = log_dir
         self.log_limits = (log_max_bytes, log_backups)
         self.watcher = watcher or shared_watcher()
-        self.cgroups = self._choose_cgroups(identity, cgroup_root)
+        self.layout = (cgroup_layout.decide(cgroup_root) if identity != "registry"
+                       else cgroup_layout.Layout("none", None))
+        self.cgroups = self._choose_cgroups(identity, self.layout)
+        if self.cgroups is None and identity != "registry" and self.layout.note is None:
+            self.layout = replace(self.layout, note=f"{self.layout.root} is not a writable cgroup "
+                                  "v2 directory: registry mode")
+        _say_once(self.layout.note, logging.WARNING if self.cgroups is None else logging.INFO)
+        self.places = garbage.Places(self.cgroups, registry_dir)
+        self._placed = False
+        self._placing = threading.Lock()
 
     @staticmethod
-    def _choose_cgroups(identity: Identity, root: Path | None) -> CgroupTree | None:
+    def _choose_cgroups(identity: Identity, layout: cgroup_layout.Layout) -> CgroupTree | None:
         if identity == "registry":
             return None
-        root = root or cgroups.default_root()
-        tree = CgroupTree(root) if root is not None else None
+        tree = CgroupTree(layout.root, layout.legacy) if layout.root is not None else None
         if tree is not None and tree.usable():
             return tree
         if identity == "cgroup":
             from workerguard.errors import ConfigError
 
-            raise ConfigError(f"identity = 'cgroup' but {root or 'no cgroup v2 hierarchy'} is not a "
-                              "writable cgroup v2 directory (run as root, or delegate a subtree: "
-                              "systemd Delegate=yes)")
+            why = layout.note or f"{layout.root} is not a writable cgroup v2 directory"
+            raise ConfigError(f"identity = 'cgroup' but {why} (run as root, or delegate a "
+                              "subtree: systemd Delegate=yes)")
         return None
+
+    def _place_guard(self) -> None:
+        """Before this process starts its first instance in a delegated subtree: move it
+        (and the rest of the delegated group) into the guard's leaf (``cgroup_layout``)."""
+        with self._placing:
+            if self._placed or self.cgroups is None:
+                return
+            self._placed = True
+            cgroup_layout.settle(self.layout)
 
     @property
     def mode(self) -> str:
@@ -109,21 +160,42 @@ class HostProcesses:
         """
         wanted = list(wanted)
         prints = {p.name: fingerprint(p) for p in configured}
-        groups = ({(p, i): path for p, i, path in self.cgroups.instances(self.host)}
-                  if self.cgroups is not None else {})
-        records = list(self.registry.records(self.host))
-        if scan is None:
-            scan = self.scan(None if full else self._group_members(wanted, groups, records))
+        garbage.mark_served(self.places, self.host)  # for ``prune`` (see garbage)
+        narrow = None if full or scan is not None else self._wanted_groups(wanted)
+        if narrow is not None:
+            groups, records, members = narrow
+            scan = self.scan(members)
+        else:
+            groups = ({(p, i): path for p, i, path in self.cgroups.instances(self.host)}
+                      if self.cgroups is not None else {})
+            records = list(self.registry.records(self.host))
+            if scan is None:
+                scan = self.scan(None if full else self._group_members(wanted, groups, records))
         found = identify(scan, self.host, wanted, configured=prints, records=records,
                          groups=groups, tree=self.cgroups)
-        for record in found.updates:
+        for record in found.updates:  # under each profile's fence, or not now (see registry)
             self._write(record)
         for profile, instance_id, group in found.gone:
-            with contextlib.suppress(OSError, ValueError):
-                self.registry.delete(self.host, profile, instance_id)
-            if group is not None:
-                cgroups.remove(group)
+            self._forget(profile, instance_id, group)
         return found
+
+    def _wanted_groups(self, wanted: Sequence[Profile],
+                       ) -> tuple[dict[tuple[str, str], Path], list[Record], list[int]] | None:
+        """The groups and records of ``wanted`` alone, and the pids in those groups; None
+        when a converge cannot be served from them (registry mode, a ``match``, a record
+        without its group): then it reads what the host has, as before.
+
+        A converge touches one profile: reading every profile's groups and records (and
+        every group's members) made a cold start of N profiles cost N x N reads
+        (``python benchmarks/run.py --only coldstart``). The processes of other profiles
+        live in other groups, so none of them can be one of ``wanted``'s."""
+        if self.cgroups is None or any(p.match for p in wanted):
+            return None
+        names = {p.name for p in wanted}
+        groups = {(p, i): path for p, i, path in self.cgroups.instances(self.host, names)}
+        records = list(self.registry.records(self.host, names))
+        members = self._group_members(wanted, groups, records)
+        return None if members is None else (groups, records, members)
 
     def _group_members(self, wanted: Sequence[Profile], groups: dict[tuple[str, str], Path],
                        records: Sequence[Record]) -> list[int] | None:
@@ -133,43 +205,62 @@ class HostProcesses:
             return None
         return [pid for group in groups.values() for pid in cgroups.members(group)]
 
+    def collect_garbage(self, unserved_for: float | None = None,
+                        dry_run: bool = False) -> garbage.Collected:
+        """Remove this host's garbage (and, with ``unserved_for``, that of host ids not
+        served for so many seconds); see ``garbage``."""
+        return garbage.collect(self.places, self.host, unserved_for=unserved_for,
+                               dry_run=dry_run)
+
     def verify(self, known: Iterable[Instance]) -> list[Instance] | None:
         return verify_known(known)
 
     # spawning ------------------------------------------------------------------------
-    def spawn(self, profile: Profile, count: int, taken: Collection[int] = ()) -> SpawnOutcome:
+    def spawn(self, profile: Profile, count: int, taken: Collection[int] = (),
+              leases: Sequence[LeaseTerms] = ()) -> SpawnOutcome:
         """Start ``count`` instances in the lowest slots not ``taken`` by running ones, then
-        wait ``start_seconds`` once for all of them."""
+        wait ``start_seconds`` once for all of them. A cluster profile's instances start in
+        the slots of their ``leases`` instead, each behind its leash (``count`` is ignored)."""
         outcome = SpawnOutcome()
+        terms = {t.slot: t for t in leases}
+        if leases:
+            count = len(terms)
+        self._place_guard()
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # whatever the errno: the host's problem, not the worker's
-            failure = replace(spawn.start_failure(profile, exc, self.log_dir), host_error=True)
+            failure = replace(spawn.start_failure(profile, exc), host_error=True)
             outcome.failures = [failure] * count
             return outcome
-        log_file = spawn.log_path(self.log_dir, profile.name)
-        rotate_all([log_file], *self.log_limits)
+        slots = sorted(terms) if leases else free_slots(taken, count)
+        rotate_all([log_path(self.log_dir, profile.name, index) for index in slots],
+                   *self.log_limits, wait=SPAWN_ROTATION_WAIT)
         launched: list[Launched] = []
         records: dict[str, Record] = {}
         started_as = fingerprint(profile)
-        for index in free_slots(taken, count):
+        for index in slots:
+            log_file = log_path(self.log_dir, profile.name, index)
             group = None
             try:
                 if self.cgroups is not None:
                     group = self.cgroups.create(self.host, profile.name, uuid.uuid4().hex)
-                item = spawn.launch(profile, self.host, log_file, group, index)
+                item = spawn.launch(profile, self.host, log_file, group, index, terms.get(index))
             except (OSError, subprocess.SubprocessError) as exc:
                 if group is not None:
                     cgroups.remove(group)
-                outcome.failures.append(spawn.start_failure(profile, exc, log_file))
+                outcome.failures.append(spawn.start_failure(profile, exc))
                 continue
-            self.watcher.child(item.popen)
+            # From here on the worker runs: nothing may raise before its record is written
+            # (``_write`` logs a failure; ``watcher.child`` polls when it has no pidfd).
             record = Record(self.host, profile.name, item.instance_id, item.popen.pid,
-                            item.create_time, item.started_at, started_as,
-                            ((item.popen.pid, item.create_time),), index=item.index)
+                            item.start, item.started_at, started_as,
+                            ((item.popen.pid, item.start),), index=item.index,
+                            token=terms[index].token if index in terms else 0)
             records[item.instance_id] = record
-            self._write(record)
+            outcome.log_starts[item.instance_id] = item.log_start
+            self._write(record, time.monotonic() + SPAWN_RECORD_WAIT)
             launched.append(item)
+            self.watcher.child(item.popen)
 
         def any_member_left(item: Launched) -> bool:  # and records the members it sees
             live = self._members(item, records[item.instance_id])
@@ -178,64 +269,61 @@ class HostProcesses:
 
         spawn.wait_window(launched, profile.start_seconds, any_member_left)
         for item in launched:
-            self._started_or_failed(profile, item, records[item.instance_id], log_file, outcome)
+            self._started_or_failed(profile, item, records[item.instance_id], outcome)
         return outcome
 
-    def _members(self, item: Launched, record: Record) -> list[tuple[int, float]]:
-        """The live processes of a starting instance, as (pid, create_time)."""
+    def _members(self, item: Launched, record: Record) -> list[tuple[int, int]]:
+        """The live processes of a starting instance, as (pid, start): its group's, or
+        (without one) its recorded members and the launcher's descendants, each read with
+        its parent so a pid reused meanwhile by a stranger is not taken for a child."""
         if item.group is not None:
-            pids = cgroups.members(item.group)
-        else:
-            pids = [pid for pid, created in record.members if alive(pid, created)]
-            with contextlib.suppress(psutil.NoSuchProcess):
-                if item.popen.poll() is None:
-                    pids += [c.pid for c in psutil.Process(item.popen.pid).children(recursive=True)]
-        out = []
-        for pid in dict.fromkeys(pids):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    out.append((pid, proc.create_time()))
-        return out
+            found = [_stat(pid) for pid in cgroups.members(item.group)]
+            return [(s.pid, s.start) for s in found if s is not None and not s.zombie]
+        out = [proc for proc in record.members if not gone(proc)]
+        if item.popen.poll() is None:
+            out += descendants((item.popen.pid, item.start))
+        return list(dict(out).items())
 
-    def _started_or_failed(self, profile: Profile, item: Launched, record: Record, log_file: Path,
+    def _started_or_failed(self, profile: Profile, item: Launched, record: Record,
                            outcome: SpawnOutcome) -> None:
         """After the window: started (the launcher runs, or it exited 0 and processes of
         the instance live on: a daemon), or failed (what is left is stopped)."""
         code = item.popen.poll()
         live = self._members(item, record)
         if code is None and not any(pid == item.popen.pid for pid, _ in live):
-            live.append((item.popen.pid, item.create_time))
+            live.append((item.popen.pid, item.start))
         if code == 0 and not live and item.group is None:  # a daemon that escaped the tree
-            window_left = item.started_at + profile.start_seconds - time.time()
+            window_left = profile.start_seconds - age_seconds(item.start)
             live = self._find_escaped_daemon(item.instance_id, min(window_left, profile.start_seconds))
         if code is None or (code == 0 and live):
-            main_pid, main_created = ((item.popen.pid, item.create_time) if code is None
-                                      else min(live, key=lambda m: (m[1], m[0])))
-            confirmed = replace(record.with_members(live), pid=main_pid, create_time=main_created,
+            main_pid, main_start = ((item.popen.pid, item.start) if code is None
+                                    else min(live, key=lambda m: (m[1], m[0])))
+            confirmed = replace(record.with_members(live), pid=main_pid, start=main_start,
                                 confirmed=True)
-            self._write(confirmed)
+            self._write(confirmed, time.monotonic() + SPAWN_RECORD_WAIT)
             cmdline: tuple[str, ...] = ()
             with contextlib.suppress(psutil.Error):
                 cmdline = tuple(psutil.Process(main_pid).cmdline())
             outcome.started.append(Instance(
-                profile=profile.name, pid=main_pid, create_time=main_created, cmdline=cmdline,
-                instance_id=item.instance_id, tree=tuple(pid for pid, _ in live),
-                cgroup=str(item.group) if item.group else None, index=item.index))
+                profile=profile.name, pid=main_pid, start=main_start, cmdline=cmdline,
+                instance_id=item.instance_id, members=tuple(live),
+                cgroup=str(item.group) if item.group else None, index=item.index,
+                token=record.token or None))
             return
         if live:  # the launcher failed but left processes behind: none may linger
-            self.clean([Leftover(profile.name, item.instance_id, tuple(p for p, _ in live),
+            self.clean([Leftover(profile.name, item.instance_id, tuple(live),
                                  str(item.group) if item.group else None)])
         else:
             self._forget(profile.name, item.instance_id, item.group)
         outcome.failures.append(spawn.SpawnFailure(
-            item.popen.pid, code, spawn.tail(log_file),
+            item.popen.pid, code,
+            spawn.tail(log_path(self.log_dir, profile.name, item.index), since=item.log_start),
             f"pid {item.popen.pid} exited with code {code} within {profile.start_seconds:g} s"))
 
-    def _find_escaped_daemon(self, instance_id: str, seconds: float) -> list[tuple[int, float]]:
+    def _find_escaped_daemon(self, instance_id: str, seconds: float) -> list[tuple[int, int]]:
         """The processes of a daemon that escaped the launcher's tree, found by its mark
         (``_processes_marked_with``), looked for up to ``seconds`` (what is left of the start
-        window, on the monotonic clock: a clock set back cannot stretch it): the launcher of
+        window, on the boot clock: a step of the wall clock cannot stretch it): the launcher of
         a daemon can exit (ending the wait early) while its child still forks the daemon."""
         deadline = time.monotonic() + max(0.0, seconds)
         while True:
@@ -244,14 +332,15 @@ class HostProcesses:
                 return found
             time.sleep(MARK_POLL)
 
-    def _processes_marked_with(self, instance_id: str) -> list[tuple[int, float]]:
+    def _processes_marked_with(self, instance_id: str) -> list[tuple[int, int]]:
         """Processes that carry ``instance_id`` in their environment (the last resort)."""
         scan = self.scan()
         out = []
         for info in scan.processes.values():
             mark = read_mark(info)
-            if mark is not None and mark[1] == self.host and mark[2] == instance_id:
-                out.append((info.pid, info.create_time))
+            if (mark is not None and not mark.helper and mark.host == self.host
+                    and mark.instance == instance_id):
+                out.append((info.pid, info.start))
         return out
 
     # stopping ------------------------------------------------------------------------
@@ -274,26 +363,35 @@ class HostProcesses:
             if left.cgroup is not None:
                 killed += cgroups.members(Path(left.cgroup))
                 cgroups.kill(Path(left.cgroup))
-            else:
-                for pid in left.pids:
-                    with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                        psutil.Process(pid).kill()
-                        killed.append(pid)
+            else:  # each only while it is still that very process (a pid may be reused)
+                killed += signal_all(left.members, KILL)
             self._forget(left.profile, left.instance_id,
                          Path(left.cgroup) if left.cgroup else None)
         return killed
 
     # bookkeeping ---------------------------------------------------------------------
-    def _write(self, record: Record) -> None:
+    def _write(self, record: Record, deadline: float | None = None) -> None:
+        """Write a record under its profile's fence (``registry``): a converge holds it;
+        a discovery (``deadline`` None) writes nothing while another holds it."""
         try:
-            self.registry.write(record)
-        except (OSError, ValueError) as exc:
+            written = self.registry.write(record, deadline)
+        except (OSError, ValueError, HostError) as exc:  # HostError: a directory not ours
             log.warning("could not write the record of %s/%s: %s", record.profile,
                         record.instance_id, exc)
+            return
+        if not written and deadline is not None:
+            log.warning("could not write the record of %s/%s: its host fence stayed held; "
+                        "the instance is found through its cgroup or its mark",
+                        record.profile, record.instance_id)
 
     def _forget(self, profile: str, instance_id: str, group: Path | None) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self.registry.delete(self.host, profile, instance_id)
+        """Remove an ended instance's record and group, under its profile's fence (taken at
+        once: if another holds it, its converge decides, and nothing is removed now)."""
+        try:
+            if not self.registry.delete(self.host, profile, instance_id):
+                return
+        except (OSError, ValueError, HostError):
+            pass
         if group is not None:
             cgroups.remove(group)
 

@@ -48,11 +48,10 @@ exec can see (a bad ``#!`` interpreter) end the instance with 126/127 and the me
 its log. A file without ``#!`` is run by ``/bin/sh`` (as ``execvp`` does).
 
 Moving a process into a cgroup (``cgroup.procs``) waits for an RCU grace period in the
-kernel when no other move happened in the last few ms (~11 ms here, 0.1-0.9 ms back to
-back); ``clone3(CLONE_INTO_CGROUP)`` does not. The trampoline and the old way both pay
-it (launches 0.5 s apart: old 27/35, trampoline 11/27, registry 1.8/2.1); the guard pays
-it ahead with ``cgroups.prime`` as soon as an instance exits, so a restart does not
-(primed: 1.5/5.8; see ``cgroups.join``).
+kernel when no other move happened in the last few ms; ``clone3(CLONE_INTO_CGROUP)``
+does not. The trampoline pays it too; the guard pays it ahead with ``cgroups.prime`` as
+soon as an instance exits, so a restart does not (see ``cgroups.join``; the restart row of
+docs/benchmarks.md, ``python benchmarks/run.py --only restart``, measures the result).
 
 The start window: an instance counts once it is still there after ``start_seconds``.
 "There" means its main process runs — or, for a worker that daemonises (its launcher
@@ -71,6 +70,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -78,12 +78,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import psutil
-
 from workerguard.config.schema import Profile
 from workerguard.timing import START_WINDOW_POLL
 from workerguard.workers import cgroups
-from workerguard.workers.childenv import base_environment
+from workerguard.workers.childenv import base_environment, helper_environment
+from workerguard.workers.identity import start_of, ticks_now
+from workerguard.workers.leashed import LeaseTerms, lease_environment, leashed_argv
 from workerguard.workers.model import MARK_HOST, MARK_INDEX, MARK_INSTANCE, MARK_PROFILE
 
 _WINDOWS_FLAGS = 0x08000000 | 0x00000200 | 0x00000008
@@ -99,10 +99,14 @@ class Launched:
 
     instance_id: str
     popen: subprocess.Popen[bytes]
-    create_time: float
+    start: int
+    """Of its first process, in clock ticks since boot (``identity``)."""
     started_at: float
+    """Epoch seconds, for reports only."""
     group: Path | None
     index: int = 0
+    log_start: int = 0
+    """The size of its log file when it started: its own lines begin there (``tail``)."""
 
 
 @dataclass(frozen=True)
@@ -136,15 +140,15 @@ def child_environment(profile: Profile, host_id: str, instance_id: str, index: i
     return env
 
 
-def log_path(log_dir: Path, profile: str) -> Path:
-    return log_dir / f"{profile}.log"
-
-
-def tail(path: Path, lines: int = 10) -> str:
+def tail(path: Path, lines: int = 10, since: int = 0) -> str:
+    """The last ``lines`` lines of the log ``path`` written from offset ``since`` on (the
+    size the file had when the instance started: only its own lines; from the start if
+    a rotation truncated it since)."""
     try:
         with path.open("rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4096))
+            end = fh.seek(0, os.SEEK_END)
+            start = since if since <= end else 0
+            fh.seek(max(start, end - 4096))
             return "\n".join(fh.read().decode("utf-8", "replace").splitlines()[-lines:])
     except OSError:
         return ""
@@ -189,7 +193,8 @@ def _env_resets_signals() -> bool:
     try:
         return subprocess.run([_ENV, "--default-signal=INT", "true"], stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=10, check=False).returncode == 0
+                              env=helper_environment("check"), timeout=10,
+                              check=False).returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -271,13 +276,20 @@ def _trampoline(argv: Sequence[str], cwd: str | None, env: Mapping[str, str], ou
 
 
 def launch(profile: Profile, host_id: str, log: Path, group: Path | None,
-           index: int = 0) -> Launched:
-    """Start one instance (in ``group`` if given) in slot ``index``. Raises OSError when it
-    cannot start, ``JoinFailed`` when it cannot be placed in ``group``."""
+           index: int = 0, lease: LeaseTerms | None = None) -> Launched:
+    """Start one instance (in ``group`` if given) in slot ``index``; a cluster instance
+    (``lease``) in its grant's slot, behind its leash (workers/leashed.py). Raises OSError
+    when it cannot start, ``JoinFailed`` when it cannot be placed in ``group``."""
     instance_id = group.name if group is not None else uuid.uuid4().hex
+    if lease is not None:
+        index = lease.slot
     env = child_environment(profile, host_id, instance_id, index)
     argv = list(profile.command)
+    if lease is not None:
+        env.update(lease_environment(lease))
+        argv = leashed_argv(argv, lease, group) if lease.leashed else argv
     with log.open("ab") as out:
+        log_start = out.tell()
         started_at = time.time()
         if sys.platform == "win32":
             popen = subprocess.Popen(
@@ -297,21 +309,57 @@ def launch(profile: Profile, host_id: str, log: Path, group: Path | None,
                 os.close(join)
         else:
             popen = _popen(argv, profile.cwd, env, out)
-    try:
-        create_time = psutil.Process(popen.pid).create_time()
-    except psutil.NoSuchProcess:
-        create_time = started_at
-    return Launched(instance_id, popen, create_time, started_at, group, index)
+    _remember_launch(instance_id, time.monotonic())
+    # Our child, unreaped: its pid is its own until we wait for it, zombie or not.
+    start = start_of(popen.pid)
+    return Launched(instance_id, popen, ticks_now() if start is None else start, started_at,
+                    group, index, log_start)
 
 
-def start_failure(profile: Profile, exc: BaseException, log: Path) -> SpawnFailure:
+LAUNCHES_KEPT = 4096
+"""Launch times kept (the newest): far more instances than one guard starts within any
+readiness wait or liveness start window, a few hundred kB at most."""
+_launches: dict[str, float] = {}
+_launches_lock = threading.Lock()
+
+
+def _remember_launch(instance_id: str, at: float) -> None:
+    with _launches_lock:
+        _launches[instance_id] = at
+        while len(_launches) > LAUNCHES_KEPT:
+            del _launches[next(iter(_launches))]
+
+
+def launched_at(instance_id: str) -> float | None:
+    """When this process launched ``instance_id``, on the monotonic clock (taken once the
+    process exists, so never before its start); None for an instance it did not launch
+    (or too long ago). Readiness deadlines and liveness start windows count from it: a
+    start read back from the process table is only as exact as the boot time it is built
+    on (psutil's, in whole seconds, was 0.77 s early on one VM) and moves with the wall
+    clock."""
+    with _launches_lock:
+        return _launches.get(instance_id)
+
+
+def _reset_launches_lock() -> None:
+    """In a forked child: a lock another thread held at the fork would never be freed."""
+    global _launches_lock  # noqa: PLW0603 (a fresh lock is the point)
+    _launches_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_launches_lock)
+
+
+def start_failure(profile: Profile, exc: BaseException) -> SpawnFailure:
+    """A start that could not begin: no line of its log is its own, so none is quoted."""
     if isinstance(exc, subprocess.SubprocessError):  # it could not join its cgroup
         return SpawnFailure(None, None, "", f"could not place {profile.command[0]!r} in its "
                                             f"cgroup: {exc}", host_error=True)
     assert isinstance(exc, OSError)
     host = exc.errno in HOST_ERRNOS
     where = f" ({exc.filename})" if exc.filename else ""
-    return SpawnFailure(None, None, tail(log), f"could not start {profile.command[0]!r}: "
+    return SpawnFailure(None, None, "", f"could not start {profile.command[0]!r}: "
                         f"{exc.strerror or exc}{where}", host_error=host)
 
 

@@ -3,11 +3,16 @@
 With a cgroup: the stop signal goes to the main process (and, once it has exited, to
 whatever is left of the instance), and after ``stop_timeout`` ``cgroup.kill`` SIGKILLs
 every member at once: nothing escapes, not even a helper that ignores SIGTERM and was
-orphaned long ago. Without one: every process of the instance (its tree and the
-members recorded for it) gets the signal, then SIGKILL.
+orphaned long ago. Without one: every process of the instance (its members as
+discovery saw them and the main process's current descendants) gets the signal, then
+SIGKILL.
 
-A process that is already gone counts as stopped. A PID now used by another process
-(create_time differs) is never signalled. All instances are stopped in parallel.
+Every process is held as ``(pid, start)`` from the moment it was identified, never as
+a bare pid: each signal goes through ``signals.send_signal``, which re-verifies that
+very process under a pidfd, so a pid reused by a bystander (a member that exited, its
+number taken) is never signalled, the main process's included. A member of a cgroup is
+verified by its membership. A process that is already gone counts as stopped. All
+instances are stopped in parallel.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +28,13 @@ import psutil
 
 from workerguard.timing import KILL_WAIT, STOP_POLL
 from workerguard.workers import cgroups
-from workerguard.workers.discover import alive
-from workerguard.workers.model import Instance, same_start
+from workerguard.workers.identity import alive, stat
+from workerguard.workers.model import Instance
+from workerguard.workers.signals import send_signal, send_signal_if
+
+Proc = tuple[int, int]
+"""A process as identified: ``(pid, start)``."""
+KILL = signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM
 
 
 @dataclass
@@ -37,31 +47,37 @@ class StopOutcome:
     """Pids still alive after SIGKILL (should never happen; reported, not hidden)."""
 
 
-def _gone(proc: psutil.Process) -> bool:
-    """``proc`` exited or is a zombie; a newer process under its PID does not count.
-
-    Its create_time was read when it was found (``_started``; psutil keeps it), so this
-    asks about that very process."""
+def gone(proc: Proc) -> bool:
+    """``proc`` exited or is a zombie; a newer process under its pid does not count."""
     try:
-        return not alive(proc.pid, proc.create_time())
-    except psutil.NoSuchProcess:  # its create_time was never read, and now it is gone
-        return True
+        return not alive(*proc)
+    except OSError:  # it exists and cannot be read: not gone
+        return False
 
 
-def _started(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    """``procs`` with their create_time read now, for ``_gone``; those gone already are left out."""
-    out = []
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.create_time()
-            out.append(proc)
+def signal_all(procs: Sequence[Proc], signum: int) -> list[int]:
+    """Send ``signum`` to each of ``procs`` that is still that very process; the pids
+    signalled."""
+    return [pid for pid, start in procs if send_signal(pid, start, signum)]
+
+
+def descendants(root: Proc) -> list[Proc]:
+    """The live descendants of ``root`` (if it is still that process), as ``(pid, start)``,
+    each read with its parent: a pid reused by a stranger meanwhile is not a child."""
+    if gone(root):
+        return []
+    try:
+        pids = [c.pid for c in psutil.Process(root[0]).children(recursive=True)]
+    except psutil.Error:
+        return []
+    tree, out = {root[0]}, []
+    for pid in pids:  # parents come before their children
+        with contextlib.suppress(OSError):
+            child = stat(pid)
+            if child is not None and not child.zombie and child.ppid in tree:
+                tree.add(pid)
+                out.append((pid, child.start))
     return out
-
-
-def _signal(procs: Sequence[psutil.Process], signum: int) -> None:
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            proc.send_signal(signum)  # psutil refuses if the PID was reused meanwhile
 
 
 class _Target:
@@ -70,53 +86,39 @@ class _Target:
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
         self.group = Path(instance.cgroup) if instance.cgroup else None
-        self.main: psutil.Process | None = None
-        self.procs: list[psutil.Process] = []
-        with contextlib.suppress(psutil.NoSuchProcess):
-            main = psutil.Process(instance.pid)
-            if same_start(main.create_time(), instance.create_time):
-                self.main = main
+        self.main: Proc = (instance.pid, instance.start)
+        self.procs: list[Proc] = []
         if self.group is None:
-            self.procs = self._tree()
+            found = {self.main, *descendants(self.main), *instance.members}
+            self.procs = [proc for proc in found if not gone(proc)]
         self.rest_signalled = False
-
-    def _tree(self) -> list[psutil.Process]:
-        procs = {} if self.main is None else {self.main.pid: self.main}
-        if self.main is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                procs.update({c.pid: c for c in self.main.children(recursive=True)})
-        for pid in self.instance.tree:  # recorded members, orphans included
-            if pid not in procs:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    procs[pid] = psutil.Process(pid)
-        return _started(procs.values())
 
     def begin(self, signum: int) -> None:
         if self.group is None:
-            _signal(self.procs, signum)
-        elif self.main is not None and not _gone(self.main):
-            _signal([self.main], signum)
+            signal_all(self.procs, signum)
+        elif not gone(self.main):
+            signal_all([self.main], signum)
         else:
             self.signal_rest(signum)
 
     def signal_rest(self, signum: int) -> None:
-        """In a cgroup: once the main process is gone, the rest get the stop signal too."""
+        """In a cgroup: once the main process is gone, the rest get the stop signal too,
+        each only while it is still a member (``signals.send_signal_if``)."""
         if self.group is not None and not self.rest_signalled:
             self.rest_signalled = True
-            _signal(_procs(cgroups.members(self.group)), signum)
+            for pid in cgroups.members(self.group):
+                send_signal_if(pid, signum, _in_group(pid, self.group))
 
     def done(self, signum: int) -> bool:
         if self.group is None:
-            return all(_gone(p) for p in self.procs)
-        if self.main is None or _gone(self.main):
+            return all(gone(p) for p in self.procs)
+        if gone(self.main):
             self.signal_rest(signum)
         return not cgroups.populated(self.group)
 
     def kill(self) -> list[int]:
         if self.group is None:
-            left = [p for p in self.procs if not _gone(p)]
-            _signal(left, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
-            return [p.pid for p in left]
+            return signal_all([p for p in self.procs if not gone(p)], KILL)
         members = cgroups.members(self.group)
         cgroups.kill(self.group, timeout=0)
         return members
@@ -128,15 +130,11 @@ class _Target:
     def survivors(self) -> list[int]:
         if self.group is not None:
             return cgroups.members(self.group)
-        return [p.pid for p in self.procs if not _gone(p)]
+        return [pid for pid, start in self.procs if not gone((pid, start))]
 
 
-def _procs(pids: Sequence[int]) -> list[psutil.Process]:
-    out = []
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            out.append(psutil.Process(pid))
-    return out
+def _in_group(pid: int, group: Path) -> Callable[[], bool]:
+    return lambda: pid in cgroups.members(group)
 
 
 def _wait(targets: Sequence[_Target], timeout: float, signum: int) -> list[_Target]:

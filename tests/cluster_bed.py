@@ -1,0 +1,74 @@
+"""The cluster test bed on one machine, shared by the tests of cluster profiles: two real
+guard workers with their own host ids, homes and queues (the ``fleet`` fixture, in
+conftest.py), the instances of a cluster profile found by their environment, and a
+sampler of how many run at once (every 20 ms). Test timings: L 3 s, D 2 s, P 0.5 s,
+K 0.5 s (inequality I holds with a margin of 0.45 s)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psutil
+
+from tests.conftest import IDENTITY, CeleryHarness, Workspace
+from tests.support import SLEEPER, MostAtOnce, ProcessTracker, RedisServer, short_tmpdir
+
+TIMINGS = {"lease_seconds": 3.0, "renew_deadline": 2.0, "renew_period": 0.5,
+           "kill_budget": 0.5, "clock_drift": 0.01, "claim_stagger": 0.15, "fence_grace": 0.5}
+
+
+@dataclass
+class Instance:
+    pid: int
+    token: int
+    host: str
+    argv: tuple[str, ...] = ()
+
+
+def instances(tag: str) -> list[Instance]:
+    """The profile's running workers on this machine (not their leashes), with the token
+    and host their environment names."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if cmdline[1:2] != [str(SLEEPER)] or tag not in cmdline \
+                or proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        with contextlib.suppress(psutil.Error):
+            env = proc.environ()
+            found.append(Instance(proc.pid, int(env["WORKERGUARD_FENCING_TOKEN"]),
+                                  env["WORKERGUARD_HOST_ID"], tuple(cmdline)))
+    return found
+
+
+def sampling(tag: str) -> MostAtOnce:
+    """The most instances of the cluster profile seen at once (every 20 ms, while running)."""
+    return MostAtOnce(lambda: len(instances(tag)))
+
+
+@contextlib.contextmanager
+def two_hosts(redis_server: RedisServer, tracker: ProcessTracker,
+              **profile: object) -> Iterator[list[CeleryHarness]]:
+    """Two hosts: each a workspace (host id, home, config) and a guard worker harness,
+    with the same cluster profile ``demo`` (``max_workers = 1`` unless ``profile`` says
+    otherwise) and timings. ``fleet[0].tag`` finds the instances."""
+    spaces = [Workspace(redis_url=redis_server.url, home=short_tmpdir(), tracker=tracker,
+                        guard_settings={"identity": IDENTITY}) for _ in range(2)]
+    tag = spaces[0].token
+    body = spaces[0].sleeper_profile(**{"scope": "cluster", "max_workers": 1, **profile})
+    del body["match"]  # adopted processes cannot be leashed
+    for space in spaces:
+        space.profiles["demo"] = dict(body)
+        space.cluster = dict(TIMINGS)
+    harnesses = [CeleryHarness(space) for space in spaces]
+    harnesses[0].tag = tag  # type: ignore[attr-defined]
+    try:
+        yield harnesses
+    finally:
+        for harness in harnesses:
+            harness.close()
+        for space in spaces:
+            shutil.rmtree(space.home, ignore_errors=True)
