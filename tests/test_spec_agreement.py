@@ -15,13 +15,15 @@ import redis
 
 from tests.conftest import Workspace
 from tests.support import ProcessTracker, RedisServer, short_tmpdir
+from workerguard.cli.fleet import host_lines
+from workerguard.policy.cluster_view import host_views
 from workerguard.policy.hooks import GuardHooks
 from workerguard.policy.slot_plan import SlotInstance, make_slot_plan
 from workerguard.policy.spec_agreement import Agreement, agree, counted_hosts, mismatched_hosts
 from workerguard.store import keys
 from workerguard.store.cluster_spec import Spec, move_spec, profile_spec, read_spec
 from workerguard.store.events import EventFilter, latest
-from workerguard.store.host_records import HostRecord
+from workerguard.store.host_records import HostRecord, HostRecords
 from workerguard.store.lease import LeaseStore, observe_epoch
 from workerguard.store.leases import Held
 from workerguard.workers.model import Instance
@@ -90,6 +92,28 @@ def test_the_compare_and_set_moves_only_from_the_value_read_and_after_the_extra_
     assert move_spec(redis_client, "demo", raw, NEW, 2) == "moved"
     assert read_spec(redis_client, "demo")[0] == NEW
     assert move_spec(redis_client, "demo", raw, OLD, 2) == "changed"  # a late racer loses
+
+
+def test_hosts_flags_each_live_host_that_runs_another_definition_than_the_spec(
+        redis_client: redis.Redis):
+    """``workerguard hosts`` (``host_views``) names what ``status --cluster`` calls
+    spec_mismatch, per host, from the published fingerprints alone (no config)."""
+    redis_client.delete(keys.HOSTS, keys.DRAINING)
+    records = HostRecords(redis_client)
+    records.publish(record("a", demo="old", other="x"), 30)
+    records.publish(record("b", demo="new", other="x"), 30)
+    records.publish(record("c", demo="new"), 30)
+    assert all(v.flags == () for v in host_views(redis_client))  # no spec yet: nothing to differ from
+    redis_client.set(keys.cluster_spec("demo"), OLD.encode())
+    flags = {v.host: v.flags for v in host_views(redis_client)}
+    expected = ("runs another definition of demo than the fleet's spec (claims nothing for it)",)
+    assert flags == {"a": (), "b": expected, "c": expected}
+    table = "\n".join(host_lines(host_views(redis_client)))
+    assert "b " in table and expected[0] in table
+    redis_client.set(keys.cluster_spec("other"), Spec("y", 1, 3000).encode())
+    both = {v.host: v.flags for v in host_views(redis_client)}["b"]
+    assert both == ("runs another definition of demo, other than the fleet's spec (claims "
+                    "nothing for it)",)
 
 
 def test_the_first_claim_writes_the_whole_spec_and_a_claim_checks_its_fingerprint(

@@ -207,6 +207,7 @@ def host_views(client: redis.Redis) -> list[HostView]:
         if record.primary:
             primaries[record.primary] = primaries.get(record.primary, 0) + 1
     common = max(primaries, key=lambda p: primaries[p]) if primaries else ""
+    outdated = _spec_mismatches(client, live)
     views: list[HostView] = []
     for host in [*(h for h in known if h in live), *(h for h in known if h not in live),
                  *sorted(draining - set(known))]:
@@ -216,9 +217,25 @@ def host_views(client: redis.Redis) -> list[HostView]:
             flags.append("sees another Redis primary")
         if found is not None and abs(found.clock_offset) > CLOCK_OFFSET_FLAG:
             flags.append(f"clock off by {found.clock_offset:+.1f} s")
+        if host in outdated:
+            flags.append(f"runs another definition of {', '.join(outdated[host])} than the "
+                         f"fleet's spec (claims nothing for it)")
         if found is None and host in known:
             flags.append("departed")
         views.append(HostView(host, found is not None,
                               (now_ms - known[host]) / 1000 if host in known else float("inf"),
                               host in draining, found, tuple(flags)))
     return views
+
+
+def _spec_mismatches(client: redis.Redis, live: Mapping[str, HostRecord]) -> dict[str, list[str]]:
+    """Per live host, the cluster profiles it runs with another definition than the fleet's
+    spec record (what ``status --cluster`` calls ``spec_mismatch``), from the fingerprints
+    each host publishes: no config needed, so ``hosts`` shows it on any machine."""
+    profiles = sorted({p for record in live.values() for p in record.fingerprints})
+    found: dict[str, list[str]] = {}
+    for profile in profiles:
+        spec, _raw = read_spec(client, profile)
+        for host in mismatched_hosts(spec, profile, live):
+            found.setdefault(host, []).append(profile)
+    return found
