@@ -38,11 +38,12 @@ from tests.cluster_bed import TIMINGS, instances
 from tests.conftest import IDENTITY, CeleryHarness, Workspace
 from tests.support import ProcessTracker, RedisServer, poll_for, short_tmpdir, start_redis
 from workerguard.ops.embedded import redis_server_binary
-from workerguard.store.lease import LeaseStore
+from workerguard.store.lease import LeaseStore, renew_keys
 
 SLOTS = 10
 PROFILE = "held"
 P = TIMINGS["renew_period"]
+KEYS_PER_SLOT = len(renew_keys(PROFILE, [0]))
 
 
 @dataclass(frozen=True)
@@ -113,9 +114,11 @@ def _leashes(tag: str) -> list[int]:
 
 
 def _renew_calls(monitor_log: Path, sha: str) -> list[int]:
-    """The number of slots each renew call in the MONITOR output named."""
+    """The number of slots each renew call in the MONITOR output named: its keys are each
+    slot's lease, then each slot's info (``store.lease.renew_keys``), two keys a slot."""
     pattern = re.compile(rf'"evalsha" "{sha}" "(\d+)"', re.IGNORECASE)
-    return [int(m.group(1)) for m in pattern.finditer(monitor_log.read_text(errors="replace"))]
+    return [int(m.group(1)) // KEYS_PER_SLOT
+            for m in pattern.finditer(monitor_log.read_text(errors="replace"))]
 
 
 def runtime_base() -> Path | None:
