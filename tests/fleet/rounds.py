@@ -44,9 +44,10 @@ class Measured:
     """When the fault began."""
 
     def line(self) -> str:
-        late = "-" if self.gone_after_deadline is None else f"{self.gone_after_deadline:+.3f}"
+        late = ("" if self.gone_after_deadline is None
+                else f" ({self.gone_after_deadline:+.3f} s from its deadline)")
         return (f"{self.fault}: new {self.new_after_fault:.3f} s after the fault, old gone "
-                f"{self.old_gone_after_fault:.3f} s after it ({late} s from its deadline), "
+                f"{self.old_gone_after_fault:.3f} s after it{late}, "
                 f"gap >= {self.margin:.3f} s, token {self.old_token} -> {self.new_token}")
 
 

@@ -214,7 +214,7 @@ def test_f8_drained_holder_hands_its_slot_over_never_two_at_once(fleet: Fleet) -
     a Celery worker's start does not fit the bed's D - P of 1.5 s.)"""
     measured = []
     with Monitor(fleet).watching() as monitor:
-        for _ in range(rounds(2)):
+        for _ in range(rounds(3)):
             holder, old = steady(fleet, monitor)
             at = boottime()
             drained = fleet.cli("hosts", "--drain", holder.host_id)
