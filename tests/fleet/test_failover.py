@@ -226,7 +226,10 @@ def test_f8_drained_holder_hands_its_slot_over_never_two_at_once(fleet: Fleet) -
             report(f"F8 drain {m.holder} -> {m.successor}: {m.line()}")
             assert m.new_token is not None and m.old_token is not None
             assert m.new_token > m.old_token, m.line()
-            assert 0 <= m.margin <= DRAIN_GAP_BOUND - INTERVAL, m.line()
+            # the old group's end is sampled (every INTERVAL), the new start exact: a handover
+            # this fast (the slot is released once the group is empty, and claimed at once)
+            # can show a gap down to -INTERVAL; an overlap would show in the samples
+            assert -INTERVAL <= m.margin <= DRAIN_GAP_BOUND - INTERVAL, m.line()
             # drained, the host claims nothing: the slot stays where it went
             assert [g.host for g in monitor.running()] == [new.host]
             undrained = fleet.cli("hosts", "--undrain", holder.host_id)
