@@ -17,7 +17,8 @@ guard worker), ``guard_stop``/``guard_cont`` (SIGSTOP/SIGCONT of it) and
 VM is). ``boot`` starts a crashed host
 again (same id, home and runtime dir).
 
-The profile ``demo`` has ``max_workers`` slots (1 unless told; ``max_per_host`` 1) and
+The profile ``demo`` has ``max_workers`` slots (1 unless told; ``max_per_host`` 1;
+``guarantee`` at_most unless told) and
 its command is tests/fleet/writer.py: each instance writes its fencing token to the
 fenced store (tests/fleet/fenced_store.py) every 50 ms.
 
@@ -46,7 +47,15 @@ import redis
 from tests import netns_bed
 from tests.fleet.fenced_store import FencedStore
 from tests.netns_bed import Network
-from tests.support import ProcessTracker, free_port, poll_for, short_tmpdir, to_toml
+from tests.support import (
+    ProcessTracker,
+    cli_env,
+    free_port,
+    poll_for,
+    run_cli,
+    short_tmpdir,
+    to_toml,
+)
 from workerguard.ops.embedded import redis_server_binary
 from workerguard.store import keys
 from workerguard.workers.cgroups import cgroup2_mount
@@ -150,6 +159,7 @@ class Fleet:
 
     hosts_count: int = 3
     max_workers: int = 1
+    guarantee: str = "at_most"
     tracker: ProcessTracker = field(default_factory=ProcessTracker)
     network: Network = field(init=False)
     directory: Path = field(default_factory=lambda: short_tmpdir("wg-fleet-"))
@@ -235,7 +245,8 @@ class Fleet:
         assert self.store is not None and self._store_file is not None
         profile = {"command": self.store.command(self._store_file),
                    "start_seconds": 0.5, "stop_timeout": 3, "scope": "cluster",
-                   "max_workers": self.max_workers, "max_per_host": 1}
+                   "max_workers": self.max_workers, "max_per_host": 1,
+                   "guarantee": self.guarantee}
         config = home / "workerguard.toml"
         config.write_text(to_toml(guard, {PROFILE: profile}, TIMINGS))
         return Host(index, host_id, home, group, config)
@@ -271,6 +282,11 @@ class Fleet:
                      message=f"{host.host_id}'s guard to publish its record\n{host.log_tail()}")
         finally:
             client.close()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``workerguard ARGS`` from the root namespace, on the first host's config (the
+        fleet commands talk to Redis only: any machine that reaches it can run them)."""
+        return run_cli(*args, "--config", str(self.hosts[0].config), env=cli_env())
 
     # faults --------------------------------------------------------------------------
     def crash(self, host: Host) -> None:

@@ -1,6 +1,7 @@
 """The beds the checks run on, one per module (booting the guard workers costs more than a
 round): ``fleet``, 3 hosts and a singleton (F1-F5); ``fleet4``, 4 hosts and 2 slots with
-``max_per_host`` 1 (F6). And the figures each check reports, printed at the end of the
+``max_per_host`` 1 (F6); ``fleet_at_least``, 2 hosts and a singleton with ``guarantee =
+"at_least"`` (F11). And the figures each check reports, printed at the end of the
 run."""
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ def report(line: str) -> None:
 
 
 @contextlib.contextmanager
-def bed(hosts: int, max_workers: int) -> Iterator[Fleet]:
+def bed(hosts: int, max_workers: int, guarantee: str = "at_most") -> Iterator[Fleet]:
     why = missing()
     if why is not None:
         pytest.skip(f"the fleet bed cannot run here: {why}")
-    started = Fleet(hosts, max_workers=max_workers).start()
+    started = Fleet(hosts, max_workers=max_workers, guarantee=guarantee).start()
     try:
         yield started
     finally:
@@ -43,6 +44,12 @@ def fleet() -> Iterator[Fleet]:
 @pytest.fixture(scope="module")
 def fleet4() -> Iterator[Fleet]:
     with bed(4, max_workers=2) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def fleet_at_least() -> Iterator[Fleet]:
+    with bed(2, max_workers=1, guarantee="at_least") as started:
         yield started
 
 

@@ -44,9 +44,10 @@ class Measured:
     """When the fault began."""
 
     def line(self) -> str:
-        late = "-" if self.gone_after_deadline is None else f"{self.gone_after_deadline:+.3f}"
+        late = ("" if self.gone_after_deadline is None
+                else f" ({self.gone_after_deadline:+.3f} s from its deadline)")
         return (f"{self.fault}: new {self.new_after_fault:.3f} s after the fault, old gone "
-                f"{self.old_gone_after_fault:.3f} s after it ({late} s from its deadline), "
+                f"{self.old_gone_after_fault:.3f} s after it{late}, "
                 f"gap >= {self.margin:.3f} s, token {self.old_token} -> {self.new_token}")
 
 
@@ -82,6 +83,19 @@ def fenced_deadline(host: Host, since: float) -> float | None:
     return None if marker is None else float(marker["deadline"])
 
 
+def successor(monitor: Monitor, holder: Host, since: float, timeout: float, why: str) -> Group:
+    """The first instance seen running on a host other than ``holder`` after ``since``."""
+    return monitor.wait(lambda: next((g for g in monitor.running() if g.host != holder.host_id
+                                      and g.first_seen > since), None),
+                        timeout, f"a new instance on another host {why}")
+
+
+def gone_at(monitor: Monitor, holder: Host, old: Group, timeout: float) -> float:
+    """When ``old`` (``holder``'s instance) was first seen gone."""
+    return monitor.wait(lambda: monitor.group(old.path).gone, timeout,
+                        f"the old instance on {holder.host_id} to be gone")
+
+
 def failover(fleet: Fleet, monitor: Monitor, fault: str, inflict: Callable[[Host], None],
              restore: Callable[[Host], None], timeout: float = 60,
              release: Callable[[Host], None] | None = None) -> Measured:
@@ -91,13 +105,10 @@ def failover(fleet: Fleet, monitor: Monitor, fault: str, inflict: Callable[[Host
     deadline_before = monitor.deadlines[holder.host_id]
     at = boottime()
     inflict(holder)
-    new = monitor.wait(lambda: next((g for g in monitor.running() if g.host != holder.host_id
-                                     and g.first_seen > at), None),
-                       timeout, f"a new instance on another host after {fault} of {holder.host_id}")
+    new = successor(monitor, holder, at, timeout, f"after {fault} of {holder.host_id}")
     if release is not None:
         release(holder)
-    gone = monitor.wait(lambda: monitor.group(old.path).gone, timeout,
-                        f"the old instance on {holder.host_id} to be gone")
+    gone = gone_at(monitor, holder, old, timeout)
     deadline = fenced_deadline(holder, at)
     if deadline is None and fault != "crash":
         deadline = max(deadline_before, monitor.deadlines.get(holder.host_id, 0.0))

@@ -18,17 +18,27 @@ from functools import partial
 
 import pytest
 
-from tests.fleet.bed import D, Fleet, Host, K, L, boottime
+from tests.fleet.bed import TIMINGS, D, Fleet, Host, K, L, P, boottime
 from tests.fleet.conftest import report
 from tests.fleet.fenced_store import FencedStore, SlotWrites
-from tests.fleet.monitor import THAW_ALLOWANCE, Monitor
-from tests.fleet.rounds import Measured, failover, fence_marker, rounds, stale_starts
+from tests.fleet.monitor import INTERVAL, THAW_ALLOWANCE, Monitor
+from tests.fleet.rounds import (
+    Measured,
+    failover,
+    fence_marker,
+    gone_at,
+    rounds,
+    stale_starts,
+    steady,
+    successor,
+)
 from tests.support import poll_for
 
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 FAILOVER_BOUND = L + 1.0
 """FLEET §6: the new instance within L + 1 s of the fault."""
+STAGGER = TIMINGS["claim_stagger"]
 
 
 def summarise(check: str, measured: list[Measured], monitor: Monitor) -> None:
@@ -185,4 +195,48 @@ def test_f5_holder_host_frozen_2l_then_thawed(fleet: Fleet) -> None:
            f"instance not yet killed; store {writes.line()}")
     assert writes.stale == 0, writes.line()
     assert writes.accepted > 0
+    assert_at_most_one(monitor, measured)
+
+
+STOP_TIMEOUT = 3.0
+"""The bed profile's ``stop_timeout``."""
+DRAIN_GAP_BOUND = STOP_TIMEOUT + P + STAGGER + 1.0
+"""FLEET §6 F8: a drained holder's slot runs again within stop_timeout + P + stagger + 1 s
+of its instance's end."""
+
+
+def test_f8_drained_holder_hands_its_slot_over_never_two_at_once(fleet: Fleet) -> None:
+    """``workerguard hosts --drain HOLDER``, run from outside every host (it talks to Redis
+    only): the holder stops its instance and gives the slot back once it is gone; another
+    host claims it at once; the drained host claims nothing until ``--undrain``. (The other
+    half of F8, a guard restarted within D - P keeps its instance, is
+    tests/test_cluster.py::test_a_guard_restarted_within_the_renew_deadline_keeps_its_instance:
+    a Celery worker's start does not fit the bed's D - P of 1.5 s.)"""
+    measured = []
+    with Monitor(fleet).watching() as monitor:
+        for _ in range(rounds(3)):
+            holder, old = steady(fleet, monitor)
+            at = boottime()
+            drained = fleet.cli("hosts", "--drain", holder.host_id)
+            assert drained.returncode == 0 and "draining" in drained.stdout, drained
+            new = successor(monitor, holder, at, 60, f"to take {holder.host_id}'s drained slot")
+            gone = gone_at(monitor, holder, old, 60)
+            m = Measured("drain", holder.host_id, new.host, old.token, new.token, new.start - at,
+                         gone - at, None, new.start - gone, at)
+            report(f"F8 drain {m.holder} -> {m.successor}: {m.line()}")
+            assert m.new_token is not None and m.old_token is not None
+            assert m.new_token > m.old_token, m.line()
+            # the old group's end is sampled (every INTERVAL), the new start exact: a handover
+            # this fast (the slot is released once the group is empty, and claimed at once)
+            # can show a gap down to -INTERVAL; an overlap would show in the samples
+            assert -INTERVAL <= m.margin <= DRAIN_GAP_BOUND - INTERVAL, m.line()
+            # drained, the host claims nothing: the slot stays where it went
+            assert [g.host for g in monitor.running()] == [new.host]
+            undrained = fleet.cli("hosts", "--undrain", holder.host_id)
+            assert undrained.returncode == 0, undrained
+            measured.append(m)
+    gaps = [m.margin for m in measured]
+    report(f"F8 drain: {len(measured)} rounds, gap with none running {min(gaps):.3f}-"
+           f"{max(gaps):.3f} s (bound {DRAIN_GAP_BOUND:.2f} s); at most {monitor.most} running "
+           f"in {monitor.samples} samples")
     assert_at_most_one(monitor, measured)
