@@ -5,7 +5,7 @@ An instance is *running* while its group is populated (``cgroup.events``: any pr
 it alive, the leash included) and not frozen. Per group it records when it was first and
 last seen running, when it was first seen empty (or gone), the exact start of its first
 process (``/proc/<pid>/stat`` starttime: ``CLOCK_BOOTTIME`` ticks, the clock of the leash
-and of the lease files) and the fencing token in its environment. Per host it keeps the
+and of the lease files) and the fencing token and slot in its environment. Per host it keeps the
 latest hard deadline its lease file held. Every time is ``CLOCK_BOOTTIME`` seconds.
 
 The check "at most N" is ``most``: the largest number of running instances in any one
@@ -49,6 +49,8 @@ class Group:
     start: float
     """When the instance's first process started (its spawn), exact to a clock tick."""
     token: int | None = None
+    slot: int | None = None
+    """``WORKERGUARD_SLOT`` of its grant (read with the token)."""
     gone: float | None = None
     """First sample that found the group empty or removed."""
 
@@ -61,15 +63,17 @@ def _start_time(pid: int) -> float | None:
     return int(stat.rsplit(")", 1)[1].split()[19]) / TICKS
 
 
-def _token(pid: int) -> int | None:
+def _grant(pid: int) -> tuple[int, int | None] | None:
+    """The fencing token and slot in the process's environment; None without a token."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return None
-    for item in environ.split(b"\0"):
-        if item.startswith(b"WORKERGUARD_FENCING_TOKEN="):
-            return int(item.split(b"=", 1)[1])
-    return None
+    found = dict(item.split(b"=", 1) for item in environ.split(b"\0") if b"=" in item)
+    token, slot = found.get(b"WORKERGUARD_FENCING_TOKEN"), found.get(b"WORKERGUARD_SLOT")
+    if token is None:
+        return None
+    return int(token), None if slot is None else int(slot)
 
 
 def _events(path: Path) -> tuple[bool, bool] | None:
@@ -150,7 +154,9 @@ class Monitor:
                 group = Group(host.host_id, path, now, now, min(starts, default=now))
                 self.groups[path] = group
             if group.token is None:
-                group.token = next((t for t in map(_token, _procs(path)) if t is not None), None)
+                grant = next((g for g in map(_grant, _procs(path)) if g is not None), None)
+                if grant is not None:
+                    group.token, group.slot = grant
             group.last_seen = now
             if not state[1]:
                 running.append(group)
