@@ -198,30 +198,3 @@ def test_rotation_with_no_backups_truncates_only(tmp_path: Path):
     assert rotate(log, max_bytes=100, backups=0)
     assert log.read_bytes() == b"" and sorted(p.name for p in tmp_path.iterdir()) == [
         ".demo.log.rotate", "demo.log"]
-
-
-def test_an_unanswered_request_whose_revoke_was_lost_is_revoked_again_at_the_next_send(
-        workspace: Workspace):
-    """A request no guard took is answered REVOKED by its caller; a Redis failover can lose
-    that mark (written to a primary that was cut off, then demoted), or Redis may be gone
-    when the caller gives up. The caller's next send writes it again: no request stays
-    PENDING for ever while its caller keeps sending. (Real Redis, no guard on the queue.)"""
-    from workerguard import client as wg_client
-    from workerguard.tasks.app import make_app
-
-    workspace.add_profile()
-    config = workspace.config()
-    app = make_app(config, workspace.redis_url)
-    try:
-        lost = wg_client.send(app, config, "workerguard.ensure", ["demo"], {}, host="nobody",
-                              expires=0.5)
-        with pytest.raises(wg_client.NoGuardAnswered):
-            wg_client.wait(lost, "workerguard.nobody", timeout=5, answer_timeout=0.5)
-        assert lost.state == "REVOKED"
-        key = app.backend.get_key_for_task(lost.id)
-        assert app.backend.client.delete(key) == 1  # the failover lost the mark
-        assert app.AsyncResult(lost.id).state == "PENDING"
-        wg_client.send(app, config, "workerguard.status", [], {}, host="nobody", expires=0.5)
-        assert app.AsyncResult(lost.id).state == "REVOKED"
-    finally:
-        app.close()

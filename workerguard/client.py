@@ -48,7 +48,6 @@ def default_timeout(config: Config) -> float:
 def send(app: Celery, config: Config, task: str, args: list[Any], kwargs: dict[str, Any],
          host: str | None = None, expires: float | None = None) -> Any:
     queue = host_queue(host or config.settings.host_id)
-    recheck_unanswered()
     return app.send_task(task, args=args, kwargs=kwargs, queue=queue,
                          expires=expires or config.settings.request_expires)
 
@@ -60,7 +59,6 @@ def wait(async_result: Any, queue: str, timeout: float,
     try:
         value = async_result.get(timeout=min(answer_timeout, timeout), propagate=False)
     except CeleryTimeout:
-        _remember(async_result)  # before any read: Redis may be gone right now
         if async_result.state == "PENDING":
             expire_unanswered(async_result)
             raise NoGuardAnswered(
@@ -93,47 +91,9 @@ def expire_unanswered(async_result: Any) -> None:
     the caller writes the answer a guard would have given. A guard that took it after all
     overwrites this with its own result.
     """
-    _remember(async_result)
     with contextlib.suppress(*_TRANSPORT_ERRORS):
         async_result.backend.mark_as_revoked(
             async_result.id, reason="expired: no guard took it before its expires")
-
-
-RECHECK_WINDOW = 300.0
-"""Seconds a request no guard answered is looked at again by this process's next sends."""
-_unanswered: dict[str, tuple[Any, float]] = {}
-_unanswered_lock = threading.Lock()
-
-
-def _remember(async_result: Any) -> None:
-    with _unanswered_lock:
-        _unanswered.setdefault(async_result.id,
-                               (async_result, time.monotonic() + RECHECK_WINDOW))
-
-
-def recheck_unanswered() -> None:
-    """Write ``REVOKED`` again for each unanswered request of this process that is
-    ``PENDING`` once more, at its next send (best effort, as ``expire_unanswered``).
-
-    Its first mark can fail (Redis unreachable as the caller gave up: a primary cut off),
-    or land on a primary that is then demoted and lose it (acknowledged before the primary
-    knew it was alone). A caller that keeps sending repairs both once Redis answers again."""
-    now = time.monotonic()
-    with _unanswered_lock:
-        due = [(key, item) for key, item in _unanswered.items()]
-        for key, (_result, until) in due:
-            if until < now:
-                del _unanswered[key]
-    for _key, (async_result, until) in due:
-        if until < now:
-            continue
-        backend = async_result.backend
-        try:  # read uncached (a result object keeps the final state it once read)
-            if backend.get_task_meta(async_result.id, cache=False)["status"] == "PENDING":
-                backend.mark_as_revoked(
-                    async_result.id, reason="expired: no guard took it before its expires")
-        except _TRANSPORT_ERRORS:
-            return  # Redis does not answer: the next send tries again
 
 
 _TRANSPORT_ERRORS = (redis.exceptions.RedisError, kombu.exceptions.OperationalError, OSError,
