@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,15 @@ from typing import Any, TypeVar, overload
 import pytest
 import redis
 
-from tests.support import SLEEPER, ProcessTracker, RedisServer, short_tmpdir, start_redis, to_toml
+from tests.support import (
+    SLEEPER,
+    ProcessTracker,
+    RedisServer,
+    poll_for,
+    redis_in_tmpdir,
+    short_tmpdir,
+    to_toml,
+)
 from workerguard.config import Config, Settings, load_config
 from workerguard.policy.guard import Guard
 from workerguard.workers.host import HostProcesses
@@ -103,11 +112,35 @@ class Workspace:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    directory = short_tmpdir("wg-redis-")
-    server = start_redis(directory)
-    yield server
-    server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+    with redis_in_tmpdir("wg-redis-") as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis(workspace: Workspace) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which the test may stop and start again
+    (``restart_redis``); the workspace's config points at it."""
+    with redis_in_tmpdir("wg-own-") as server:
+        workspace.redis_url = server.url
+        yield server
+
+
+@pytest.fixture
+def replica(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """A replica of the test's Redis, in sync (``WAIT 1`` answers 1) when yielded."""
+    with redis_in_tmpdir("wg-replica-", extra=["--replicaof", "127.0.0.1",
+                                               str(redis_server.port)]) as server:
+        primary = redis_server.client()
+        try:
+            def synced() -> bool:
+                primary.set("wg-replica-probe", "1")
+                return int(primary.wait(1, 200)) == 1
+            poll_for(synced, 30, message="the replica to acknowledge a write")
+            primary.delete("wg-replica-probe")
+            yield server
+        finally:
+            primary.close()
+            server.process.send_signal(signal.SIGCONT)  # stopped by the test, maybe
 
 
 @pytest.fixture

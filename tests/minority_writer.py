@@ -1,8 +1,8 @@
 """Writes to one Redis every 50 ms and prints each outcome as a JSON line, until killed.
 
 Run inside a cut-off box (``tests/netns_bed.py``) by the isolation tests: the client
-still connected to an isolated primary. Each line: ``{"at": CLOCK_MONOTONIC seconds,
-"key": "iso:N", "ok": true}`` or ``{"at": ..., "key": ..., "error": "NOREPLICAS ..."}``
+still connected to an isolated primary. Each line: ``{"sent": CLOCK_MONOTONIC seconds,
+"at": the same when answered, "key": "iso:PID:N", "ok": true}`` or ``{..., "error": "NOREPLICAS ..."}``
 (``time.monotonic`` is one clock for every namespace of the machine).
 
 Usage: python minority_writer.py HOST PORT (the password in ``REDIS_PASSWORD``).
@@ -27,8 +27,9 @@ def main() -> None:
     number = 0
     while True:
         number += 1
-        key = f"iso:{number}"
-        line: dict[str, object] = {"key": key}
+        key = f"iso:{os.getpid()}:{number}"  # unique across rounds: a key of an earlier
+        # writer, replicated before its own cut, must not read as surviving this one
+        line: dict[str, object] = {"key": key, "sent": time.monotonic()}
         try:
             client.set(key, number)
             line["ok"] = True

@@ -362,9 +362,12 @@ class MinorityWriter:
             self.lines.append(json.loads(raw))
 
     def acknowledged(self, start: float, end: float = float("inf")) -> list[str]:
-        """The keys the primary acknowledged between ``start`` and ``end``."""
+        """The keys sent at or after ``start`` that the primary acknowledged by ``end``.
+
+        By the send time, not the answer's: a write sent just before the cut may reach the
+        replicas before it and be answered just after (seen: one such key survived)."""
         return [line["key"] for line in list(self.lines)
-                if line.get("ok") and start <= line["at"] <= end]
+                if line.get("ok") and start <= line["sent"] and line["at"] <= end]
 
     def refused(self, code: str, start: float) -> float | None:
         """When the first write after ``start`` was refused with ``code``, or None."""

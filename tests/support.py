@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,6 +113,24 @@ def start_redis(directory: Path, port: int | None = None, password: str | None =
     finally:
         client.close()
     return server
+
+
+@contextlib.contextmanager
+def redis_in_tmpdir(prefix: str, **options: Any) -> Iterator[RedisServer]:
+    """A redis-server of its own (``start_redis``'s ``options``) in a fresh short directory,
+    stopped and its directory removed on exit."""
+    directory = short_tmpdir(prefix)
+    server = start_redis(directory, **options)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def restart_redis(server: RedisServer) -> RedisServer:
+    """A new server at ``server``'s address and directory (after ``server.stop()``)."""
+    return start_redis(server.directory, port=server.port)
 
 
 @dataclass

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -16,7 +14,7 @@ import pytest
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import HERE, RedisServer, cli_env, poll_for, run_cli, short_tmpdir, start_redis
+from tests.support import HERE, RedisServer, cli_env, poll_for, restart_redis, run_cli
 from workerguard.store import keys
 
 FAILPOINT = HERE / "failpoint_guard.py"
@@ -80,21 +78,6 @@ def test_two_guards_on_one_host_never_act_at_once_even_when_the_redis_lock_is_lo
     assert len(workspace.running()) == 1
 
 
-@pytest.fixture
-def own_redis(workspace: Workspace) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which the test may kill and restart."""
-    directory = short_tmpdir("wg-own-")
-    server = start_redis(directory)
-    workspace.redis_url = server.url
-    yield server
-    server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def restart(server: RedisServer) -> RedisServer:
-    return start_redis(server.directory, port=server.port)
-
-
 def first_answer(harness: CeleryHarness, task: str, *args: Any) -> Any:
     """Send ``task`` until the guard, reconnecting to Redis, answers it; return the result."""
 
@@ -124,7 +107,7 @@ def test_redis_restarted_empty_mid_operation_kills_nothing_and_the_guard_reconne
                          message="the guard to spawn (and sit in the start window)")
     own_redis.process.send_signal(signal.SIGKILL)  # mid start window, lock held
     own_redis.process.wait(5)
-    revived = restart(own_redis)
+    revived = restart_redis(own_redis)
     try:
         result = first_answer(harness, "workerguard.ensure", "demo")
         assert result["action"] == "already_running" and result["running"] == [spawned]
@@ -153,7 +136,7 @@ def test_redis_down_for_twenty_seconds_fails_clearly_kills_nothing_and_recovers(
     assert remote.returncode == 1
     assert psutil.pid_exists(worker) and extra.poll() is None  # nothing killed meanwhile
     assert harness.worker.poll() is None  # the guard itself survived the outage
-    revived = restart(own_redis)
+    revived = restart_redis(own_redis)
     try:
         status = first_answer(harness, "workerguard.status", "demo")
         assert sorted(status["running"]) == sorted([worker, extra.pid])
@@ -195,7 +178,7 @@ def test_redis_killed_and_restarted_empty_mid_request_50_times_the_guard_answers
                      message=f"round {i}: the heal to spawn")
             server.process.send_signal(signal.SIGKILL)  # mid start window, lock held
             server.process.wait(5)
-            server = restart(server)
+            server = restart_redis(server)
             back = time.monotonic()
             try:
                 poll_for(lambda: answers_ping(harness), timeout=15, interval=0.2,

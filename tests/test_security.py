@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,9 +19,8 @@ from tests.support import (
     cli_env,
     free_port,
     poll_for,
+    redis_in_tmpdir,
     run_cli,
-    short_tmpdir,
-    start_redis,
 )
 from workerguard.ops.connect import endpoint
 
@@ -31,12 +29,9 @@ PASSWORD = "s3cret-Pa55-word"
 
 @pytest.fixture
 def secure_redis(workspace: Workspace) -> Iterator[RedisServer]:
-    directory = short_tmpdir("wg-auth-")
-    server = start_redis(directory, password=PASSWORD)
-    workspace.redis_url = server.url
-    yield server
-    server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
+    with redis_in_tmpdir("wg-auth-", password=PASSWORD) as server:
+        workspace.redis_url = server.url
+        yield server
 
 
 @pytest.fixture

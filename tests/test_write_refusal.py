@@ -8,14 +8,13 @@ killed or started, and nothing crashes (``ops/write_refusal.py``).
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Iterator
 
 import pytest
 import redis
 
 from tests.conftest import Workspace
-from tests.support import RedisServer, free_port, poll_for, short_tmpdir, start_redis
+from tests.support import RedisServer, free_port, poll_for, redis_in_tmpdir
 from workerguard.errors import RedisUnavailable
 from workerguard.ops.connect import redis_client
 from workerguard.ops.write_refusal import WriteRefused, is_refusal
@@ -31,13 +30,8 @@ REFUSING = {
 @pytest.fixture(params=sorted(REFUSING))
 def refusing(request: pytest.FixtureRequest) -> Iterator[tuple[str, RedisServer]]:
     """A real redis-server that answers reads and refuses every write with ``param``."""
-    directory = short_tmpdir("wg-refuse-")
-    server = start_redis(directory, extra=REFUSING[request.param])
-    try:
+    with redis_in_tmpdir("wg-refuse-", extra=REFUSING[request.param]) as server:
         yield request.param, server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("reply", "refused"), [

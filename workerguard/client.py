@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import kombu.exceptions
 import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -32,6 +31,7 @@ from workerguard.policy.reports import Result
 from workerguard.tasks import validate
 from workerguard.tasks.app import make_app
 from workerguard.tasks.routing import host_queue, node_name
+from workerguard.tasks.unanswered import TRANSPORT_ERRORS, Outcome, revoke_unanswered
 
 ANSWER_TIMEOUT = 10.0
 """How long a request waits for a guard to pick it up; it expires after that."""
@@ -54,17 +54,28 @@ def send(app: Celery, config: Config, task: str, args: list[Any], kwargs: dict[s
 
 def wait(async_result: Any, queue: str, timeout: float,
          answer_timeout: float = ANSWER_TIMEOUT) -> Result:
-    """Wait for a guard to pick the request up, then for its result."""
+    """Wait for a guard to pick the request up, then for its result.
+
+    A request no guard took within ``answer_timeout`` (its ``expires``) is answered
+    ``REVOKED`` by the caller (``tasks.unanswered``), also when Redis went away while we
+    waited: the write is retried within ``timeout``, so that a request lost with a failed
+    primary never reads ``PENDING`` for ever.
+    """
     started = time.monotonic()
+    patience = min(answer_timeout, timeout)
+    deadline = started + timeout
     try:
-        value = async_result.get(timeout=min(answer_timeout, timeout), propagate=False)
-    except CeleryTimeout:
-        if async_result.state == "PENDING":
-            expire_unanswered(async_result)
+        value = async_result.get(timeout=patience, propagate=False)
+    except (CeleryTimeout, *TRANSPORT_ERRORS) as exc:
+        outcome = revoke_unanswered(async_result, not_before=started + patience,
+                                    deadline=deadline)
+        if outcome is Outcome.UNCONFIRMED and not isinstance(exc, CeleryTimeout):
+            raise  # Redis is still away: the caller's error names it
+        if outcome is not Outcome.ANSWERED:
             raise NoGuardAnswered(
-                f"no guard answered on {queue} within {min(answer_timeout, timeout):g} s "
-                "(is `workerguard up` or `workerguard worker` running for that host?)") from None
-        remaining = max(0.1, timeout - (time.monotonic() - started))
+                f"no guard answered on {queue} within {patience:g} s (is `workerguard up` "
+                "or `workerguard worker` running for that host?)") from None
+        remaining = max(0.1, deadline - time.monotonic())
         try:
             value = async_result.get(timeout=remaining, propagate=False)
         except CeleryTimeout:
@@ -79,27 +90,6 @@ def wait(async_result: Any, queue: str, timeout: float,
     if not isinstance(value, dict):
         raise WorkerguardError(f"unexpected answer from the guard: {value!r}")
     return value
-
-
-def expire_unanswered(async_result: Any) -> None:
-    """Answer ``REVOKED`` for a request still ``PENDING`` after its ``expires``.
-
-    A guard answers ``REVOKED`` itself for a request it takes after its ``expires``; but a
-    request lost with the Redis that held it (queued on a primary that died before its
-    replicas had it, or a failover that forgot that a guard took it) reaches no guard and
-    would stay ``PENDING`` for ever. The caller is the only one who knows it was sent, so
-    the caller writes the answer a guard would have given. A guard that took it after all
-    overwrites this with its own result.
-    """
-    with contextlib.suppress(*_TRANSPORT_ERRORS):
-        async_result.backend.mark_as_revoked(
-            async_result.id, reason="expired: no guard took it before its expires")
-
-
-_TRANSPORT_ERRORS = (redis.exceptions.RedisError, kombu.exceptions.OperationalError, OSError,
-                     RuntimeError)
-"""What Celery and kombu raise when the broker or the result store cannot be reached (the
-backend gives up with a ``RuntimeError``, "Retry limit exceeded ... must be restarted")."""
 
 
 def reachable(url: str, settings: Settings) -> None:
@@ -125,7 +115,7 @@ def _transport(url: str, settings: Settings) -> Iterator[None]:
         yield
     except WorkerguardError:
         raise
-    except _TRANSPORT_ERRORS as exc:
+    except TRANSPORT_ERRORS as exc:
         raise unreachable(endpoint(url, settings.sentinel_master), exc) from None
 
 
