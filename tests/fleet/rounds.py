@@ -74,7 +74,9 @@ def fence_marker(host: Host, since: float) -> dict[str, float] | None:
         marker = json.loads(host.lease_file.with_name(host.lease_file.name + ".fenced").read_text())
     except (OSError, ValueError):
         return None
-    return marker if float(marker["at"]) >= since else None
+    marker = {**marker, "at": host.real(float(marker["at"])),  # written on the host's clock
+              "deadline": host.real(float(marker["deadline"]))}
+    return marker if marker["at"] >= since else None
 
 
 def fenced_deadline(host: Host, since: float) -> float | None:
