@@ -11,7 +11,8 @@ in F1-F4 (crash, nft partition, guard SIGKILL, guard SIGSTOP 2 L), with clocks t
     margin of 0.455 s: F1-F4 pass unchanged.
 (c) negative control: Redis at x2, far outside rho (a lease expires L/2 = 1.5 s after its
     renewal, before the cut-off holder's leash fires at D = 2 s): the monitor must report
-    two instances at once, which proves the check can fail. Its bed sends the stop signal
+    two instances at once, which proves the check can fail (partition, guard SIGKILL and
+    guard SIGSTOP rounds; a crashed holder's instance dies with it). Its bed sends the stop signal
     only ``fence_grace`` = 0.05 s before the hard deadline (the others: 0.5 s): the bed's
     worker exits at once on SIGTERM, and with 0.5 s of grace it was gone 1.72 s after the
     renewal, a mere 56-75 ms after the new one started (1-2 samples of 20 ms, 3 of 3
