@@ -17,6 +17,13 @@ guard worker), ``guard_stop``/``guard_cont`` (SIGSTOP/SIGCONT of it) and
 VM is). ``boot`` starts a crashed host
 again (same id, home and runtime dir).
 
+Clocks (check F7): ``redis_clock`` runs the redis-server under libfaketime (``FAKETIME``,
+e.g. ``"+0 x2"``: its clock, and so its key expiries, twice as fast); ``host_clocks`` gives
+a host's guard, leashes and workers one clock of their own (``HostClock``: the wall clock
+offset or slowed by libfaketime, the monotonic clocks slowed by tests/fleet/clockshim.c).
+The monitor turns the times a host writes (lease files, leash markers) back into real
+``CLOCK_BOOTTIME`` with ``Host.real``.
+
 The profile ``demo`` has ``max_workers`` slots (1 unless told; ``max_per_host`` 1;
 ``guarantee`` at_most unless told) and
 its command is tests/fleet/writer.py: each instance writes its fencing token to the
@@ -37,6 +44,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,7 @@ import redis
 from tests import netns_bed
 from tests.fleet.fenced_store import FencedStore
 from tests.netns_bed import Network
+from tests.sentinel_bed import libfaketime
 from tests.support import (
     ProcessTracker,
     cli_env,
@@ -104,6 +113,58 @@ def boottime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
 
+CLOCK_SHIM = Path(__file__).with_name("clockshim.c")
+
+
+def clock_missing() -> str | None:
+    """Why the bed cannot fake clocks here (check F7), or None."""
+    if libfaketime() is None:
+        return "needs libfaketime (Debian: apt install faketime)"
+    if shutil.which("cc") is None:
+        return "needs a C compiler (cc) for tests/fleet/clockshim.c"
+    return None
+
+
+def _parse_faketime(spec: str) -> tuple[float, float]:
+    """(offset seconds, rate) of a relative ``FAKETIME`` such as ``+1h`` or ``+0 x0.99``."""
+    offset, *rest = spec.split()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    scale = units.get(offset[-1], 1)
+    value = float(offset.rstrip("smhd")) * scale
+    rate = next((float(r[1:]) for r in rest if r.startswith("x")), 1.0)
+    return value, rate
+
+
+@dataclass(frozen=True)
+class HostClock:
+    """The clock of a simulated host (check F7), for its guard and everything the guard
+    starts: libfaketime fakes the wall clock (``FAKETIME``: an offset, a rate) and, at
+    the same rate, the relative timeouts of sleeps and polls; tests/fleet/clockshim.c fakes
+    ``CLOCK_MONOTONIC`` and ``CLOCK_BOOTTIME`` at that rate from ``anchor``, so all the
+    host's processes read one clock, as on a machine whose oscillator runs at ``rate``.
+    (libfaketime 0.9.10 alone bases every clock it fakes on the wall clock, and leaves
+    ``sem_clockwait`` alone: Python's timed waits under it never end.) The kernel's process
+    start times (``/proc``) stay real: a host at a rate r reads its processes' ages short
+    by (1 - r) of the time since ``anchor``."""
+
+    spec: str
+    anchor: float
+    """Real ``CLOCK_BOOTTIME`` where the host's monotonic clocks equal the real ones."""
+    env: Mapping[str, str]
+
+    @property
+    def offset(self) -> float:
+        return _parse_faketime(self.spec)[0]
+
+    @property
+    def rate(self) -> float:
+        return _parse_faketime(self.spec)[1]
+
+    def real(self, seconds: float) -> float:
+        """A ``CLOCK_BOOTTIME`` reading of the host, as real ``CLOCK_BOOTTIME``."""
+        return self.anchor + (seconds - self.anchor) / self.rate
+
+
 @dataclass
 class Host:
     index: int
@@ -113,6 +174,12 @@ class Host:
     """The host's own cgroup: everything the host runs is in it or below it."""
     config: Path
     unshare: subprocess.Popen[Any] | None = None
+    clock: HostClock | None = None
+
+    def real(self, seconds: float) -> float:
+        """A ``CLOCK_BOOTTIME`` time the host wrote (a deadline, a marker), as real
+        ``CLOCK_BOOTTIME`` (the monitor's clock)."""
+        return seconds if self.clock is None else self.clock.real(seconds)
 
     @property
     def workers(self) -> Path:
@@ -160,6 +227,12 @@ class Fleet:
     hosts_count: int = 3
     max_workers: int = 1
     guarantee: str = "at_most"
+    redis_clock: str | None = None
+    """``FAKETIME`` of the redis-server (libfaketime), e.g. ``"+0 x2"``; None: real."""
+    host_clocks: tuple[str | None, ...] = ()
+    """``FAKETIME`` of each host by index (``HostClock``); None or missing: real."""
+    timings: Mapping[str, float] = field(default_factory=dict)
+    """``[cluster]`` keys that replace those of ``TIMINGS``."""
     tracker: ProcessTracker = field(default_factory=ProcessTracker)
     network: Network = field(init=False)
     directory: Path = field(default_factory=lambda: short_tmpdir("wg-fleet-"))
@@ -170,6 +243,9 @@ class Fleet:
     store: FencedStore | None = None
     _store_file: Path | None = None
     _root: Path | None = None
+    _shared_clock: str | None = None
+    """libfaketime's ``FAKETIME_SHARED`` of every faked process of the bed (its semaphore
+    and shared memory, removed by ``close``)."""
 
     def __post_init__(self) -> None:
         self.network = Network(self.hosts_count)
@@ -191,6 +267,8 @@ class Fleet:
     def start(self) -> Fleet:
         try:
             self.network.start()
+            if self.redis_clock is not None or any(self.host_clocks):
+                self._share_clock()
             self._start_redis()
             self.store = FencedStore(self.client(socket_timeout=5), PROFILE, self.prefix)
             self._store_file = self.store.install(self.directory, self.network.gateway,
@@ -210,13 +288,45 @@ class Fleet:
             raise
         return self
 
+    def _share_clock(self) -> None:
+        """Build the clock shim and create libfaketime's shared state: a process started
+        under libfaketime without ``FAKETIME_SHARED`` creates its own and removes it only
+        when it exits cleanly (a killed guard or leash would leave it in /dev/shm)."""
+        why = clock_missing()
+        assert why is None, why
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(self.directory / "clockshim.so"),
+                        str(CLOCK_SHIM), "-ldl"], check=True, timeout=120)
+        made = subprocess.run(["sh", "-c", 'printf %s "$FAKETIME_SHARED"; kill -KILL $$'],
+                              env={**os.environ, "LD_PRELOAD": str(libfaketime()),
+                                   "FAKETIME": "+0"},
+                              capture_output=True, text=True, timeout=30)
+        assert len(made.stdout.split()) == 2, f"libfaketime made no shared state: {made}"
+        self._shared_clock = made.stdout
+
+    def _faked_env(self, spec: str) -> dict[str, str]:
+        assert self._shared_clock is not None
+        return {"LD_PRELOAD": str(libfaketime()), "FAKETIME": spec,
+                "FAKETIME_SHARED": self._shared_clock}
+
+    def _host_clock(self, index: int) -> HostClock | None:
+        spec = self.host_clocks[index] if index < len(self.host_clocks) else None
+        if spec is None:
+            return None
+        anchor = boottime()
+        env = {**self._faked_env(spec), "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+               "LD_PRELOAD": f"{self.directory / 'clockshim.so'} {libfaketime()}",
+               "WGFLEET_CLOCK_ANCHOR": repr(anchor)}
+        return HostClock(spec, anchor, env)
+
     def _start_redis(self) -> None:
         data = self.directory / "redis"
         data.mkdir()
+        env = None if self.redis_clock is None \
+            else {**os.environ, **self._faked_env(self.redis_clock)}
         self.redis_process = self.tracker.popen(
             [redis_server_binary(), "--port", str(self.port), "--bind", self.network.gateway,
              "--requirepass", self.password, "--save", "", "--appendonly", "no",
-             "--dir", str(data)])
+             "--dir", str(data)], env=env)
         client = self.client(socket_timeout=1)
 
         def answers() -> bool:
@@ -243,17 +353,22 @@ class Fleet:
                  "lock_expire": 2, "lock_timeout": 20, "sweep_on_start": False,
                  "sweep_timer": False}
         assert self.store is not None and self._store_file is not None
-        profile = {"command": self.store.command(self._store_file),
-                   "start_seconds": 0.5, "stop_timeout": 3, "scope": "cluster",
-                   "max_workers": self.max_workers, "max_per_host": 1,
-                   "guarantee": self.guarantee}
+        profile: dict[str, Any] = {
+            "command": self.store.command(self._store_file), "start_seconds": 0.5,
+            "stop_timeout": 3, "scope": "cluster", "max_workers": self.max_workers,
+            "max_per_host": 1, "guarantee": self.guarantee}
+        clock = self._host_clock(index)
+        if clock is not None:  # the leash and its worker: on the host's clock too
+            profile["env"] = dict(clock.env)
         config = home / "workerguard.toml"
-        config.write_text(to_toml(guard, {PROFILE: profile}, TIMINGS))
-        return Host(index, host_id, home, group, config)
+        config.write_text(to_toml(guard, {PROFILE: profile}, {**TIMINGS, **self.timings}))
+        return Host(index, host_id, home, group, config, clock=clock)
 
     def _guard_argv(self, host: Host) -> list[str]:
-        return [sys.executable, "-m", GUARD_MODULE, "worker", "--config", str(host.config),
-                "--loglevel", "INFO"]
+        clock = [] if host.clock is None \
+            else ["env", *(f"{k}={v}" for k, v in host.clock.env.items())]
+        return [*clock, sys.executable, "-m", GUARD_MODULE, "worker", "--config",
+                str(host.config), "--loglevel", "INFO"]
 
     def _env(self, host: Host) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERGUARD_")}
@@ -360,6 +475,11 @@ class Fleet:
         finally:
             self.network.close()
             shutil.rmtree(self.directory, ignore_errors=True)
+            if self._shared_clock is not None:
+                semaphore, memory = self._shared_clock.split()
+                for name in (f"sem.{semaphore.lstrip('/')}", memory.lstrip("/")):
+                    with contextlib.suppress(OSError):
+                        (Path("/dev/shm") / name).unlink()
 
 
 def _populated(group: Path) -> bool:

@@ -6,7 +6,8 @@ it alive, the leash included) and not frozen. Per group it records when it was f
 last seen running, when it was first seen empty (or gone), the exact start of its first
 process (``/proc/<pid>/stat`` starttime: ``CLOCK_BOOTTIME`` ticks, the clock of the leash
 and of the lease files) and the fencing token and slot in its environment. Per host it keeps the
-latest hard deadline its lease file held. Every time is ``CLOCK_BOOTTIME`` seconds.
+latest hard deadline its lease file held. Every time is ``CLOCK_BOOTTIME`` seconds (real: a
+host on a clock of its own, check F7, has its deadlines turned back by ``Host.real``).
 
 The check "at most N" is ``most``: the largest number of running instances in any one
 sample, across all hosts; ``overlaps`` lists the samples above N.
@@ -168,8 +169,8 @@ class Monitor:
     def _read_deadline(self, host: Host) -> None:
         with contextlib.suppress(OSError, ValueError):
             deadline = float(host.lease_file.read_text().strip())
-            if deadline > 0:
-                self.deadlines[host.host_id] = deadline
+            if deadline > 0:  # written on the host's clock
+                self.deadlines[host.host_id] = host.real(deadline)
 
     # queries ---------------------------------------------------------------------------
     def running(self) -> list[Group]:

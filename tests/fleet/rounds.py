@@ -74,7 +74,9 @@ def fence_marker(host: Host, since: float) -> dict[str, float] | None:
         marker = json.loads(host.lease_file.with_name(host.lease_file.name + ".fenced").read_text())
     except (OSError, ValueError):
         return None
-    return marker if float(marker["at"]) >= since else None
+    marker = {**marker, "at": host.real(float(marker["at"])),  # written on the host's clock
+              "deadline": host.real(float(marker["deadline"]))}
+    return marker if marker["at"] >= since else None
 
 
 def fenced_deadline(host: Host, since: float) -> float | None:
@@ -84,9 +86,11 @@ def fenced_deadline(host: Host, since: float) -> float | None:
 
 
 def successor(monitor: Monitor, holder: Host, since: float, timeout: float, why: str) -> Group:
-    """The first instance seen running on a host other than ``holder`` after ``since``."""
+    """The first instance seen running on a host other than ``holder`` after ``since``,
+    once its token is read (a sample can catch its first process between fork and exec,
+    still with the guard's environment: more often when the exec loads libfaketime)."""
     return monitor.wait(lambda: next((g for g in monitor.running() if g.host != holder.host_id
-                                      and g.first_seen > since), None),
+                                      and g.first_seen > since and g.token is not None), None),
                         timeout, f"a new instance on another host {why}")
 
 
