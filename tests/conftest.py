@@ -207,15 +207,17 @@ class CeleryHarness:
         return f"workerguard.{self.workspace.host_id}"
 
     def start_worker(self, *extra: str, entry: Sequence[str] = ("-m", "workerguard.cli"),
-                     **env: str) -> Any:
+                     enter: Sequence[str] = (), **env: str) -> Any:
         """Start the guard worker (``env``: extra variables, e.g. WORKERGUARD_METRICS_PORT;
-        ``entry``: what runs the CLI, e.g. a failpoint wrapper such as tests/no_pidfd.py)."""
+        ``entry``: what runs the CLI, e.g. a failpoint wrapper such as tests/no_pidfd.py;
+        ``enter``: an argv prefix that execs it elsewhere, e.g. ``nsenter`` into a box of
+        tests/netns_bed.py, keeping its pid)."""
         from tests.support import cli_env, poll_for
 
         config = str(self.workspace.write_config())
         log = (self.workspace.home / "guard-worker.log").open("ab")
         self.worker = self.workspace.tracker.popen(
-            [sys.executable, *entry, "worker", "--config", config,
+            [*enter, sys.executable, *entry, "worker", "--config", config,
              "--loglevel", "INFO", *extra], stdout=log, stderr=log, env=cli_env(**env))
         log.close()
         app = self.client_app()
@@ -225,7 +227,10 @@ class CeleryHarness:
 
     def _answers_ping(self, app: Any) -> bool:
         assert self.worker.poll() is None, self.log_tail()
-        return bool(app.control.ping(destination=[self.node], timeout=0.5))
+        try:
+            return bool(app.control.ping(destination=[self.node], timeout=0.5))
+        except redis.exceptions.ConnectionError:  # a Redis failing over closed it: ask again
+            return False
 
     def start_beat(self) -> Any:
         from tests.support import cli_env

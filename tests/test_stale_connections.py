@@ -3,6 +3,7 @@ whoever waits on one wakes with end-of-file instead of waiting on a black hole."
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 
@@ -32,3 +33,40 @@ def test_a_reader_waiting_on_a_connection_wakes_when_it_is_shut_down_and_others_
 def test_nothing_to_shut_down_is_zero():
     with socket.create_server(("127.0.0.1", 0)) as idle:
         assert shut_down_connections_to(*idle.getsockname()) == 0
+
+
+def test_the_cluster_loop_shuts_down_connections_to_an_old_primary_at_another_address(
+        redis_server, redis_client, tracker, monkeypatch):
+    """The lease client sees a Sentinel failover first (FLEET check R2: the Redis watch's
+    reading of the old primary waits out its socket timeout): the cluster loop shuts down
+    the connections to the old primary's address then, once; not on a new identity at the
+    same address (a restarted Redis)."""
+    from tests.conftest import Workspace
+    from tests.support import short_tmpdir
+    from workerguard.ops import cluster_loop
+    from workerguard.store.leases import Round
+
+    space = Workspace(redis_url=redis_server.url, home=short_tmpdir(), tracker=tracker)
+    body = space.sleeper_profile(scope="cluster", max_workers=1)
+    del body["match"]
+    space.profiles["demo"] = body
+    space.cluster = {"lease_seconds": 3.0, "renew_deadline": 2.0, "renew_period": 0.5,
+                     "kill_budget": 0.5}
+    seen = iter([("10.0.0.1", 1), ("10.0.0.1", 1), ("10.0.0.2", 2), ("10.0.0.2", 2),
+                 ("10.0.0.2", 2)])
+    monkeypatch.setattr(cluster_loop, "primary_address", lambda _client: next(seen))
+    shut: list[tuple[str, int]] = []
+
+    def shut_down(host: str, port: int) -> int:
+        shut.append((host, port))
+        return 1
+
+    monkeypatch.setattr(cluster_loop, "shut_down_connections_to", shut_down)
+    loop = cluster_loop.ClusterLoop(space.config(), redis_client, lambda _p, _why: None)
+    try:
+        for t, run_id in enumerate(["a", "a", "b", "b", "c"]):
+            loop._watch_primary(Round(sent=float(t), took=0.001, redis_time=1000.0 + t,
+                                      run_id=run_id, replid=run_id, role="master"))
+            assert shut == ([] if t < 2 else [("10.0.0.1", 1)]), (t, shut)
+    finally:
+        shutil.rmtree(space.home, ignore_errors=True)

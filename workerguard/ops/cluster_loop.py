@@ -7,7 +7,11 @@ Every renew period P, one round (FLEET design, "How it fits"):
    leash kills), an expired one was fenced by its leash;
 2. watch the Redis primary: a new identity (``run_id``, ``master_replid``) or a jump of its
    clock against ``CLOCK_BOOTTIME`` rewrites the fleet's epoch, and no slot is claimed for a
-   hold-off of L + 1 s after it (a lease lost with an old primary has then run out);
+   hold-off of L + 1 s after it (a lease lost with an old primary has then run out); a new
+   primary at another address (a Sentinel failover) also shuts down this process's
+   connections to the old one (``ops/stale_connections.py``), as the Redis watch does on
+   its next reading: the lease client, with its short timeout, sees the failover first,
+   and the Celery consumer must be back before the heal of a slot won after the hold-off;
 3. write this host's record (``store.host_records``): what it runs, holds and sees;
 4. compare each profile's definition with the fleet's spec (``policy.spec_agreement``):
    on another one this host claims nothing (``spec_mismatch``); once every live eligible
@@ -35,7 +39,8 @@ import redis
 
 from workerguard.config.load import Config
 from workerguard.config.schema import Profile
-from workerguard.ops.primary_watch import boottime
+from workerguard.ops.primary_watch import boottime, primary_address
+from workerguard.ops.stale_connections import shut_down_connections_to
 from workerguard.policy.hooks import GuardHooks
 from workerguard.policy.placement import HostState
 from workerguard.policy.slot_plan import make_slot_plan
@@ -76,6 +81,8 @@ class _State:
     clock: _Clock | None = None
     since_ms: int = 0
     """Redis time of the last change of primary or clock jump the fleet agreed on."""
+    address: tuple[str, int] | None = None
+    """Where the Sentinels put the primary at the last round read (None: no Sentinel)."""
     paused: dict[str, bool] = field(default_factory=dict)
     """Each profile's pause as the last round saw it (a resume heals what is still held)."""
     due: dict[tuple[str, int], float] = field(default_factory=dict)
@@ -227,6 +234,13 @@ class ClusterLoop:
                             jump)
         state.clock = _Clock(renewed.redis_time, local, renewed.took / 2)
         identity = f"{renewed.run_id or ''}:{renewed.replid or ''}"
+        address, state.address = state.address, primary_address(self.client)
+        if state.identity and identity != state.identity and address is not None \
+                and state.address is not None and address != state.address:
+            closed = shut_down_connections_to(*address)
+            log.warning("cluster: a new primary at %s:%s: shut down %d connection(s) to the old "
+                        "primary %s:%s; their clients reconnect through the Sentinels",
+                        *state.address, closed, *address)
         try:
             if identity != state.identity or reason or not state.epoch_ok:
                 epoch = observe_epoch(self.client, identity, reason)
