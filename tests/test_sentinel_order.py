@@ -3,6 +3,7 @@ pure: no Sentinel is contacted)."""
 
 from __future__ import annotations
 
+import redis
 from redis.sentinel import Sentinel
 
 from workerguard.ops import sentinel_order
@@ -29,5 +30,64 @@ def test_the_sentinel_that_answered_last_comes_first_in_every_new_client():
         assert order(sentinel_order.prefer(Sentinel(other))) == other  # not one of them
         sentinel_order.remember(None)  # a client without Sentinels changes nothing
         assert order(sentinel_order.prefer(Sentinel(NODES)))[0] == NODES[2]
+    finally:
+        sentinel_order.forget()
+
+
+Address = tuple[str, int]
+
+
+def _scripted(manager: Sentinel, answering: set[Address], asked: list[Address]) -> Sentinel:
+    """Each Sentinel of ``manager`` answers (naming 10.0.0.9:6379) only if in ``answering``,
+    else fails like one cut off; ``asked`` collects who was asked, in order."""
+    for node in manager.sentinels:
+        address = (node.connection_pool.connection_kwargs["host"],
+                   node.connection_pool.connection_kwargs["port"])
+
+        def masters(address: Address = address) -> dict[str, dict[str, object]]:
+            asked.append(address)
+            if address not in answering:
+                raise redis.exceptions.TimeoutError("Timeout reading from socket")
+            return {"wg": {"ip": "10.0.0.9", "port": 6379, "is_master": True,
+                           "is_sdown": False, "is_odown": False, "num-other-sentinels": 2,
+                           "config-epoch": 3}}
+
+        node.sentinel_masters = masters  # type: ignore[method-assign]
+    return manager
+
+
+def test_a_client_made_before_a_failover_asks_first_the_sentinel_another_client_found():
+    sentinel_order.forget()
+    try:
+        early_asked: list[Address] = []
+        early = _scripted(sentinel_order.follow(Sentinel(NODES)), set(NODES), early_asked)
+        assert early.discover_master("wg") == ("10.0.0.9", 6379)
+        assert early_asked == [NODES[0]]
+        # a partition cuts NODES[0] off; another client of the process finds NODES[2]
+        cut_off = {NODES[2]}
+        other_asked: list[Address] = []
+        other = _scripted(sentinel_order.follow(Sentinel(list(reversed(NODES)))), cut_off,
+                          other_asked)
+        assert other.discover_master("wg") == ("10.0.0.9", 6379)
+        # the early client now asks NODES[2] first, not the one cut off
+        early_asked.clear()
+        _scripted(early, cut_off, early_asked)
+        assert early.discover_master("wg") == ("10.0.0.9", 6379)
+        assert early_asked == [NODES[2]]
+        assert sentinel_order.follow(early) is early  # once per client
+    finally:
+        sentinel_order.forget()
+
+
+def test_the_newest_epoch_client_remembers_the_sentinel_whose_answer_it_took():
+    from workerguard.ops.connect import NewestEpochSentinel
+
+    sentinel_order.forget()
+    try:
+        asked: list[Address] = []
+        manager = _scripted(sentinel_order.follow(NewestEpochSentinel(NODES)), {NODES[1]}, asked)
+        assert manager.discover_master("wg") == ("10.0.0.9", 6379)
+        assert sorted(asked) == NODES  # it asks every Sentinel
+        assert order(sentinel_order.prefer(Sentinel(NODES)))[0] == NODES[1]
     finally:
         sentinel_order.forget()

@@ -24,6 +24,11 @@ It never spawns or stops anything itself: after a win, a loss, a pause or a drai
 its own host queue for a ``workerguard.heal`` of the profile, which runs the converge
 under the profile's lock and fence like any request (and shows in Flower). The leash is
 the single actuator of a fence; the converge the single actuator of a start.
+
+Its thread waits on nothing but its own client (no retries, timeouts of at most P): heals
+are sent by a thread of their own (``ops/heal_sender.py``) and the action log is written
+through the lease client, so a broker or a general client still talking to a cut-off
+primary never holds up a renewal or a claim.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import redis
 
 from workerguard.config.load import Config
 from workerguard.config.schema import Profile
+from workerguard.ops.heal_sender import HealSender
 from workerguard.ops.primary_watch import boottime, primary_address
 from workerguard.ops.stale_connections import shut_down_connections_to
 from workerguard.policy.hooks import GuardHooks
@@ -128,6 +134,8 @@ class ClusterLoop:
         self._state = _State()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="workerguard-cluster", daemon=True)
+        self._sender: HealSender | None = None
+        """Sends the heals while the thread runs (a round run directly sends inline)."""
 
     def _timing(self, profile: Profile) -> ProfileTiming:
         return ProfileTiming(slots=profile.max_workers,
@@ -137,10 +145,14 @@ class ClusterLoop:
 
     # thread ----------------------------------------------------------------------------
     def start(self) -> None:
+        self._sender = HealSender(self.heal)
+        self._sender.start()
         self._thread.start()
 
     def stop(self) -> None:
         self._stopped.set()
+        if self._sender is not None:
+            self._sender.stop()
 
     def _run(self) -> None:
         try:
@@ -203,6 +215,8 @@ class ClusterLoop:
                 self._record("lease_lost", profile, f"slot {slot}")
                 self._tell("self_fenced", profile, "lost")
                 touched.add(profile)
+            elif outcome == "released":
+                log.info("cluster: %s slot %d: given back by this host's converge", profile, slot)
         for held in renewed.expired:
             log.warning("cluster: %s slot %d: no renewal acknowledged for the renew deadline: "
                         "the leash fenced it", held.profile, held.slot)
@@ -384,8 +398,8 @@ class ClusterLoop:
         self._tell("lease_claimed", profile.name, result)
         if grant.result == "won":
             log.info("cluster: %s slot %d: won (token %d)", profile.name, grant.slot, grant.token)
-            self._record("lease_acquired", profile.name, f"slot {grant.slot} token {grant.token}")
             self._heal(profile.name, f"slot {grant.slot} won")
+            self._record("lease_acquired", profile.name, f"slot {grant.slot} token {grant.token}")
         elif grant.reason in ("spec_mismatch", "clock", "not_replicated"):
             log.warning("cluster: %s slot %d: claim refused: %s", profile.name, slot, grant.reason)
 
@@ -393,6 +407,9 @@ class ClusterLoop:
         return next(p for p in self.profiles if p.name == name)
 
     def _heal(self, profile: str, why: str) -> None:
+        if self._sender is not None:
+            self._sender.request(profile, why)
+            return
         try:
             self.heal(profile, why)
         except Exception as exc:  # the broker is down: the next sweep heals

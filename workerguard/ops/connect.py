@@ -76,8 +76,8 @@ class NewestEpochSentinel(Sentinel):
     per new connection, which a lease client makes rarely."""
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
-        best: tuple[int, str, int] | None = None
-        for node in self.sentinels:
+        best: tuple[int, int, str, int] | None = None
+        for number, node in enumerate(self.sentinels):
             try:
                 masters = cast(dict[str, dict[str, Any]], node.sentinel_masters())
             except (redis.exceptions.ConnectionError, redis.exceptions.ResponseError,
@@ -87,11 +87,14 @@ class NewestEpochSentinel(Sentinel):
             if state and self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
                 epoch = int(state.get("config-epoch", 0))
                 if best is None or epoch > best[0]:
-                    best = (epoch, str(state["ip"]), int(state["port"]))
+                    best = (epoch, number, str(state["ip"]), int(state["port"]))
         if best is None:  # its error names every Sentinel
             found = cast(tuple[str, int], super().discover_master(service_name))
             return found
-        return best[1], best[2]
+        _epoch, number, host, port = best
+        # first, as redis-py puts the one that answered: ops.sentinel_order remembers it
+        self.sentinels[0], self.sentinels[number] = self.sentinels[number], self.sentinels[0]
+        return host, port
 
 
 def _client(url: str, settings: Settings, retry: Retry, options: dict[str, Any],
@@ -100,7 +103,7 @@ def _client(url: str, settings: Settings, retry: Retry, options: dict[str, Any],
     if not sentinel.is_sentinel(url):
         return redis.Redis.from_url(url, retry=retry, **options)
     parsed = sentinel.parse(url)
-    sentinels = sentinel_order.prefer(
+    sentinels = sentinel_order.follow(
         sentinel_class(parsed.nodes, sentinel_kwargs=sentinel_kwargs(settings), **options))
     client: redis.Redis = sentinels.master_for(
         str(settings.sentinel_master), redis_class=redis.Redis, retry=retry, db=parsed.db,

@@ -153,7 +153,7 @@ class GuardMetrics(GuardHooks):
             "profile differs from the fleet's spec (it claims nothing until the fleet agrees).",
             LABELS, registry=r)
         self.lease_renewals = Counter("workerguard_lease_renewals", "Renewals of held slots, "
-                                      "by result (ok / lost / not_replicated / error).",
+                                      "by result (ok / lost / released / not_replicated / error).",
                                       (*LABELS, "result"), registry=r)
         self.lease_claims = Counter("workerguard_lease_claims", "Claims of slots, by result "
                                     "(won / lost / held_off / not_replicated / refused / "

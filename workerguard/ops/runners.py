@@ -165,7 +165,7 @@ def sweep_on_a_timer(app: Celery) -> None:
 def run_the_cluster_loop(app: Celery, url: str) -> None:
     """Run the cluster loop (``ops.cluster_loop``) from ready to shutdown, in the main
     process whatever the pool, on a client of its own without retries
-    (``ops.connect.lease_client``)."""
+    (``ops.connect.lease_client``), which also writes its action log entries."""
     from workerguard import __version__
     from workerguard.ops.cluster_loop import ClusterLoop, heal_through
     from workerguard.ops.connect import lease_client
@@ -177,7 +177,7 @@ def run_the_cluster_loop(app: Celery, url: str) -> None:
         settings = config.settings
         client = lease_client(url, settings, config.cluster.renew_period)
         return ClusterLoop(config, client, heal_through(app.send_task, host_queue(settings.host_id)),
-                           EventLog(live.client(), settings.host_id, settings.events_maxlen),
+                           EventLog(client, settings.host_id, settings.events_maxlen),
                            version=__version__, hooks=live.hooks)
 
     from_ready_to_shutdown(make)

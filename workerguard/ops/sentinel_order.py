@@ -1,22 +1,28 @@
-"""Every new Sentinel client of the process asks first the Sentinel that answered last.
+"""Every Sentinel client of the process asks first the Sentinel that answered last.
 
 redis-py asks the Sentinels of a ``Sentinel`` client in order and moves the one that
 answered to the front, but only in that client. kombu (broker) and Celery (result
 backend) make a new ``Sentinel`` client for each connection pool they open, always in
-the URL's order. After a partition the first Sentinel of the URL may be the one cut off
-with the old primary (a black hole): each new connection then waits
-``SENTINEL_CONNECT_TIMEOUT`` before asking the next, and the Celery consumer opens
-several one after the other while it reconnects (measured: the guard answered 9-20 s
-after an isolated primary's failover, against 3-6 s after a crash).
+the URL's order. After a partition the first Sentinel asked may be the one cut off
+with the old primary (a black hole): each discovery then waits
+``SENTINEL_CONNECT_TIMEOUT`` (a new connection) or ``SENTINEL_SOCKET_TIMEOUT`` (one
+already open) before asking the next, and the Celery consumer opens several one after
+the other while it reconnects (measured: the guard answered 9-20 s after an isolated
+primary's failover, against 3-6 s after a crash).
 
-``remember`` records which Sentinel answered the guard's Redis watch (it reads every
-2 s); ``prefer`` puts that one first in a new ``Sentinel`` client. Process-wide, one
-value: the Sentinels of one process all watch the same primary.
+``follow`` makes a client ask, at every discovery, first the Sentinel that answered the
+last discovery of any client of the process (``prefer``), and record who answered
+(``remember``). Process-wide, one value: the Sentinels of one process all watch the same
+primary. At every discovery, not only when a client is made: a client made before a
+failover, whose first Sentinel is now the one cut off, cost a publish and a converge a
+second each on the boxed Sentinel bed (``SENTINEL_SOCKET_TIMEOUT``) while the cluster
+loop, which asks every Sentinel, already knew which one answers.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 _lock = threading.Lock()
@@ -31,7 +37,7 @@ def _address(sentinel_client: Any) -> tuple[str, int] | None:
 
 def remember(manager: Any) -> None:
     """After a discovery through ``manager`` (a ``redis.sentinel.Sentinel``) succeeded:
-    its first Sentinel is the one that answered."""
+    its first Sentinel is the one that answered (redis-py moves it there)."""
     sentinels = getattr(manager, "sentinels", None)
     if not sentinels:
         return
@@ -52,6 +58,25 @@ def prefer(manager: Any) -> Any:
         if _address(sentinel) == last:
             sentinels[0], sentinels[number] = sentinel, sentinels[0]
             break
+    return manager
+
+
+def follow(manager: Any) -> Any:
+    """Make ``manager`` (a ``redis.sentinel.Sentinel``) ``prefer`` before each discovery
+    and ``remember`` after each one that found the primary; returns it. Only the order in
+    which the Sentinels are asked changes, never which are asked or what they say."""
+    if manager is None or getattr(manager, "_follows_order", False):
+        return manager
+    discover: Callable[[str], Any] = manager.discover_master
+
+    def discover_master(service_name: str) -> Any:
+        prefer(manager)
+        found = discover(service_name)
+        remember(manager)
+        return found
+
+    manager.discover_master = discover_master
+    manager._follows_order = True
     return manager
 
 

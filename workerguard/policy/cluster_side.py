@@ -34,7 +34,7 @@ from workerguard.store.cluster_spec import profile_spec, read_spec
 from workerguard.store.host_records import HostRecords
 from workerguard.store.lease import LeaseStore, lease_value
 from workerguard.workers.identity import age_seconds
-from workerguard.workers.leashed import LeaseTerms, lease_file, read_deadline
+from workerguard.workers.leashed import LeaseTerms, lease_file, mark_released, read_deadline
 from workerguard.workers.model import Instance
 
 VACANCY_POLL = 0.05
@@ -107,6 +107,7 @@ class ClusterSide:
         released = []
         for slot in planned.slots.release:
             _holder, token, instance_id, _pttl = planned.holders[slot]
+            mark_released(lease_file(self.lease_dir, profile.name, slot), token)
             if store.release(slot, lease_value(self.host, token, instance_id)):
                 released.append(slot)
         return released

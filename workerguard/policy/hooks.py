@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from workerguard.policy.outcome import Outcome
 from workerguard.probes.liveness import Unhealthy
 
-LEASE_RENEWALS = ("ok", "lost", "not_replicated", "error")
+LEASE_RENEWALS = ("ok", "lost", "released", "not_replicated", "error")
 """What a renewal of one held slot found (``store.leases.Outcome``)."""
 LEASE_CLAIMS = ("won", "lost", "held_off", "not_replicated", "refused", "error")
 """What a claim got (``store.lease.Grant``; ``error``: Redis did not answer)."""

@@ -29,9 +29,11 @@ import redis
 
 from workerguard.ops.primary_watch import boottime
 from workerguard.store.lease import Grant, LeaseStore, lease_value, renew_keys
-from workerguard.workers.leashed import lease_file, read_deadline, write_deadline
+from workerguard.workers.leashed import lease_file, read_deadline, released_token, write_deadline
 
-Outcome = Literal["ok", "lost", "not_replicated", "error"]
+Outcome = Literal["ok", "lost", "released", "not_replicated", "error"]
+"""A renewal's outcome per slot. ``released``: the key was gone because a converge on this
+host gave the slot back (it wrote the lease file's 0 first), not lost behind its back."""
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ class Leases:
                 if result.error is None:
                     result.error = f"{type(reply).__name__}: {reply}"
             elif not cast(list[int], reply)[index]:
-                outcome = "lost"
+                outcome = "released" if self._released_here(h) else "lost"
             elif not replicated:
                 outcome = "not_replicated"
             else:
@@ -233,6 +235,8 @@ class Leases:
                 self._move(h, result.sent + renew_deadline)
             elif outcome == "lost":
                 self.lose(profile, h.slot)
+            elif outcome == "released":
+                self._forget(h)
 
     def _move(self, held: Held, deadline: float) -> None:
         with self._lock:
@@ -251,6 +255,20 @@ class Leases:
             for h in gone:
                 del self._held[(h.profile, h.slot)]
         return gone
+
+    def _released_here(self, held: Held) -> bool:
+        """Whether a converge on this host gave this grant back (``policy.cluster_side``,
+        perhaps in a pool process: it marks the token before it deletes the key)."""
+        return released_token(self.lease_file(held.profile, held.slot)) == held.token
+
+    def _forget(self, held: Held) -> None:
+        """Drop a grant given back: nothing runs for it; its lease file says so (0)."""
+        with self._lock:
+            current = self._held.get((held.profile, held.slot))
+            if current is None or current.token != held.token:
+                return
+            del self._held[(held.profile, held.slot)]
+        self._write_deadline(held.profile, held.slot, 0.0)
 
     # lose, release, adopt --------------------------------------------------------------
     def lose(self, profile: str, slot: int) -> Held | None:

@@ -70,7 +70,7 @@ class QuietSentinelBackend(_Quiet, SentinelBackend):  # type: ignore[misc]
 
     def _get_sentinel_instance(self, **params: Any) -> Any:
         """Celery's, asking first the Sentinel that answered last (``ops.sentinel_order``)."""
-        return sentinel_order.prefer(super()._get_sentinel_instance(**params))
+        return sentinel_order.follow(super()._get_sentinel_instance(**params))
 
     def _set(self, key: str, value: Any, expires: Any = None) -> Any:
         try:

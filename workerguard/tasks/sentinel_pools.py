@@ -1,7 +1,7 @@
 """kombu's Sentinel channel asks first the Sentinel that answered last (``ops.sentinel_order``).
 
 kombu makes a new ``redis.sentinel.Sentinel`` client, in the URL's order, for each
-connection pool of a channel; the wrapper reorders it as soon as it is made. Only the
+connection pool of a channel; the wrapper makes it reorder itself at every discovery. Only the
 order of the Sentinels changes, never which are asked. ``install`` wraps a private method
 (``SentinelChannel._sentinel_managed_pool``), so only on the kombu versions
 ``closed_channel`` was tested with.
@@ -21,7 +21,7 @@ _ORIGINAL = kombu_redis.SentinelChannel._sentinel_managed_pool
 
 def _sentinel_managed_pool(self: Any, asynchronous: bool = False) -> Any:
     pool = _ORIGINAL(self, asynchronous)
-    sentinel_order.prefer(getattr(pool, "sentinel_manager", None))
+    sentinel_order.follow(getattr(pool, "sentinel_manager", None))
     return pool
 
 

@@ -79,7 +79,30 @@ def read_deadline(path: Path) -> float:
 def write_deadline(path: Path, deadline: float) -> None:
     """Write a lease file whole (temporary file, then ``os.replace``): the leash never
     reads half a number."""
+    _write_whole(path, f"{deadline:.6f}\n")
+
+
+def _write_whole(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-    temp.write_text(f"{deadline:.6f}\n", encoding="ascii")
+    temp.write_text(text, encoding="ascii")
     os.replace(temp, path)
+
+
+def released_marker(path: Path) -> Path:
+    """Beside a lease file: the token of the grant a converge on this host gave back."""
+    return path.with_name(path.name + ".released")
+
+
+def mark_released(path: Path, token: int) -> None:
+    """Say, before the key goes, that this host gives the grant ``token`` back: the cluster
+    loop (another process, perhaps) then finds the key gone and knows it was not lost."""
+    _write_whole(released_marker(path), f"{token}\n")
+
+
+def released_token(path: Path) -> int | None:
+    """The token ``mark_released`` last wrote for this lease file, if any."""
+    try:
+        return int(released_marker(path).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
