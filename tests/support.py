@@ -457,10 +457,18 @@ class MostAtOnce:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[MostAtOnce]:
-        thread = threading.Thread(target=self.run, name="sampler", daemon=True)
-        thread.start()
-        try:
+        with in_background(self.run, self.stop, "sampler"):
             yield self
-        finally:
-            self.stop.set()
-            thread.join(10)
+
+
+@contextlib.contextmanager
+def in_background(run: Callable[[], None], stop: threading.Event, name: str) -> Iterator[None]:
+    """Run ``run`` on a daemon thread for the ``with`` block; then set ``stop`` (which
+    ``run`` watches) and wait for it to end."""
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)

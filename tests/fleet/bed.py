@@ -74,6 +74,8 @@ TIMINGS = {"lease_seconds": 3.0, "renew_deadline": 2.0, "renew_period": 0.5,
            "kill_budget": 0.5, "clock_drift": 0.01, "claim_stagger": 0.15, "fence_grace": 0.5}
 """The test timings of FLEET §6 (inequality I holds with a margin of 0.455 s)."""
 L, D, P, K = (TIMINGS[k] for k in ("lease_seconds", "renew_deadline", "renew_period", "kill_budget"))
+STOP_TIMEOUT = 3.0
+"""The bed profile's ``stop_timeout``: seconds from the stop signal to SIGKILL."""
 GUARD_MODULE = "workerguard.cli"
 INIT_LOOP = 'exec >>"$0" 2>&1; "$@" & while :; do sleep 1; done'
 """PID 1 of a host: the guard in the background, then a loop that never ends."""
@@ -355,7 +357,7 @@ class Fleet:
         assert self.store is not None and self._store_file is not None
         profile: dict[str, Any] = {
             "command": self.store.command(self._store_file), "start_seconds": 0.5,
-            "stop_timeout": 3, "scope": "cluster", "max_workers": self.max_workers,
+            "stop_timeout": STOP_TIMEOUT, "scope": "cluster", "max_workers": self.max_workers,
             "max_per_host": 1, "guarantee": self.guarantee}
         clock = self._host_clock(index)
         if clock is not None:  # the leash and its worker: on the host's clock too

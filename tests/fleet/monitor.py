@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tests.fleet.bed import PROFILE, Fleet, Host, boottime
-from tests.support import poll_for
+from tests.support import in_background, poll_for
 
 INTERVAL = 0.02
 THAW_ALLOWANCE = 1.0
@@ -194,10 +194,5 @@ class Monitor:
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[Monitor]:
-        thread = threading.Thread(target=self._run, name="fleet-monitor", daemon=True)
-        thread.start()
-        try:
+        with in_background(self._run, self._stop, "fleet-monitor"):
             yield self
-        finally:
-            self._stop.set()
-            thread.join(10)

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.fleet.bed import Fleet, Host, P, boottime
+from tests.fleet.bed import Fleet, Host, L, P, boottime
 from tests.fleet.monitor import Group, Monitor
+from tests.support import poll_for
 
 ROUNDS_VARIABLE = "WORKERGUARD_FLEET_ROUNDS"
 
@@ -133,3 +135,27 @@ def stale_starts(monitor: Monitor, measured: list[Measured]) -> list[str]:
                   for g in list(monitor.groups.values())
                   if g.host == m.holder and m.at < g.first_seen < end]
     return found
+
+
+class GuardPause:
+    """The fault "guard SIGSTOP 2L": ``stop`` freezes a host's guard worker (every process
+    of it); ``restore`` continues it once 2 L have passed and waits until it is live again
+    and has logged its lost lease (the slot went elsewhere meanwhile)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._stopped: dict[str, tuple[list[int], float, int]] = {}
+
+    def stop(self, host: Host) -> None:
+        size = host.log.stat().st_size
+        self._stopped[host.host_id] = (self.fleet.guard_signal(host, signal.SIGSTOP),
+                                       boottime(), size)
+
+    def restore(self, host: Host) -> None:
+        pids, at, size = self._stopped.pop(host.host_id)
+        poll_for(lambda: boottime() >= at + 2 * L, 4 * L, message="the stop to last 2 L")
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        self.fleet.wait_live(host)
+        poll_for(lambda: "lease lost" in host.log.read_text(errors="replace")[size:], 30,
+                 message=f"{host.host_id}'s guard to log its lost lease\n{host.log_tail()}")

@@ -13,7 +13,7 @@ import statistics
 
 import pytest
 
-from tests.fleet.bed import PROFILE, Fleet, Host, L, P, boottime
+from tests.fleet.bed import PROFILE, STOP_TIMEOUT, Fleet, Host, L, P, boottime
 from tests.fleet.conftest import report
 from tests.fleet.monitor import Group, Monitor
 from tests.fleet.rounds import gone_at, rounds, successor
@@ -22,8 +22,6 @@ from tests.support import poll_for
 pytestmark = [pytest.mark.fleet, pytest.mark.slow]
 
 PARTITION = 3 * L
-STOP_TIMEOUT = 3.0
-"""The bed profile's ``stop_timeout``."""
 STOP_AFTER_HEAL_BOUND = P + STOP_TIMEOUT
 """FLEET §6 F11: the lower token's instance stopped within P + stop_timeout of the heal."""
 

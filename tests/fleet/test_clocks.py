@@ -50,7 +50,7 @@ import pytest
 from tests.fleet.bed import Fleet, Host, L, P, boottime
 from tests.fleet.conftest import bed, report
 from tests.fleet.monitor import Monitor
-from tests.fleet.rounds import Measured, failover, rounds
+from tests.fleet.rounds import GuardPause, Measured, failover, rounds
 from tests.fleet.test_failover import assert_at_most_one, assert_failover, summarise
 from tests.support import poll_for
 from workerguard.store import keys
@@ -65,7 +65,7 @@ Fault = tuple[str, Callable[[Host], None], Callable[[Host], None], bool]
 
 def f1_to_f4(fleet: Fleet, crash: bool = True) -> list[Fault]:
     """The faults of F1-F4, restored as test_failover.py restores them."""
-    stopped: dict[str, tuple[list[int], float, int]] = {}
+    pause = GuardPause(fleet)
 
     def heal(host: Host) -> None:
         fleet.heal(host)
@@ -74,23 +74,10 @@ def f1_to_f4(fleet: Fleet, crash: bool = True) -> list[Fault]:
     def kill(host: Host) -> None:
         fleet.guard_signal(host, signal.SIGKILL)
 
-    def stop(host: Host) -> None:
-        size = host.log.stat().st_size
-        stopped[host.host_id] = (fleet.guard_signal(host, signal.SIGSTOP), boottime(), size)
-
-    def resume(host: Host) -> None:
-        pids, at, size = stopped.pop(host.host_id)
-        poll_for(lambda: boottime() >= at + 2 * L, 4 * L, message="the stop to last 2 L")
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-        fleet.wait_live(host)
-        poll_for(lambda: "lease lost" in host.log.read_text(errors="replace")[size:], 30,
-                 message=f"{host.host_id}'s guard to log its lost lease\n{host.log_tail()}")
-
     faults: list[Fault] = [("crash", fleet.crash, fleet.restart, False)] if crash else []
     return [*faults, ("partition (nft)", fleet.isolate, heal, True),
             ("guard SIGKILL", kill, fleet.start_guard, True),
-            ("guard SIGSTOP 2L", stop, resume, True)]
+            ("guard SIGSTOP 2L", pause.stop, pause.restore, True)]
 
 
 def clock_offsets(fleet: Fleet) -> dict[str, float]:

@@ -11,18 +11,18 @@ longer soak)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 from functools import partial
 
 import pytest
 
-from tests.fleet.bed import TIMINGS, D, Fleet, Host, K, L, P, boottime
+from tests.fleet.bed import STOP_TIMEOUT, TIMINGS, D, Fleet, Host, K, L, P, boottime
 from tests.fleet.conftest import report
 from tests.fleet.fenced_store import FencedStore, SlotWrites
 from tests.fleet.monitor import INTERVAL, THAW_ALLOWANCE, Monitor
 from tests.fleet.rounds import (
+    GuardPause,
     Measured,
     failover,
     fence_marker,
@@ -114,25 +114,11 @@ def test_f3_holder_guard_killed_its_leash_fences_alone(fleet: Fleet) -> None:
 
 
 def test_f4_holder_guard_stopped_2l_then_continued(fleet: Fleet) -> None:
-    stopped: dict[str, tuple[list[int], float, int]] = {}
-
-    def stop(host: Host) -> None:
-        size = host.log.stat().st_size
-        stopped[host.host_id] = (fleet.guard_signal(host, signal.SIGSTOP), boottime(), size)
-
-    def resume(host: Host) -> None:
-        pids, at, size = stopped.pop(host.host_id)
-        poll_for(lambda: boottime() >= at + 2 * L, 4 * L, message="the stop to last 2 L")
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-        fleet.wait_live(host)
-        poll_for(lambda: "lease lost" in host.log.read_text(errors="replace")[size:], 30,
-                 message=f"{host.host_id}'s guard to log its lost lease\n{host.log_tail()}")
-
+    pause = GuardPause(fleet)
     measured = []
     with Monitor(fleet).watching() as monitor:
         for _ in range(rounds(2)):
-            m = failover(fleet, monitor, "guard SIGSTOP 2L", stop, resume)
+            m = failover(fleet, monitor, "guard SIGSTOP 2L", pause.stop, pause.restore)
             assert_failover(m, cut_off=True)
             measured.append(m)
     summarise("F4 guard SIGSTOP", measured, monitor)
@@ -198,8 +184,6 @@ def test_f5_holder_host_frozen_2l_then_thawed(fleet: Fleet) -> None:
     assert_at_most_one(monitor, measured)
 
 
-STOP_TIMEOUT = 3.0
-"""The bed profile's ``stop_timeout``."""
 DRAIN_GAP_BOUND = STOP_TIMEOUT + P + STAGGER + 1.0
 """FLEET §6 F8: a drained holder's slot runs again within stop_timeout + P + stagger + 1 s
 of its instance's end."""
