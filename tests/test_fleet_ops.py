@@ -125,6 +125,40 @@ def _holder_and_other(fleet: list[CeleryHarness], host: str) -> tuple[CeleryHarn
     return (first, second) if host == first.workspace.host_id else (second, first)
 
 
+def test_a_held_slot_reads_starting_until_its_holder_says_which_instance_runs(
+        workspace: Workspace, redis_client):
+    from workerguard.policy.cluster_view import cluster_views
+    from workerguard.store import keys
+    from workerguard.store.host_records import HostRecord, HostRecords
+    from workerguard.store.lease import LeaseStore
+
+    cluster_workspace(workspace)
+    config = workspace.config()
+    profile = config.profile("demo")
+    records = HostRecords(redis_client)
+    records.publish(HostRecord(host="a", machine="m-a", boot="b", version="v"), 60)
+    redis_client.set(keys.cluster_slot("demo", 0), "a|7|iid", px=60_000)
+
+    def state() -> tuple[str, int | None]:
+        [view] = cluster_views(redis_client, config, [profile])
+        return view.slots[0].state, view.slots[0].pid
+
+    assert state() == ("starting", None)  # won, nothing said yet
+    store = LeaseStore(redis_client, "demo", 2)
+    assert store.publish_info(0, "a", 7, 4242, 1000, 3.0)
+    assert state() == ("running", 4242)
+    records.set_draining("a", True)
+    assert state() == ("running (draining)", 4242)
+    records.set_draining("a", False)
+    redis_client.set(keys.cluster_paused("demo"), "1")
+    assert state() == ("running (stopping)", 4242)
+    redis_client.delete(keys.cluster_paused("demo"))
+    redis_client.set(keys.cluster_slot("demo", 0), "a|8|iid2", px=60_000)  # a new grant
+    assert state() == ("starting", None)  # the older grant's instance is not shown
+    redis_client.delete(keys.host_record("a"))
+    assert state() == ("starting (holder gone)", None)
+
+
 @pytest.mark.celery
 def test_a_drained_holder_hands_its_slot_over_never_two_at_once(fleet):
     tag = fleet[0].tag
@@ -136,7 +170,8 @@ def test_a_drained_holder_hands_its_slot_over_never_two_at_once(fleet):
         holder, other = _holder_and_other(fleet, running.host)
         held = poll_for(lambda: (s := slot0(config))["host"] and s, timeout=30,
                         message="status --cluster to name the holder")
-        assert (held["host"], held["token"], held["state"]) == (running.host, running.token, "held")
+        assert (held["host"], held["token"]) == (running.host, running.token)
+        assert held["state"] in ("starting", "running")
         assert 0 < held["lease_left"] <= 3.0
         # the holder's converge says which instance runs: its pid and uptime, on any machine
         # (the instance's main process is its leash, the worker's parent: the pid that
@@ -146,6 +181,7 @@ def test_a_drained_holder_hands_its_slot_over_never_two_at_once(fleet):
                          message="status --cluster to show the instance's pid")
         age = time.time() - psutil.Process(leash).create_time()
         assert shown["uptime"] == pytest.approx(age, abs=2.0), (shown, age)
+        assert shown["state"] == "running"
         rows = cli(config, "status", "--cluster").stdout.splitlines()
         assert rows[1].split() == ["slot", "host", "token", "pid", "up", "lease", "left", "state"]
         assert rows[2].split()[:4] == ["0", running.host, str(running.token), str(leash)]

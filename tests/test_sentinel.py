@@ -335,25 +335,34 @@ def failover_rounds(workspace: Workspace, harness: CeleryHarness, bed: SentinelB
                      timeout=60, message=f"round {number}: the instance to be restarted")
             fault.repair(port)
         senders.finish()
+    states = all_final(workspace, harness, app, senders.requests)
+    return {"failovers": failovers, "writable": writable, "pings": pings, "most": sampler.most,
+            "samples": sampler.samples, "states": states, "requests": senders.requests,
+            "refused": senders.refused, "answers": senders.answers}
+
+
+def all_final(workspace: Workspace, harness: CeleryHarness, app: Any,
+              requests: list[Request]) -> dict[str, int]:
+    """Wait until every request ended ``SUCCESS``, ``FAILURE`` or ``REVOKED`` (none stays
+    ``PENDING`` past its ``expires``); how many ended in each state."""
     gc.collect()  # the callers' leaked sockets (CALLERS_LEAK_A_SOCKET) are found here
-    last = max(r.expires_at for r in senders.requests)
+    last = max(r.expires_at for r in requests)
     # a request still STARTED is redelivered after visibility_timeout and then answered
     from workerguard.tasks.visibility import visibility_timeout
 
     bound = last + visibility_timeout(workspace.config()) + 30 - time.monotonic()
     try:
-        states = poll_for(lambda: _final_states(app, senders.requests), timeout=max(bound, 10),
+        states = poll_for(lambda: _final_states(app, requests), timeout=max(bound, 10),
                           interval=0.5, message="every request to end SUCCESS, FAILURE or REVOKED")
     except AssertionError:
-        stuck = [(r.id, app.AsyncResult(r.id).state) for r in senders.requests
+        stuck = [(r.id, app.AsyncResult(r.id).state) for r in requests
                  if app.AsyncResult(r.id).state not in FINAL]
         log = harness.log_tail(100_000_000).splitlines()
         for task_id, _ in stuck:
             print(f"\n{task_id}:\n" + "\n".join(line for line in log if task_id in line))
         raise AssertionError(f"not final: {stuck}") from None
-    return {"failovers": failovers, "writable": writable, "pings": pings, "most": sampler.most,
-            "samples": sampler.samples, "states": states, "requests": senders.requests,
-            "refused": senders.refused, "answers": senders.answers}
+    assert states is not None
+    return states
 
 
 def failovers_counted(workspace: Workspace, port: int) -> float | None:

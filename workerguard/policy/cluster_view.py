@@ -6,13 +6,15 @@ marks). The reads take a few round trips and no lock; they change nothing.
 
 A slot's state:
 
-- ``held``: a lease names its holder, whose guard renews it (the holder's instance runs
-  behind its leash, or starts); the instance's pid and uptime come from the slot's info
-  key, which the holder's converge writes once the instance runs (``keys.cluster_info``)
-  and which lives as long as the lease; an info of another host or token is not shown;
-  ``held (draining)`` / ``held (stopping)`` while a drain or a pause hands it back;
-  ``held (holder gone)`` when the holder's record expired (its leash fences the instance
-  by the renew deadline, and the lease runs out after at most L);
+- ``running``: a lease names its holder, whose guard renews it, and the holder's converge
+  said which instance runs for it: the slot's info key (``keys.cluster_info``), written
+  once the instance runs and living as long as the lease, gives its pid and uptime (an
+  info of another host or token is not shown);
+- ``starting``: held, and no instance said yet (the holder won the slot and its converge
+  has not started the instance, or is starting it);
+- either with ``(draining)`` / ``(stopping)`` while a drain or a pause hands it back, or
+  ``(holder gone)`` when the holder's record expired (its leash fences the instance by
+  the renew deadline, and the lease runs out after at most L);
 - ``paused``: the profile is stopped fleet-wide (``stop``), until the next ``ensure``;
 - ``held off N s``: vacant, and no claim is allowed for N s more after a new Redis
   primary or a jump of its clock (FLEET design, 2.7);
@@ -161,16 +163,17 @@ def profile_view(client: redis.Redis, config: Config, profile: Profile, now_ms: 
     for slot in range(profile.max_workers):
         if slot in holders:
             host, token, _iid, pttl = holders[slot]
-            if host not in live:
-                state = "held (holder gone)"
-            elif paused:
-                state = "held (stopping)"
-            elif host in draining:
-                state = "held (draining)"
-            else:
-                state = "held"
             info = infos.get(slot)
-            if info is not None and (info.host, info.token) == (host, token):  # not a stale one
+            if info is not None and (info.host, info.token) != (host, token):
+                info = None  # a stale one: another holder's, or an older grant's
+            state = "starting" if info is None else "running"
+            if host not in live:
+                state += " (holder gone)"
+            elif paused:
+                state += " (stopping)"
+            elif host in draining:
+                state += " (draining)"
+            if info is not None:
                 slots.append(SlotView(slot, host, token, pttl / 1000, state, info.pid,
                                       max(0.0, (now_ms - info.started_ms) / 1000)))
             else:
