@@ -26,6 +26,7 @@ class Instance:
     token: int
     host: str
     argv: tuple[str, ...] = ()
+    slot: int = -1
 
 
 def instances(tag: str) -> list[Instance]:
@@ -40,7 +41,8 @@ def instances(tag: str) -> list[Instance]:
         with contextlib.suppress(psutil.Error):
             env = proc.environ()
             found.append(Instance(proc.pid, int(env["WORKERGUARD_FENCING_TOKEN"]),
-                                  env["WORKERGUARD_HOST_ID"], tuple(cmdline)))
+                                  env["WORKERGUARD_HOST_ID"], tuple(cmdline),
+                                  int(env.get("WORKERGUARD_SLOT", -1))))
     return found
 
 

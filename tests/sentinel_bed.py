@@ -408,8 +408,11 @@ class PrimaryIsolation:
     keeps writing to it; heal after the Sentinels promoted a replica, once the isolated
     primary refuses writes (``min-replicas-to-write 1``: NOREPLICAS). Each round records
     how long the isolated primary still acknowledged writes, when it refused, when it was
-    demoted after the heal, and checks that what it acknowledged alone is not on the new
-    primary (asynchronous replication: the writes of the minority side are lost)."""
+    demoted after the heal, and how many of the writes it acknowledged alone are on the
+    primary after the heal. Usually none (asynchronous replication: the minority side's
+    writes are lost), but in 2 of 6 runs of the three-isolation test every one of them
+    was there: workerguard relies on neither (what must survive a failover is written with
+    ``WAIT``), so the figure is recorded, not asserted."""
 
     bed: SentinelBed
     rounds: list[dict[str, float]] = field(default_factory=list)
@@ -441,8 +444,7 @@ class PrimaryIsolation:
         assert primary is not None and primary != port
         with contextlib.closing(self.bed.client(primary)) as client:
             kept = [key for key in alone if client.exists(key)]
-        assert not kept, f"writes acknowledged by the isolated primary alone survived: {kept}"
-        self.rounds.append({"acknowledged_for": max((line["at"] for line in writer.lines
+        self.rounds.append({"kept": len(kept),"acknowledged_for": max((line["at"] for line in writer.lines
                                                      if line.get("ok") and line["at"] >= cut),
                                                     default=cut) - cut,
                             "acknowledged_alone": len(alone), "refused_after": refused - cut,
@@ -452,5 +454,6 @@ class PrimaryIsolation:
     def summary(self) -> str:
         return "; ".join(
             f"isolated primary acknowledged {r['acknowledged_alone']:.0f} writes for "
-            f"{r['acknowledged_for']:.2f} s, NOREPLICAS after {r['refused_after']:.2f} s, "
+            f"{r['acknowledged_for']:.2f} s ({r['kept']:.0f} of them on the primary after "
+            f"the heal), NOREPLICAS after {r['refused_after']:.2f} s, "
             f"demoted {r['demoted_after_heal']:.2f} s after the heal" for r in self.rounds)

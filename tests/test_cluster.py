@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 import pytest
@@ -163,6 +164,64 @@ def test_at_least_keeps_a_cut_off_holder_running_and_the_older_grant_stops_after
 
 def _exactly(count: int, found: list[Instance]) -> list[Instance]:
     return found if len(found) == count else []
+
+
+@pytest.mark.celery
+@pytest.mark.slow  # ~40 s: slot 1's lease runs out (L) before the spec may move
+def test_a_shrink_rolls_out_only_once_the_slots_beyond_the_new_n_are_vacant(
+        redis_server: RedisServer, tracker: ProcessTracker):
+    """FLEET 2.9, a shrink by rollout: two guards hold the two slots of N = 2 (one per
+    host). The holder of slot 1 restarts with N = 1: it no longer renews slot 1 and stops
+    its instance, claims nothing (mismatched: the spec still says 2) while slot 0's
+    instance keeps running. The holder of slot 0 restarts with N = 1 within the renew
+    deadline: its instance keeps running (same pid and token), and the spec moves to N = 1
+    once slot 1's lease ran out. Never more than 2 at once before, 1 after."""
+    from tests.test_fleet_ops import as_json
+
+    timing = {"lease_seconds": 12.0, "renew_deadline": 8.0}  # a restart keeps the instance
+    with two_hosts(redis_server, tracker, max_workers=2, max_per_host=1, **timing) as fleet:
+        tag = fleet[0].tag  # type: ignore[attr-defined]
+        config = fleet[0].workspace.config_path
+
+        def demo() -> dict[str, Any]:
+            return cast(dict[str, Any], as_json(config, "status", "--cluster")["profiles"]["demo"])
+
+        with sampling(tag).running() as before:
+            for harness in fleet:
+                harness.start_worker()
+            both = poll_for(lambda: _exactly(2, instances(tag)), timeout=60,
+                            message="an instance in each of the two slots")
+            slot = {i.slot: i for i in both}
+            assert sorted(slot) == [0, 1] and slot[0].host != slot[1].host
+            keeper = next(h for h in fleet if h.workspace.host_id == slot[0].host)
+            leaver = next(h for h in fleet if h is not keeper)
+            poll_for(lambda: demo()["spec"], timeout=30, message="the first claim's spec record")
+
+            for harness in fleet:
+                harness.workspace.profiles["demo"]["max_workers"] = 1
+            leaver.worker.kill()
+            leaver.worker.wait(30)
+            leaver.start_worker()
+            poll_for(lambda: [(i.pid, i.token) for i in instances(tag)]
+                     == [(slot[0].pid, slot[0].token)], timeout=60,
+                     message="slot 1's instance to stop, slot 0's to keep running")
+            mismatched = poll_for(lambda: (v := demo())["spec_mismatch"] and v, timeout=30,
+                                  message="status --cluster to name the mismatched host")
+            assert mismatched["spec_mismatch"] == [leaver.workspace.host_id]
+            assert mismatched["spec"]["max_workers"] == 2  # not agreed yet
+
+            keeper.worker.kill()
+            keeper.worker.wait(30)
+            keeper.start_worker()
+            moved = poll_for(lambda: (v := demo())["spec"]["max_workers"] == 1
+                             and not v["spec_mismatch"] and v, timeout=60,
+                             message="the spec to move to N = 1")
+        assert moved and [s["slot"] for s in moved["slots"]] == [0]
+        with sampling(tag).running() as after:
+            poll_for(lambda: after.samples >= 25, timeout=30, message="samples after the move")
+            assert [(i.pid, i.token) for i in instances(tag)] == [(slot[0].pid, slot[0].token)]
+        assert before.most <= 2 and after.most == 1, (before.most, after.most)
+        assert "spec moves to it" in "".join(h.log_tail(1_000_000) for h in fleet)
 
 
 @pytest.mark.celery

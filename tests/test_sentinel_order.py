@@ -69,6 +69,10 @@ def test_a_client_made_before_a_failover_asks_first_the_sentinel_another_client_
         other = _scripted(sentinel_order.follow(Sentinel(list(reversed(NODES)))), cut_off,
                           other_asked)
         assert other.discover_master("wg") == ("10.0.0.9", 6379)
+        # a discovery alone remembers nothing: the answer of a Sentinel that lags names a
+        # demoted primary until a reading confirms it (the Redis watch, the cluster loop)
+        assert order(sentinel_order.prefer(Sentinel(NODES)))[0] == NODES[0]
+        sentinel_order.remember(other)  # a reading on 10.0.0.9 said role: master
         # the early client now asks NODES[2] first, not the one cut off
         early_asked.clear()
         _scripted(early, cut_off, early_asked)
@@ -79,7 +83,7 @@ def test_a_client_made_before_a_failover_asks_first_the_sentinel_another_client_
         sentinel_order.forget()
 
 
-def test_the_newest_epoch_client_remembers_the_sentinel_whose_answer_it_took():
+def test_the_newest_epoch_client_puts_first_the_sentinel_whose_answer_it_took():
     from workerguard.ops.connect import NewestEpochSentinel
 
     sentinel_order.forget()
@@ -88,6 +92,7 @@ def test_the_newest_epoch_client_remembers_the_sentinel_whose_answer_it_took():
         manager = _scripted(sentinel_order.follow(NewestEpochSentinel(NODES)), {NODES[1]}, asked)
         assert manager.discover_master("wg") == ("10.0.0.9", 6379)
         assert sorted(asked) == NODES  # it asks every Sentinel
+        sentinel_order.remember(manager)  # once confirmed: the one whose answer it took
         assert order(sentinel_order.prefer(Sentinel(NODES)))[0] == NODES[1]
     finally:
         sentinel_order.forget()

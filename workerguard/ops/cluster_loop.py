@@ -44,6 +44,7 @@ import redis
 
 from workerguard.config.load import Config
 from workerguard.config.schema import Profile
+from workerguard.ops import sentinel_order
 from workerguard.ops.heal_sender import HealSender
 from workerguard.ops.primary_watch import boottime, primary_address
 from workerguard.ops.stale_connections import shut_down_connections_to
@@ -247,6 +248,8 @@ class ClusterLoop:
                 log.warning("cluster: the Redis clock jumped %+.1f s: no claim for the hold-off",
                             jump)
         state.clock = _Clock(renewed.redis_time, local, renewed.took / 2)
+        # the primary this client's Sentinels named says it is one: ask them first
+        sentinel_order.remember(getattr(self.client.connection_pool, "sentinel_manager", None))
         identity = f"{renewed.run_id or ''}:{renewed.replid or ''}"
         address, state.address = state.address, primary_address(self.client)
         if state.identity and identity != state.identity and address is not None \

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import redis
 
+from workerguard.ops import sentinel_order
 from workerguard.ops.stale_connections import shut_down_connections_to
 from workerguard.policy.hooks import GuardHooks
 from workerguard.redact import redact_text
@@ -165,6 +166,7 @@ class PrimaryWatch:
             return None  # a replica, not the primary: nothing to compare (reads still work)
         before, self.last = self.last, sample
         address, self._address = self._address, primary_address(self.client)
+        sentinel_order.remember(getattr(self.client.connection_pool, "sentinel_manager", None))
         for hook in self.hooks:
             hook.redis_clock_offset(sample.redis_time - sample.wall)
         if before is None:

@@ -10,13 +10,20 @@ already open) before asking the next, and the Celery consumer opens several one 
 the other while it reconnects (measured: the guard answered 9-20 s after an isolated
 primary's failover, against 3-6 s after a crash).
 
-``follow`` makes a client ask, at every discovery, first the Sentinel that answered the
-last discovery of any client of the process (``prefer``), and record who answered
-(``remember``). Process-wide, one value: the Sentinels of one process all watch the same
-primary. At every discovery, not only when a client is made: a client made before a
-failover, whose first Sentinel is now the one cut off, cost a publish and a converge a
-second each on the boxed Sentinel bed (``SENTINEL_SOCKET_TIMEOUT``) while the cluster
-loop, which asks every Sentinel, already knew which one answers.
+``remember`` records the Sentinel whose answer was confirmed: a reading on the primary it
+named said ``role: master`` (the Redis watch, every 2 s; the cluster loop, every renew
+period). ``follow`` makes a client ask that one first at every discovery (``prefer``), not
+only when the client is made: a client made before a failover, whose first Sentinel is
+now the one cut off, cost a publish and a converge a second each on the boxed Sentinel
+bed (``SENTINEL_SOCKET_TIMEOUT``) while the cluster loop, which asks every Sentinel,
+already knew which one answers. Process-wide, one value: the Sentinels of one process all
+watch the same primary.
+
+A Sentinel is remembered only once its answer is confirmed, never merely for answering:
+right after a heal, the Sentinel that was cut off still names the old primary (now a
+replica, or about to be) until the others' hello messages reach it; remembered for that
+answer, it would be asked first by every reconnect, each landing on the old primary
+(``The previous master is now a slave``), and remembered again.
 """
 
 from __future__ import annotations
@@ -36,8 +43,9 @@ def _address(sentinel_client: Any) -> tuple[str, int] | None:
 
 
 def remember(manager: Any) -> None:
-    """After a discovery through ``manager`` (a ``redis.sentinel.Sentinel``) succeeded:
-    its first Sentinel is the one that answered (redis-py moves it there)."""
+    """After a reading through ``manager`` (a ``redis.sentinel.Sentinel``) found the primary
+    it discovered to be one: its first Sentinel is the one that answered (redis-py moves it
+    there; so does ``ops.connect.NewestEpochSentinel``)."""
     sentinels = getattr(manager, "sentinels", None)
     if not sentinels:
         return
@@ -62,18 +70,16 @@ def prefer(manager: Any) -> Any:
 
 
 def follow(manager: Any) -> Any:
-    """Make ``manager`` (a ``redis.sentinel.Sentinel``) ``prefer`` before each discovery
-    and ``remember`` after each one that found the primary; returns it. Only the order in
-    which the Sentinels are asked changes, never which are asked or what they say."""
+    """Make ``manager`` (a ``redis.sentinel.Sentinel``) ``prefer`` before each discovery;
+    returns it. Only the order in which the Sentinels are asked changes, never which are
+    asked or what they say."""
     if manager is None or getattr(manager, "_follows_order", False):
         return manager
     discover: Callable[[str], Any] = manager.discover_master
 
     def discover_master(service_name: str) -> Any:
         prefer(manager)
-        found = discover(service_name)
-        remember(manager)
-        return found
+        return discover(service_name)
 
     manager.discover_master = discover_master
     manager._follows_order = True
