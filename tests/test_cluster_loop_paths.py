@@ -93,6 +93,24 @@ def test_a_slot_given_back_by_the_converge_is_not_a_lost_lease(
         assert "lease_lost" in actions and "lease lost" in heals
 
 
+def test_a_first_win_asks_for_one_heal_not_another_for_the_spec_it_wrote(
+        redis_server: RedisServer, redis_client: redis.Redis, tracker: ProcessTracker):
+    space = _space(redis_server, tracker)
+    heals: list[str] = []
+    loop = ClusterLoop(space.config(), redis_client, lambda p, why: heals.append(why))
+    _no_holdoff(redis_client)
+    _hold_slot_0(loop)
+    for _ in range(3):
+        loop.round()
+    assert heals == ["slot 0 won"]  # the spec its claim wrote is no change of definition
+    # a loop started on a host that holds the slot (a restart) heals at its first look
+    restarted: list[str] = []
+    again = ClusterLoop(space.config(), redis_client, lambda p, why: restarted.append(why))
+    again.leases.adopt(["demo"])
+    again.round()
+    assert restarted == ["spec changed"]
+
+
 def test_a_marker_of_an_earlier_grant_does_not_hide_a_loss(
         redis_server: RedisServer, redis_client: redis.Redis, tracker: ProcessTracker):
     from workerguard.workers.leashed import mark_released

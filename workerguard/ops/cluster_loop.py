@@ -99,7 +99,7 @@ class _State:
     standing: dict[str, Standing] = field(default_factory=dict)
     """Each profile's definition here against the fleet's spec, as the last round saw it."""
     spec_seen: dict[str, str] = field(default_factory=dict)
-    """Each profile's spec record as the last round read it (a change heals)."""
+    """Each profile's spec record as the last round read it ("": none yet; a change heals)."""
 
 
 class ClusterLoop:
@@ -364,9 +364,12 @@ class ClusterLoop:
         self._tell("spec_mismatch", profile.name, agreement.standing == "mismatch")
         seen = self._state.spec_seen.get(profile.name)
         self._state.spec_seen[profile.name] = raw
+        # Replace what runs an older definition: after the spec moved (seen: the one before),
+        # or at this loop's first look if it holds slots (a restart); not when the spec first
+        # appears ("" before: this host's own claim wrote it, nothing older runs).
         if agreement.standing == "match" and seen != raw \
-                and (seen is not None or self.leases.held(profile.name)):
-            self._heal(profile.name, "spec changed")  # replace what runs an older definition
+                and (seen or (seen is None and self.leases.held(profile.name))):
+            self._heal(profile.name, "spec changed")
         return agreement.standing != "mismatch"
 
     def _send_due_claims(self, holdoff_ms: int | None) -> None:
