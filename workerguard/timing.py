@@ -116,12 +116,6 @@ REDIS_WATCH_INTERVAL = 2.0
 """How often the guard worker reads the Redis primary's identity and clock (one pipelined
 round trip, 90 commands a minute): a failover or a clock jump is logged within a few
 seconds, and ``workerguard_broker_up`` follows Redis at this grain."""
-REDIS_WATCH_TIMEOUT = 2.0
-"""Seconds one reading of the Redis watch may take, on a client of its own with no retry
-that asks every Sentinel (``ops.connect.watch_client``). A reading is INFO and TIME, well
-under a millisecond on any Redis that serves; with the guard's general client (5 s and
-retries) a partitioned primary was seen as gone 8.5 s after the cut, and every client of
-the process kept asking the Sentinel cut off with it first until then."""
 
 # the guard worker's broker connection (tasks.reconnect) ---------------------------------
 GUARD_BRPOP_TIMEOUT = 4

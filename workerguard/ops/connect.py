@@ -64,18 +64,6 @@ def lease_client(url: str, settings: Settings, renew_period: float) -> redis.Red
     return _client(url, settings, Retry(NoBackoff(), 0), options, NewestEpochSentinel)
 
 
-def watch_client(url: str, settings: Settings) -> redis.Redis:
-    """The client of the Redis watch (``ops.primary_watch``): no retry, a socket timeout
-    of ``timing.REDIS_WATCH_TIMEOUT``, and the primary as the newest failover named it
-    (``NewestEpochSentinel``): the watch is the first to see a new primary, and what it
-    confirms every other client of the process asks first (``ops.sentinel_order``)."""
-    timeout = timing.REDIS_WATCH_TIMEOUT
-    options = socket_options(url) | {"socket_timeout": timeout,
-                                     "socket_connect_timeout": min(timeout, SENTINEL_CONNECT_TIMEOUT)
-                                     if sentinel.is_sentinel(url) else timeout}
-    return _client(url, settings, Retry(NoBackoff(), 0), options, NewestEpochSentinel)
-
-
 class NewestEpochSentinel(Sentinel):
     """Finds the primary the way a failover decided it: of every Sentinel that answers,
     the one with the highest ``config-epoch`` names it.
