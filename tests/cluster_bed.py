@@ -12,12 +12,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psutil
+import redis
 
 from tests.conftest import IDENTITY, CeleryHarness, Workspace
 from tests.support import SLEEPER, MostAtOnce, ProcessTracker, RedisServer, short_tmpdir
+from workerguard.store import keys
 
 TIMINGS = {"lease_seconds": 3.0, "renew_deadline": 2.0, "renew_period": 0.5,
            "kill_budget": 0.5, "clock_drift": 0.01, "claim_stagger": 0.15, "fence_grace": 0.5}
+
+
+def one_slot_space(redis_server: RedisServer, tracker: ProcessTracker,
+                   renew_period: float) -> Workspace:
+    """A workspace with one cluster profile ``demo`` of one slot (a sleeper found by its
+    environment), for driving a ``ClusterLoop`` by hand: L 3 s, D 2 s, K 0.5 s."""
+    space = Workspace(redis_url=redis_server.url, home=short_tmpdir(), tracker=tracker)
+    body = space.sleeper_profile(scope="cluster", max_workers=1)
+    del body["match"]
+    space.profiles["demo"] = body
+    space.cluster = {"lease_seconds": 3.0, "renew_deadline": 2.0, "renew_period": renew_period,
+                     "kill_budget": 0.5}
+    return space
+
+
+def no_holdoff(client: redis.Redis) -> None:
+    """Write the epoch of this Redis's identity as an old one: claims are allowed at once."""
+    identity = f"{client.info('server')['run_id']}:{client.info('replication')['master_replid']}"
+    client.set(keys.EPOCH, f"0|{identity}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import uuid
 import pytest
 import redis
 
+from tests.cluster_bed import no_holdoff
 from tests.conftest import Workspace
 from tests.support import ProcessTracker, RedisServer, short_tmpdir
 from workerguard.cli.fleet import host_lines
@@ -201,9 +202,7 @@ def test_a_mismatched_host_claims_nothing_until_every_live_host_runs_its_definit
     old_spec = old_a.specs["demo"]  # type: ignore[attr-defined]
     new_spec = new_b.specs["demo"]  # type: ignore[attr-defined]
     redis_client.set(keys.cluster_spec("demo"), old_spec.encode())  # as the first claim left it
-    identity = (f"{redis_client.info('server')['run_id']}:"
-                f"{redis_client.info('replication')['master_replid']}")
-    redis_client.set(keys.EPOCH, f"0|{identity}")  # no hold-off: claims are allowed
+    no_holdoff(redis_client)
     old_a.round()  # type: ignore[attr-defined]
     new_b.round()  # type: ignore[attr-defined]
     assert seen_a.mismatch == {"demo": False} and seen_b.mismatch == {"demo": True}

@@ -41,17 +41,11 @@ def test_the_cluster_loop_shuts_down_connections_to_an_old_primary_at_another_ad
     reading of the old primary waits out its socket timeout): the cluster loop shuts down
     the connections to the old primary's address then, once; not on a new identity at the
     same address (a restarted Redis)."""
-    from tests.conftest import Workspace
-    from tests.support import short_tmpdir
+    from tests.cluster_bed import one_slot_space
     from workerguard.ops import cluster_loop
     from workerguard.store.leases import Round
 
-    space = Workspace(redis_url=redis_server.url, home=short_tmpdir(), tracker=tracker)
-    body = space.sleeper_profile(scope="cluster", max_workers=1)
-    del body["match"]
-    space.profiles["demo"] = body
-    space.cluster = {"lease_seconds": 3.0, "renew_deadline": 2.0, "renew_period": 0.5,
-                     "kill_budget": 0.5}
+    space = one_slot_space(redis_server, tracker, renew_period=0.5)
     seen = iter([("10.0.0.1", 1), ("10.0.0.1", 1), ("10.0.0.2", 2), ("10.0.0.2", 2),
                  ("10.0.0.2", 2)])
     monkeypatch.setattr(cluster_loop, "primary_address", lambda _client: next(seen))

@@ -45,7 +45,7 @@ import redis
 from workerguard.config.load import Config
 from workerguard.config.schema import Profile
 from workerguard.ops import sentinel_order
-from workerguard.ops.heal_sender import HealSender
+from workerguard.ops.heal_sender import HealSender, send_heal
 from workerguard.ops.primary_watch import boottime, primary_address
 from workerguard.ops.stale_connections import shut_down_connections_to
 from workerguard.policy.hooks import GuardHooks
@@ -416,11 +416,7 @@ class ClusterLoop:
         if self._sender is not None:
             self._sender.request(profile, why)
             return
-        try:
-            self.heal(profile, why)
-        except Exception as exc:  # the broker is down: the next sweep heals
-            log.warning("cluster: %s: heal not sent (%s): %s", profile, why,
-                        redact_text(str(exc)))
+        send_heal(self.heal, profile, why)
 
     def _record(self, action: str, profile: str, detail: str) -> None:
         if self.events is None:

@@ -28,6 +28,19 @@ SLOW_SEND = 0.5
 """Seconds a send may take before the log says so."""
 
 
+def send_heal(send: Callable[[str, str], None], profile: str, why: str) -> None:
+    """Send one heal; a broker that refuses it is logged, never raised (the next sweep heals)."""
+    began = time.monotonic()
+    try:
+        send(profile, why)
+    except Exception as exc:  # the broker is down: the next sweep heals
+        log.warning("cluster: %s: heal not sent (%s): %s", profile, why, redact_text(str(exc)))
+        return
+    took = time.monotonic() - began
+    if took > SLOW_SEND:
+        log.warning("cluster: %s: sending the heal (%s) took %.1f s", profile, why, took)
+
+
 class HealSender:
     """``request(profile, why)`` returns at once; the thread calls ``send(profile, why)``."""
 
@@ -71,14 +84,4 @@ class HealSender:
 
     def _run(self) -> None:
         while (item := self._next()) is not None:
-            profile, why = item
-            began = time.monotonic()
-            try:
-                self.send(profile, why)
-            except Exception as exc:  # the broker is down: the next sweep heals
-                log.warning("cluster: %s: heal not sent (%s): %s", profile, why,
-                            redact_text(str(exc)))
-                continue
-            took = time.monotonic() - began
-            if took > SLOW_SEND:
-                log.warning("cluster: %s: sending the heal (%s) took %.1f s", profile, why, took)
+            send_heal(self.send, *item)
