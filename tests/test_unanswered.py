@@ -59,6 +59,21 @@ def test_a_guards_answer_is_never_overwritten(workspace: Workspace):
         app.close()
 
 
+def test_a_request_left_in_retry_past_its_expires_reads_revoked(workspace: Workspace):
+    """A guard retried the request (its copy queued again) and the copy was lost: the
+    caller's mark replaces ``RETRY``, as the guard would answer any copy past ``expires``."""
+    app = app_on(workspace, workspace.redis_url)
+    try:
+        sent = app.send_task("workerguard.ensure", args=["demo"], queue=NOBODY, expires=0.5)
+        app.backend.store_result(sent.id, RuntimeError("redis unreachable"), "RETRY")
+        with pytest.raises(wg_client.NoGuardAnswered, match="no guard answered"):
+            wg_client.wait(sent, NOBODY, timeout=20, answer_timeout=0.5)
+        seen = app.AsyncResult(sent.id)
+        assert seen.state == "REVOKED" and REASON in str(seen.result)
+    finally:
+        app.close()
+
+
 def test_a_request_lost_with_redis_is_revoked_once_redis_is_back(
         workspace: Workspace, own_redis: RedisServer):
     """Redis dies with the queued request (no persistence: a primary killed before a

@@ -116,6 +116,11 @@ REDIS_WATCH_INTERVAL = 2.0
 """How often the guard worker reads the Redis primary's identity and clock (one pipelined
 round trip, 90 commands a minute): a failover or a clock jump is logged within a few
 seconds, and ``workerguard_broker_up`` follows Redis at this grain."""
+REDIS_WATCH_TIMEOUT = 2.0
+"""Seconds one reading of the Redis watch may take (``ops.connect.watch_client``: no
+retry). A reading is INFO and TIME, well under a millisecond on any Redis that serves;
+through the guard's general client (5 s, retries) a primary partitioned without a RST was
+seen as gone only when that timeout ran out, 7-10 s after the cut."""
 
 # the guard worker's broker connection (tasks.reconnect) ---------------------------------
 GUARD_BRPOP_TIMEOUT = 4

@@ -64,6 +64,17 @@ def lease_client(url: str, settings: Settings, renew_period: float) -> redis.Red
     return _client(url, settings, Retry(NoBackoff(), 0), options, NewestEpochSentinel)
 
 
+def watch_client(url: str, settings: Settings) -> redis.Redis:
+    """The client the Redis watch reads through (``ops.primary_watch``): no retry and a
+    socket timeout of ``timing.REDIS_WATCH_TIMEOUT``, so a primary cut off without a RST
+    is seen as gone within that, not after the general client's 5 s and its retries.
+    It only reads: what the watch records goes through the guard's general client."""
+    timeout = timing.REDIS_WATCH_TIMEOUT
+    connect = min(timeout, SENTINEL_CONNECT_TIMEOUT) if sentinel.is_sentinel(url) else timeout
+    options = socket_options(url) | {"socket_timeout": timeout, "socket_connect_timeout": connect}
+    return _client(url, settings, Retry(NoBackoff(), 0), options)
+
+
 class NewestEpochSentinel(Sentinel):
     """Finds the primary the way a failover decided it: of every Sentinel that answers,
     the one with the highest ``config-epoch`` names it.

@@ -186,16 +186,18 @@ def run_the_cluster_loop(app: Celery, url: str) -> None:
 def watch_redis(app: Celery) -> None:
     """Run the Redis watch (``ops.primary_watch``) from ready to shutdown: a new primary
     or a jump of its clock is logged, recorded and counted; the metrics learn whether
-    Redis answers."""
+    Redis answers. It reads through a client of its own (``ops.connect.watch_client``:
+    a short timeout, no retry) and records through the guard's general client."""
+    from workerguard.ops.connect import watch_client
     from workerguard.ops.primary_watch import PrimaryWatch
     from workerguard.store.events import EventLog
 
     def make() -> PrimaryWatch:
         live = context.of(app)
         settings = live.config.settings
-        client = live.client()
-        return PrimaryWatch(client, settings.host_id, live.hooks,
-                            EventLog(client, settings.host_id, settings.events_maxlen))
+        return PrimaryWatch(watch_client(live.redis_url, settings), settings.host_id,
+                            live.hooks, EventLog(live.client(), settings.host_id,
+                                                 settings.events_maxlen))
 
     from_ready_to_shutdown(make)
 

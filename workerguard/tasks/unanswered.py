@@ -10,9 +10,18 @@ given. The write must outlive what lost the request:
 - it counts only once a replica acknowledged it (``WAIT``) when the primary has replicas:
   written to a primary that is cut off and later demoted, it would be lost like the request.
 
-It never overwrites a guard's answer: the script writes only where the result key is absent
-or already holds this same mark (a retry of a write that landed but was not confirmed). A
-guard that takes the request later answers ``REVOKED`` itself (its ``expires`` has passed).
+It never overwrites a guard's answer: the script writes only where the result key is absent,
+already holds this same mark (a retry of a write that landed but was not confirmed), or
+holds ``RETRY``. A guard that takes the request later answers ``REVOKED`` itself (its
+``expires`` has passed).
+
+``RETRY`` is no answer: a guard that met a Redis error retried the request by queueing a
+copy of it (Celery's ``Task.retry``, same id and ``expires``), and that copy can be lost
+like any request, to a primary demoted after a heal (seen on the boxed Sentinel bed: one
+request read ``RETRY`` for ever). Past its ``expires`` any copy still queued is answered
+``REVOKED`` by the guard that takes it, so the caller's mark says what the guard would.
+A copy being run right now has written ``STARTED`` first (``task_track_started``), which is
+never overwritten.
 """
 
 from __future__ import annotations
@@ -41,7 +50,10 @@ backend gives up with a ``RuntimeError``, "Retry limit exceeded ... must be rest
 
 _MARK = """
 local current = redis.call('GET', KEYS[1])
-if current and current ~= ARGV[1] then return 0 end
+if current and current ~= ARGV[1] then
+  local ok, meta = pcall(cjson.decode, current)
+  if not (ok and type(meta) == 'table' and meta['status'] == 'RETRY') then return 0 end
+end
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 else
@@ -50,8 +62,9 @@ end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
 """
-"""Write the mark unless the key holds something else (a guard's answer); publish it to
-the callers subscribed to the result, as Celery's own result write does."""
+"""Write the mark unless the key holds something else than ``RETRY`` (a guard's answer, or
+its ``STARTED``); publish it to the callers subscribed to the result, as Celery's own
+result write does."""
 
 
 class Outcome(enum.Enum):
