@@ -74,6 +74,46 @@ def test_a_request_left_in_retry_past_its_expires_reads_revoked(workspace: Works
         app.close()
 
 
+def _scripts_run(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha"))
+
+
+def test_a_retry_written_after_the_callers_check_and_then_lost_reads_revoked(
+        workspace: Workspace, redis_client: redis.Redis):
+    """The guard was running the request when its caller looked (``STARTED``: an answer is
+    coming), then retried it, and the retried copy was lost: when the caller stops waiting
+    it answers the ``RETRY`` ``REVOKED`` instead of leaving it so for ever."""
+    app = app_on(workspace, workspace.redis_url)
+    try:
+        sent = app.send_task("workerguard.ensure", args=["demo"], queue=NOBODY, expires=0.5)
+        app.backend.store_result(sent.id, None, "STARTED")
+        before = _scripts_run(redis_client)
+        outcome: list[BaseException] = []
+
+        def caller() -> None:
+            try:
+                wg_client.wait(sent, NOBODY, timeout=3, answer_timeout=0.5)
+            except BaseException as exc:  # what the caller was told
+                outcome.append(exc)
+
+        waiting = threading.Thread(target=caller)
+        waiting.start()
+        try:  # the caller's look at the expires (its script) found STARTED and left it
+            poll_for(lambda: _scripts_run(redis_client) > before, timeout=10, interval=0.02,
+                     message="the caller's look at the request")
+            assert app.AsyncResult(sent.id).state == "STARTED"
+            app.backend.store_result(sent.id, RuntimeError("redis unreachable"), "RETRY")
+        finally:
+            waiting.join(30)
+        assert not waiting.is_alive()
+        [told] = outcome
+        assert isinstance(told, wg_client.NoGuardAnswered) and "retried" in str(told)
+        assert app.AsyncResult(sent.id).state == "REVOKED"
+    finally:
+        app.close()
+
+
 def test_a_request_lost_with_redis_is_revoked_once_redis_is_back(
         workspace: Workspace, own_redis: RedisServer):
     """Redis dies with the queued request (no persistence: a primary killed before a

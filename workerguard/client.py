@@ -35,6 +35,8 @@ from workerguard.tasks.unanswered import TRANSPORT_ERRORS, Outcome, revoke_unans
 
 ANSWER_TIMEOUT = 10.0
 """How long a request waits for a guard to pick it up; it expires after that."""
+RETRY_LOST_PATIENCE = 5.0
+"""Seconds the caller tries to answer a lost retry ``REVOKED`` (``_retry_lost``)."""
 
 
 class NoGuardAnswered(WorkerguardError):
@@ -79,6 +81,10 @@ def wait(async_result: Any, queue: str, timeout: float,
         try:
             value = async_result.get(timeout=remaining, propagate=False)
         except CeleryTimeout:
+            if _retry_lost(async_result):
+                raise NoGuardAnswered(
+                    f"the guard on {queue} retried the request ({async_result.id}) and no "
+                    f"guard took the retry within {timeout:g} s") from None
             raise WorkerguardError(
                 f"the guard on {queue} took the request ({async_result.id}) but did not "
                 f"finish within {timeout:g} s") from None
@@ -90,6 +96,22 @@ def wait(async_result: Any, queue: str, timeout: float,
     if not isinstance(value, dict):
         raise WorkerguardError(f"unexpected answer from the guard: {value!r}")
     return value
+
+
+def _retry_lost(async_result: Any) -> bool:
+    """A request still ``RETRY`` when its caller stops waiting: the copy the guard queued
+    to retry it (Celery's ``Task.retry``) was lost (with a primary demoted after a
+    partition, seen on the Sentinel bed) or no guard consumes the queue. Answer it
+    ``REVOKED`` (``tasks.unanswered``: past its ``expires`` any copy still queued is
+    refused by the guard that takes it), so that it does not read ``RETRY`` for ever."""
+    try:
+        if async_result.state != "RETRY":
+            return False
+    except TRANSPORT_ERRORS:
+        return False
+    now = time.monotonic()
+    return revoke_unanswered(async_result, not_before=now,
+                             deadline=now + RETRY_LOST_PATIENCE) is Outcome.REVOKED
 
 
 def reachable(url: str, settings: Settings) -> None:
