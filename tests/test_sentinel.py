@@ -293,7 +293,9 @@ def answers_ping(harness: CeleryHarness) -> bool:
     (not one of kombu's process-wide pool, which may still be open to the old primary),
     which finds the primary through the Sentinels."""
     app = harness.client_app()
-    connection = app.connection_for_write()
+    options = dict(app.conf.broker_transport_options)
+    options.update(socket_timeout=PING_SOCKET_TIMEOUT, socket_connect_timeout=0.5)
+    connection = app.connection_for_write(transport_options=options)
     try:
         return bool(app.control.ping(destination=[harness.node], timeout=0.5,
                                      connection=connection))
@@ -304,21 +306,27 @@ def answers_ping(harness: CeleryHarness) -> bool:
             connection.close()
 
 
-PING_EVERY = 0.25
-"""Seconds between two pings of ``first_answer``."""
-PINGS_AT_ONCE = 40
+PING_SOCKET_TIMEOUT = 1.0
+"""The socket timeout of a ping's own connection: a ping that reached the old primary just
+before the Sentinels agreed gives up after this, not after the 5 s a guard's connection
+waits (and kombu's retries): what is measured is the guard, not the pinging test."""
+
+
+PING_EVERY = 0.5
+"""Seconds between the starts of two pings of ``first_answer``."""
+PINGS_AT_ONCE = 12
 """At most this many of its pings wait at once (each on a connection of its own)."""
 
 
 def first_answer(harness: CeleryHarness, timeout: float) -> float:
     """When (``time.monotonic()``) the guard first answered one of pings started every
-    ``PING_EVERY`` s, each anew (``answers_ping``) and each in a thread of its own.
+    ``PING_EVERY`` s, each asked anew (``answers_ping``) in a thread of its own.
 
-    What is measured is the guard: a ping begun just before the Sentinels agree finds the
-    old primary and waits out its own socket timeout and kombu's retries (6-9 s measured
-    here), and one begun while a Sentinel is cut off waits for it; asked one after the
-    other, those waits (the caller's) were counted as the guard's, and the same failover
-    read 7.4 s or 18.3 s after the cut depending on where an attempt fell."""
+    What is measured is the guard: a ping begun just before the Sentinels agree reaches
+    the old primary, and its kombu publish retries and rediscovers for 5-8 s before it
+    gives up; pinged one after the other, that wait (the pinging test's) read as the
+    guard's, F + 8 s after every partition, against F + 3-4 s for the first ping begun
+    after the failover."""
     answered: list[float] = []
     first = threading.Event()
 
@@ -336,7 +344,7 @@ def first_answer(harness: CeleryHarness, timeout: float) -> float:
                 attempts[-1].start()
             first.wait(PING_EVERY)  # pacing the next attempt, not a synchronisation
     finally:
-        for thread in attempts:  # each ends within its app's timeouts and retries
+        for thread in attempts:  # each ends within its connection's timeouts and retries
             thread.join(60)
     assert answered, f"the guard answered no ping within {timeout:.0f} s"
     assert not any(thread.is_alive() for thread in attempts), "a ping attempt did not end"
@@ -417,11 +425,11 @@ def all_final(workspace: Workspace, harness: CeleryHarness, app: Any,
 
     bound = last + visibility_timeout(workspace.config()) + 30 - time.monotonic()
     try:
-        states = poll_for(lambda: _final_states(app, requests), timeout=max(bound, 10),
+        states = poll_for(lambda: _final_states(workspace, app, requests), timeout=max(bound, 10),
                           interval=0.5, message="every request to end SUCCESS, FAILURE or REVOKED")
     except AssertionError:
-        stuck = [(r.id, app.AsyncResult(r.id).state) for r in requests
-                 if app.AsyncResult(r.id).state not in FINAL]
+        stuck = [(r.id, state) for r, state in zip(requests, stored_states(workspace, app, requests),
+                                                   strict=True) if state not in FINAL]
         log = harness.log_tail(100_000_000).splitlines()
         for task_id, _ in stuck:
             print(f"\n{task_id}:\n" + "\n".join(line for line in log if task_id in line))
@@ -454,7 +462,7 @@ def check_detection(workspace: Workspace, harness: CeleryHarness, bed: SentinelB
         raise AssertionError(f"counted {failovers_counted(workspace, port)}, not {rounds}:\n"
                              + "\n".join(seen)) from None
     assert rounds <= counted <= done, (counted, done, seen)
-    rounds = int(counted)
+    caused, rounds = rounds, int(counted)
     unrecorded = log.count("could not record redis_failover")  # Redis refused the write
     config = workspace.config()
     client = redis_client(bed.url, config.settings)
@@ -463,15 +471,39 @@ def check_detection(workspace: Workspace, harness: CeleryHarness, bed: SentinelB
                     if e[b"host"] == workspace.host_id.encode()]
     finally:
         client.close()
-    assert len(recorded) == rounds - unrecorded, recorded
+    # A failover the Sentinels add right after one (a loaded primary missing their pings)
+    # can take the first one's record with it: written to a primary that lost its place
+    # before a replica had it ("an exact action log" is not promised across a failover).
+    # Seen twice, each with such an extra failover (one earlier CI run missed a record with
+    # none, unexplained); never one recorded twice.
+    extra = int(counted) - caused
+    assert caused - extra - unrecorded <= len(recorded) <= rounds - unrecorded, (recorded, extra)
     assert log.count("redis: a new primary") == rounds
 
 
-def _final_states(app: Any, requests: list[Request]) -> dict[str, int] | None:
+def stored_states(workspace: Workspace, app: Any, requests: list[Request]) -> list[str]:
+    """Each request's state as the primary holds it, read on a new connection that asks
+    the Sentinels. Not through the test's app: its pooled connection may still sit on a
+    node killed and brought back as a replica (redis-py reconnects to the address it had),
+    which serves reads, and served older states than the primary's (requests read
+    ``STARTED`` or ``PENDING`` for a minute that their callers had seen answered)."""
+    client = redis_client(workspace.redis_url, workspace.config().settings)
+    try:
+        values = client.mget([app.backend.get_key_for_task(r.id) for r in requests])
+    finally:
+        client.close()
+    return [str(json.loads(value)["status"]) if value else "PENDING" for value in values]
+
+
+def _final_states(workspace: Workspace, app: Any,
+                  requests: list[Request]) -> dict[str, int] | None:
     counts: dict[str, int] = {}
     now = time.monotonic()
-    for request in requests:
-        state = app.AsyncResult(request.id).state
+    try:
+        states = stored_states(workspace, app, requests)
+    except Exception:  # Redis is failing over: ask again
+        return None
+    for request, state in zip(requests, states, strict=True):
         if state not in FINAL and request.told in FINAL:
             counts[LOST_AFTER_READ] = counts.get(LOST_AFTER_READ, 0) + 1
             continue
