@@ -3,6 +3,9 @@ pure: no Sentinel is contacted)."""
 
 from __future__ import annotations
 
+import time
+
+import pytest
 import redis
 from redis.sentinel import Sentinel
 
@@ -30,6 +33,27 @@ def test_the_sentinel_that_answered_last_comes_first_in_every_new_client():
         assert order(sentinel_order.prefer(Sentinel(other))) == other  # not one of them
         sentinel_order.remember(None)  # a client without Sentinels changes nothing
         assert order(sentinel_order.prefer(Sentinel(NODES)))[0] == NODES[2]
+    finally:
+        sentinel_order.forget()
+
+
+def test_a_preference_no_reading_confirmed_for_a_while_is_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A confirmation counts ``PREFERENCE_SECONDS``: after that the Sentinels are asked in
+    the URL's order again (a Sentinel that went stale is not asked first for ever)."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    sentinel_order.forget()
+    try:
+        answered = Sentinel(NODES)
+        answered.sentinels[0], answered.sentinels[1] = answered.sentinels[1], answered.sentinels[0]
+        sentinel_order.remember(answered)
+        now[0] += sentinel_order.PREFERENCE_SECONDS
+        assert order(sentinel_order.prefer(Sentinel(NODES)))[0] == NODES[1]
+        now[0] += 0.1
+        assert order(sentinel_order.prefer(Sentinel(NODES))) == NODES
+        sentinel_order.remember(answered)  # confirmed again: preferred again
+        assert order(sentinel_order.prefer(Sentinel(NODES)))[0] == NODES[1]
     finally:
         sentinel_order.forget()
 
