@@ -256,16 +256,32 @@ class SentinelBed:
 
     # helpers ---------------------------------------------------------------------------
     def _ready(self) -> bool:
-        """Every Sentinel sees the primary, two live replicas and the two other Sentinels."""
+        """Every Sentinel sees the primary, two live replicas and the two other Sentinels,
+        and its last ``INFO`` of each replica said ``slave`` of that primary.
+
+        The last part keeps a round from starting on a view a Sentinel has not refreshed:
+        it reads a replica's ``INFO`` every 10 s only, and remembers since when a role was
+        reported, not since when it was last seen. A node demoted less than 10 s before the
+        next cut is still ``master`` (since the round it was promoted) for the Sentinel cut
+        off with the next primary; after the heal that Sentinel finds its "replica"
+        reporting ``master`` for longer than its 8 s patience and turns it into a replica of
+        the old primary it still follows (``+convert-to-slave``): the new primary the other
+        Sentinels name answers ``READONLY`` until they fail it over again (seen on this bed:
+        the guard, like every Sentinel client, could not write for 60 s)."""
         for node in self.sentinels:
             with _client(node.host, node.port, SENTINEL_PASSWORD) as client:
                 try:
+                    address = client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)
                     replicas = client.execute_command("SENTINEL", "replicas", MASTER)
                     others = client.execute_command("SENTINEL", "sentinels", MASTER)
                 except redis.exceptions.RedisError:
                     return False
-            live = [r for r in replicas if _flags(r).isdisjoint({"s_down", "o_down", "disconnected"})]
+            live = [_fields(r) for r in replicas
+                    if _flags(r).isdisjoint({"s_down", "o_down", "disconnected"})]
             if len(live) < 2 or len(others) < 2:
+                return False
+            if any(r.get("role-reported") != "slave" or r.get("master-port") != str(address[1])
+                   for r in live):
                 return False
         return True
 
@@ -335,10 +351,14 @@ def _client(host: str, port: int, password: str) -> Iterator[redis.Redis]:
         client.close()
 
 
+def _fields(entry: Sequence[str] | dict[str, str]) -> dict[str, str]:
+    """One ``SENTINEL replicas`` entry as a dict (a flat name/value list in RESP2)."""
+    return entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2], strict=True))
+
+
 def _flags(entry: Sequence[str] | dict[str, str]) -> set[str]:
-    """The flags of one ``SENTINEL replicas`` entry (a flat name/value list in RESP2)."""
-    fields = entry if isinstance(entry, dict) else dict(zip(entry[::2], entry[1::2], strict=True))
-    return set(str(fields.get("flags", "")).split(","))
+    """The flags of one ``SENTINEL replicas`` entry."""
+    return set(str(_fields(entry).get("flags", "")).split(","))
 
 
 class MinorityWriter:

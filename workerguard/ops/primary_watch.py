@@ -11,10 +11,11 @@ over ``JUMP_FLOOR`` + ``JUMP_RATE`` of the elapsed time (plus the two round trip
 bound where in them each reading was taken), it jumped. Key expiries follow the Redis
 clock, so a jump expires locks early or late; a new primary with another clock counts too.
 
-A reading from a replica is set aside: a Sentinel that lags behind may name a killed
-primary that came back as a replica, and the client then reads from it until it
-rediscovers. Each change is logged in one line, recorded in the action log and reported to the hooks
-(the metrics count it). The same round trip tells the metrics whether Redis answers
+A reading from a replica is set aside, and said once in the log (writes are refused until
+a primary is named): a Sentinel that lags behind may name a killed primary that came back
+as a replica, and the client then reads from it until it rediscovers. Each change is
+logged in one line, recorded in the action log and reported to the hooks (the metrics
+count it). The same round trip tells the metrics whether Redis answers
 (``workerguard_broker_up``). It never acts on instances: what a failover can lose is
 rebuilt from the host (the host fence and the cgroups are local).
 
@@ -75,6 +76,8 @@ class Sample:
     role: str | None = None
     """``INFO replication`` ``role``: ``master``, or ``slave`` when a Sentinel that lags
     behind named a replica (a primary restarted as one) as the primary."""
+    follows: str | None = None
+    """``host:port`` of the primary a replica follows (``INFO replication``)."""
 
     @property
     def identity(self) -> tuple[str | None, str | None]:
@@ -105,17 +108,19 @@ def read(client: redis.Redis, with_identity: bool,
     server_time = replies[-1]
     if isinstance(server_time, Exception):
         raise server_time
-    run_id = replid = role = None
+    run_id = replid = role = follows = None
     if with_identity and not any(isinstance(r, Exception) for r in replies[:2]):
         run_id, replid = replies[0].get("run_id"), replies[1].get("master_replid")
         role = replies[1].get("role")
+        if "master_host" in replies[1]:
+            follows = f"{replies[1]['master_host']}:{replies[1].get('master_port')}"
     elif with_identity:
         with_identity = False
         log.warning("redis watch: cannot read INFO (%s); a new primary is not detected, "
                     "clock jumps still are", redact_text(str(replies[0])))
     seconds, micros = server_time
     sample = Sample(run_id, replid, seconds + micros / 1e6, (sent_local + done_local) / 2,
-                    (sent_wall + done_wall) / 2, (done_local - sent_local) / 2, role)
+                    (sent_wall + done_wall) / 2, (done_local - sent_local) / 2, role, follows)
     return sample, with_identity
 
 
@@ -136,6 +141,8 @@ class PrimaryWatch:
         """The primary's address at the last sample (Sentinel clients only)."""
         self._identity = True
         self._reachable: bool | None = None
+        self._on_replica = False
+        """The last reading found a replica where the primary should be."""
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="workerguard-redis-watch",
                                         daemon=True)
@@ -163,7 +170,11 @@ class PrimaryWatch:
             return None
         self._reached(True)
         if sample.role not in (None, "master"):
+            self._named_replica(sample)
             return None  # a replica, not the primary: nothing to compare (reads still work)
+        if self._on_replica:
+            self._on_replica = False
+            log.info("redis watch: the Sentinels name a primary again")
         before, self.last = self.last, sample
         address, self._address = self._address, primary_address(self.client)
         sentinel_order.remember(getattr(self.client.connection_pool, "sentinel_manager", None))
@@ -182,6 +193,18 @@ class PrimaryWatch:
         return sample
 
     # reports ---------------------------------------------------------------------------
+    def _named_replica(self, sample: Sample) -> None:
+        """Say once that the node named as the primary is a replica: until the Sentinels
+        name a primary, every write (of the guard, its consumer and every other client)
+        is refused with ``READONLY``. Usually a Sentinel that lags behind for a moment;
+        for longer, the Sentinels themselves (docs/operations.md, "A second partition
+        right after a heal")."""
+        if self._on_replica:
+            return
+        self._on_replica = True
+        log.warning("redis watch: the primary the Sentinels name is a replica (of %s): "
+                    "writes are refused until they name a primary", sample.follows or "?")
+
     def _failed_over(self, before: Sample, after: Sample) -> None:
         detail = (f"run_id {_short(before.run_id)} -> {_short(after.run_id)}, "
                   f"replid {_short(before.replid)} -> {_short(after.replid)}")

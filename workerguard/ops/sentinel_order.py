@@ -37,10 +37,8 @@ PREFERENCE_SECONDS = 10.0
 """A confirmation counts this long. The watch confirms every 2 s and the cluster loop every
 renew period while their primary answers, so a preference holds in steady state and right
 after a cut; one no reading has confirmed for this long is dropped, and the Sentinels are
-asked in the URL's order again. On the boxed bed, after a heal that left the Sentinels
-disagreeing for a while, a guard kept asking a Sentinel that named a node by then a replica
-("The previous master is now a slave") for 27 s, while a client asking in the URL's order
-wrote to the new primary 2.9 s after the cut."""
+asked in the URL's order again: a Sentinel that answered right once is not asked first for
+ever."""
 
 _lock = threading.Lock()
 _last: list[tuple[tuple[str, int], float]] = []
