@@ -65,8 +65,9 @@ boxed_bed = test_sentinel.boxed_bed
 """The Sentinel bed in three boxes, with the workspace (guard B's) pointed at it."""
 
 ROUNDS = 10
-"""FLEET's 10 rounds: about 5 minutes on the 2-core machine, ~30 s a round (the heal alone
-waits ~10 s for the old primary's demotion)."""
+"""FLEET's 10 rounds: about 6.5 minutes on the 2-core machine, ~40 s a round (the heal alone
+waits ~10 s for the old primary's demotion, and ~10 s more for every Sentinel to read it as
+a replica: ``SentinelBed._ready``)."""
 TIMINGS = {"lease_seconds": 6.0, "renew_deadline": 4.0, "renew_period": 0.5,
            "kill_budget": 0.5, "clock_drift": 0.01, "claim_stagger": 0.15, "fence_grace": 0.5,
            "replicas": 1, "wait_timeout": 0.3}
