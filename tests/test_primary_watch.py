@@ -98,31 +98,31 @@ def test_a_replica_named_as_the_primary_is_said_once_and_its_end_once(
     partition right after a heal"): the watch says so once, with the primary it follows,
     compares nothing against it, and says once when a primary is named again."""
     directory = short_tmpdir("wg-watch-")
+    for name in ("a", "b"):
+        (directory / name).mkdir()
+        restartable.append(start_redis(directory / name))
+    primary, replica = restartable
+    client = redis_client(replica.url, Settings())
+    admin = replica.client()
     try:
-        for name in ("a", "b"):
-            (directory / name).mkdir()
-            restartable.append(start_redis(directory / name))
-        primary, replica = restartable
-        client = redis_client(replica.url, Settings())
-        admin = replica.client()
         watch = PrimaryWatch(client, HOST)
         with caplog.at_level(logging.INFO, logger="workerguard.ops.primary_watch"):
             assert watch.check() is not None  # a primary of its own
             admin.replicaof("127.0.0.1", primary.port)
             assert watch.check() is None and watch.check() is None
-            said = [r.getMessage() for r in caplog.records if "is a replica" in r.getMessage()]
-            assert said == [f"redis watch: the primary the Sentinels name is a replica (of "
-                            f"127.0.0.1:{primary.port}): writes are refused until they name "
-                            f"a primary"]
-            assert [r.levelno for r in caplog.records if "is a replica" in r.getMessage()] \
-                == [logging.WARNING]
+            said = [(r.levelno, r.getMessage()) for r in caplog.records
+                    if "is a replica" in r.getMessage()]
+            assert said == [(logging.WARNING,
+                             f"redis watch: the primary the Sentinels name is a replica (of "
+                             f"127.0.0.1:{primary.port}): writes are refused until they name "
+                             f"a primary")]
             admin.replicaof("NO", "ONE")
             assert watch.check() is not None and watch.check() is not None
         again = [r.getMessage() for r in caplog.records if "a primary again" in r.getMessage()]
         assert again == ["redis watch: the Sentinels name a primary again"]
+    finally:
         client.close()
         admin.close()
-    finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 

@@ -41,8 +41,9 @@ POLL = 0.3
 wakeup of a sleeping Python costs ~35-70 µs of CPU here (a bare ``time.sleep(0.05)`` loop:
 0.07 % of a core on this 2-core VM; 10 leashes polling every 50 ms: 0.3 % each, every 100 ms:
 0.09-0.12 %), against check F10's budget of 0.1 % per leash. Over F10's 5 minutes the
-busiest of 10 leashes took 0.115 % at 200 ms (median 0.090 %) and 0.101 % at 250 ms
-(median 0.076 %; a 10 ms tick is 0.003 % of 300 s). Nothing it bounds needs less:
+busiest of 10 leashes took 0.115 % at 200 ms (median 0.090 %), 0.101 % at 250 ms (median
+0.076 %) and 0.093 % at 300 ms (median 0.085 %; a 10 ms tick is 0.003 % of 300 s). Nothing
+it bounds needs less:
 the stop signal and the kill are timed to the deadline itself (the sleep ends there), a
 timer that ran out while the host was frozen wakes the leash at the thaw, a lease the guard
 knows lost (file 0) is fenced within POLL, and a suspend (the sleep's clock stops, the
