@@ -571,14 +571,6 @@ def isolation_rounds(workspace: Workspace, harness: CeleryHarness, bed: Sentinel
 
 @CALLERS_LEAK_A_SOCKET
 @pytest.mark.celery
-@pytest.mark.slow  # 70 s: the heal alone takes 12 s before the old primary is demoted
-def test_a_guard_on_sentinel_rides_out_an_isolated_primary(
-        workspace: Workspace, harness: CeleryHarness, boxed_bed: SentinelBed):
-    isolation_rounds(workspace, harness, boxed_bed, rounds=1, callers=4)
-
-
-@CALLERS_LEAK_A_SOCKET
-@pytest.mark.celery
 @pytest.mark.slow
 def test_three_primary_isolations_with_twenty_callers(
         workspace: Workspace, harness: CeleryHarness, boxed_bed: SentinelBed):
