@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import SLEEPER, poll_for
 from workerguard.workers.identity import start_of
+from workerguard.workers.spawn import exit_code
 from workerguard.workers.watch import Exit, ExitWatcher, shared_watcher
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="pidfds: Linux only")
@@ -146,3 +147,32 @@ def test_a_forked_child_starts_with_its_own_watcher_and_the_parent_keeps_its_wat
     mine.kill()
     poll_for(lambda: seen.exits, message="the parent's exit")
     assert [(e.pid, e.returncode) for e in seen.exits] == [(mine.pid, -9)]
+
+
+def test_an_exit_code_is_read_even_while_the_watcher_is_reaping_the_child(children):
+    """``Popen.poll`` says None ("we know nothing yet") while another thread holds the
+    Popen's wait lock, as the watcher does while it reaps: a worker that had failed at once
+    was reported started that way. ``spawn.exit_code`` waits for the reaper instead."""
+    child = subprocess.Popen([sys.executable, str(SLEEPER), "--exit-code", "7"])
+    children.append(child)
+    poll_for(lambda: os.waitid(os.P_PID, child.pid,
+                               os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None,
+             timeout=30, message="the child to exit")
+    read: list[int | None] = []
+    with child._waitpid_lock:  # type: ignore[attr-defined]  # the reaper, mid-wait
+        assert child.poll() is None  # the trap: it has exited, yet poll says None
+        reader = threading.Thread(target=lambda: read.append(exit_code(child)))
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive() and read == []  # waiting for the reaper, not guessing
+    reader.join(10)
+    assert read == [7]
+
+
+def test_an_exit_code_is_none_while_the_child_runs_and_read_once_it_was_reaped(children):
+    child = subprocess.Popen([sys.executable, str(SLEEPER)])
+    children.append(child)
+    assert exit_code(child) is None
+    child.kill()
+    os.waitpid(child.pid, 0)  # reaped behind the Popen's back
+    assert exit_code(child) == 0  # Popen's own answer for a child it cannot wait for

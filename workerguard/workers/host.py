@@ -280,7 +280,7 @@ class HostProcesses:
             found = [_stat(pid) for pid in cgroups.members(item.group)]
             return [(s.pid, s.start) for s in found if s is not None and not s.zombie]
         out = [proc for proc in record.members if not gone(proc)]
-        if item.popen.poll() is None:
+        if spawn.exit_code(item.popen) is None:
             out += descendants((item.popen.pid, item.start))
         return list(dict(out).items())
 
@@ -288,7 +288,7 @@ class HostProcesses:
                            outcome: SpawnOutcome) -> None:
         """After the window: started (the launcher runs, or it exited 0 and processes of
         the instance live on: a daemon), or failed (what is left is stopped)."""
-        code = item.popen.poll()
+        code = spawn.exit_code(item.popen)
         live = self._members(item, record)
         if code is None and not any(pid == item.popen.pid for pid, _ in live):
             live.append((item.popen.pid, item.start))

@@ -363,6 +363,27 @@ def start_failure(profile: Profile, exc: BaseException) -> SpawnFailure:
                         f"{exc.strerror or exc}{where}", host_error=host)
 
 
+def exit_code(popen: subprocess.Popen[bytes]) -> int | None:
+    """``popen.poll()`` without its blind spot: the exit code, or None while it runs.
+
+    ``Popen.poll`` answers None ("we know nothing yet") when another thread holds the
+    Popen's wait lock, as the exit watcher does while it reaps this child
+    (``watch.ExitWatcher._finish``): a worker that had already failed was once reported
+    started this way (CI, a loaded machine). So a None is checked with ``waitid``, which
+    does not reap; a child that has exited is then waited for, which returns as soon as
+    whoever reaps it is done."""
+    code = popen.poll()
+    if code is not None or sys.platform == "win32":
+        return code
+    try:
+        flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+        if os.waitid(os.P_PID, popen.pid, flags) is None:
+            return None  # still running
+    except ChildProcessError:
+        pass  # reaped by another thread since: it has exited
+    return popen.wait()
+
+
 def wait_window(launched: list[Launched], seconds: float,
                 any_left: Callable[[Launched], bool]) -> None:
     """Wait the start window once for all; return early once no instance has a process left.
