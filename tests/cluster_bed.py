@@ -61,6 +61,8 @@ def instances(tag: str) -> list[Instance]:
             continue
         with contextlib.suppress(psutil.Error):
             env = proc.environ()
+            if not env:  # exiting (a fence, a kill): its memory is gone, /proc reads empty
+                continue
             found.append(Instance(proc.pid, int(env["WORKERGUARD_FENCING_TOKEN"]),
                                   env["WORKERGUARD_HOST_ID"], tuple(cmdline),
                                   int(env.get("WORKERGUARD_SLOT", -1))))
