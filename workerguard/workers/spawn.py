@@ -373,7 +373,7 @@ def exit_code(popen: subprocess.Popen[bytes]) -> int | None:
     does not reap; a child that has exited is then waited for, which returns as soon as
     whoever reaps it is done."""
     code = popen.poll()
-    if code is not None or sys.platform == "win32":
+    if code is not None or sys.platform == "win32" or not hasattr(os, "waitid"):
         return code
     try:
         flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
