@@ -280,7 +280,7 @@ class HostProcesses:
             found = [_stat(pid) for pid in cgroups.members(item.group)]
             return [(s.pid, s.start) for s in found if s is not None and not s.zombie]
         out = [proc for proc in record.members if not gone(proc)]
-        if spawn.exit_code(item.popen) is None:
+        if item.popen.poll() is None:  # a wrong None only adds an exited pid's (no) descendants
             out += descendants((item.popen.pid, item.start))
         return list(dict(out).items())
 
