@@ -86,6 +86,12 @@ class Workspace:
     def config(self) -> Config:
         return load_config(self.write_config(), environ={})
 
+    def remove(self) -> None:
+        """Remove what the test left on disk: the home and this host id's fence files."""
+        shutil.rmtree(self.home, ignore_errors=True)
+        for fence in Settings().fence_dir.glob(f"{self.host_id}.*.lock"):
+            fence.unlink(missing_ok=True)
+
     def guard(self, client: redis.Redis, table: HostProcesses | None = None) -> Guard:
         return Guard(client, self.config(), table=table)
 
@@ -169,9 +175,7 @@ def workspace(redis_server: RedisServer, redis_client: redis.Redis,
     workspace = Workspace(redis_url=redis_server.url, home=home, tracker=tracker,
                           guard_settings={"identity": IDENTITY})
     yield workspace
-    shutil.rmtree(home, ignore_errors=True)
-    for fence in Settings().fence_dir.glob(f"{workspace.host_id}.*.lock"):
-        fence.unlink(missing_ok=True)
+    workspace.remove()
 
 
 @dataclass

@@ -53,6 +53,7 @@ import pytest
 from tests import test_sentinel
 from tests.cluster_bed import Instance, instances, sampling
 from tests.conftest import CeleryHarness, Workspace
+from tests.fleet.rounds import rounds
 from tests.sentinel_bed import SentinelBed
 from tests.support import alive, poll_for, short_tmpdir
 from workerguard.config import Settings
@@ -64,10 +65,11 @@ from workerguard.workers.leashed import lease_dir, lease_file
 boxed_bed = test_sentinel.boxed_bed
 """The Sentinel bed in three boxes, with the workspace (guard B's) pointed at it."""
 
-ROUNDS = 10
-"""FLEET's 10 rounds: about 6.5 minutes on the 2-core machine, ~40 s a round (the heal alone
-waits ~10 s for the old primary's demotion, and ~10 s more for every Sentinel to read it as
-a replica: ``SentinelBed._ready``)."""
+ROUNDS = rounds(3)
+"""3 rounds in CI, ~40 s each (the heal alone waits ~10 s for the old primary's demotion, and
+~10 s more for every Sentinel to read it as a replica: ``SentinelBed._ready``); FLEET's 10
+(6.5 minutes on the 2-core machine) with ``WORKERGUARD_FLEET_ROUNDS=10``, the soak of
+docs/fleet.md."""
 TIMINGS = {"lease_seconds": 6.0, "renew_deadline": 4.0, "renew_period": 0.5,
            "kill_budget": 0.5, "clock_drift": 0.01, "claim_stagger": 0.15, "fence_grace": 0.5,
            "replicas": 1, "wait_timeout": 0.3}
@@ -136,9 +138,7 @@ class Side:
 
     def remove(self) -> None:
         shutil.rmtree(lease_dir(Settings().runtime_dir, self.host), ignore_errors=True)
-        shutil.rmtree(self.workspace.home, ignore_errors=True)
-        for fence in Settings().fence_dir.glob(f"{self.host}.*.lock"):
-            fence.unlink(missing_ok=True)
+        self.workspace.remove()
 
 
 def held_by(tag: str, host: str) -> Instance | None:

@@ -14,6 +14,7 @@ import re
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
@@ -21,7 +22,7 @@ import pytest
 import redis
 
 from tests.conftest import Workspace
-from tests.support import HERE, SLEEPER, alive, events, poll_for
+from tests.support import HERE, SLEEPER, RedisServer, alive, events, poll_for, short_tmpdir
 from workerguard.policy.guard import Guard
 from workerguard.probes.liveness import Health, Unhealthy
 from workerguard.store import keys
@@ -345,5 +346,22 @@ def test_a_probe_running_the_workers_own_command_is_never_an_instance(
 
 @pytest.mark.slow
 def test_a_probe_running_the_workers_own_command_for_a_minute_kills_nothing(
-        workspace: Workspace, redis_client: redis.Redis, mode: str) -> None:
-    probe_the_worker_with_its_own_command(workspace, redis_client, 60)
+        workspace: Workspace, redis_client: redis.Redis, redis_server: RedisServer) -> None:
+    """Every identity mode for a minute, side by side: one guard per mode, each with its own
+    host id, home and Redis client, in a thread of its own (the minute is the guards'
+    waiting, not work: the slow suite runs it once instead of once per mode)."""
+    spaces = [workspace] + [Workspace(redis_url=workspace.redis_url, home=short_tmpdir(),
+                                      tracker=workspace.tracker) for _ in modes()[1:]]
+    clients = [redis_client] + [redis_server.client() for _ in spaces[1:]]
+    try:
+        with ThreadPoolExecutor(len(spaces)) as pool:
+            runs = []
+            for space, client, mode in zip(spaces, clients, modes(), strict=True):
+                space.guard_settings["identity"] = mode
+                runs.append(pool.submit(probe_the_worker_with_its_own_command, space, client, 60))
+            for run in runs:
+                run.result()
+    finally:
+        for space, client in zip(spaces[1:], clients[1:], strict=True):
+            client.close()
+            space.remove()
