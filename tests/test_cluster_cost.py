@@ -1,6 +1,6 @@
 """F10 of ../shared/FLEET.md §6: what 10 held slots of a cluster profile cost one guard
 (tests/cluster_cost.py measures it; the benchmark row ``cluster_cost`` runs the check's
-5 minutes, this test a 60 s window to stay within the slow suite's budget):
+5 minutes, this test a 30 s window to stay within the slow suite's budget):
 
 * one renewal per renew period P for all 10 slots (the renew script's calls, counted with
   ``MONITOR``: ~1/P a second, each naming the 10 slots), not one per slot;
@@ -21,8 +21,8 @@ from tests.support import ProcessTracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.celery]
 
-WINDOW = 60.0
-"""Seconds measured (the check says 5 min: ``python benchmarks/run.py --only cluster_cost``)."""
+WINDOW = 30.0
+"""Seconds measured: 60 renew rounds (the check says 5 min: ``python benchmarks/run.py --only cluster_cost``)."""
 
 
 def test_f10_ten_held_slots_cost_one_renewal_per_period_and_little_cpu(tracker: ProcessTracker) -> None:
