@@ -22,7 +22,8 @@ from tests.support import ProcessTracker
 pytestmark = [pytest.mark.slow, pytest.mark.celery]
 
 WINDOW = 30.0
-"""Seconds measured: 60 renew rounds (the check says 5 min: ``python benchmarks/run.py --only cluster_cost``)."""
+"""Seconds measured: 60 renew rounds (the check says 5 min: ``python benchmarks/run.py --only
+cluster_cost``)."""
 
 
 def test_f10_ten_held_slots_cost_one_renewal_per_period_and_little_cpu(tracker: ProcessTracker) -> None:

@@ -161,12 +161,6 @@ def _guards(workspace: Workspace, harness: CeleryHarness, count: int) -> tuple[l
     return hosts, workers
 
 
-def _soak(watch: SweepWatch, seconds: float) -> dict[str, tuple[int, float]]:
-    start = watch.now_ms()
-    time.sleep(seconds)  # the soak's length, not a synchronisation: the watch thread samples
-    return watch.report(start, watch.now_ms())
-
-
 def _assert_cadence(report: dict[str, tuple[int, float]], seconds: float, label: str) -> None:
     print(f"\n{label}: " + ", ".join(f"{h}: {n} sweeps, max gap {g:.2f} s" for h, (n, g) in report.items()))
     expected = seconds / 2.0
@@ -175,54 +169,69 @@ def _assert_cadence(report: dict[str, tuple[int, float]], seconds: float, label:
         assert gap <= 3.5, (label, host, gap)
 
 
+@dataclass
+class World:
+    """Three guard workers on a redis-server of their own (a beat's sweeps reach every guard
+    of its broker, so side-by-side cases need a Redis each), watched from outside."""
+
+    harness: CeleryHarness
+    hosts: list[str]
+    workers: list[Any]
+    watch: SweepWatch
+
+
+def _world(stack: contextlib.ExitStack, like: Workspace, tracker: ProcessTracker,
+           beats: int = 0) -> World:
+    server = stack.enter_context(redis_in_tmpdir("wg-sweep-"))
+    world = Workspace(redis_url=server.url, home=short_tmpdir(), tracker=tracker,
+                      guard_settings=dict(like.guard_settings))
+    stack.callback(world.remove)
+    stack.callback(tracker.end_all)  # LIFO: the processes end before all that
+    harness = CeleryHarness(world)
+    stack.callback(harness.close)
+    hosts, workers = _guards(world, harness, 3)
+    for _ in range(beats):
+        harness.start_beat()
+    client = server.client()
+    stack.callback(client.close)
+    watch = SweepWatch(client, hosts)
+    stack.callback(watch.stop)
+    return World(harness, hosts, workers, watch)
+
+
+def _soak_side_by_side(watches: list[SweepWatch], seconds: float) -> list[dict[str, tuple[int, float]]]:
+    starts = [watch.now_ms() for watch in watches]
+    time.sleep(seconds)  # the soak's length, not a synchronisation: the watch threads sample
+    return [watch.report(start, watch.now_ms()) for watch, start in zip(watches, starts, strict=True)]
+
+
 @pytest.mark.slow
 @pytest.mark.celery
 def test_three_guards_are_each_swept_once_per_interval_with_one_beat_three_beats_or_none(
         workspace: Workspace, tracker: ProcessTracker):
-    """The three cases side by side, each on a redis-server of its own (a beat's sweeps
-    reach every guard of its broker): one minute of waiting instead of three."""
+    """The three cases side by side, for the same minute."""
     with contextlib.ExitStack() as stack:
-        worlds: list[tuple[str, SweepWatch]] = []
-        for beats, label in ((0, "no beat"), (1, "one beat"), (3, "three beats")):
-            server = stack.enter_context(redis_in_tmpdir("wg-sweep-"))
-            world = Workspace(redis_url=server.url, home=short_tmpdir(), tracker=tracker,
-                              guard_settings=dict(workspace.guard_settings))
-            stack.callback(world.remove)
-            stack.callback(tracker.end_all)  # LIFO: the processes end before all that
-            harness = CeleryHarness(world)
-            stack.callback(harness.close)
-            hosts, _ = _guards(world, harness, 3)
-            for _ in range(beats):
-                harness.start_beat()
-            client = server.client()
-            stack.callback(client.close)
-            watch = SweepWatch(client, hosts)
-            stack.callback(watch.stop)
-            worlds.append((label, watch))
-        starts = [watch.now_ms() for _, watch in worlds]
-        time.sleep(60)  # the soak's length, not a synchronisation: the watch threads sample
-        reports = [watch.report(start, watch.now_ms())
-                   for (_, watch), start in zip(worlds, starts, strict=True)]
-        for (label, _), report in zip(worlds, reports, strict=True):
+        cases = {"no beat": 0, "one beat": 1, "three beats": 3}
+        worlds = [_world(stack, workspace, tracker, beats) for beats in cases.values()]
+        reports = _soak_side_by_side([world.watch for world in worlds], 60)
+        for label, report in zip(cases, reports, strict=True):
             _assert_cadence(report, 60, label)
 
 
 @pytest.mark.slow
 @pytest.mark.celery
 def test_a_killed_beat_or_guard_leaves_every_other_host_swept_on_time(
-        workspace: Workspace, harness: CeleryHarness, redis_client: redis.Redis):
-    hosts, workers = _guards(workspace, harness, 3)
-    watch = SweepWatch(redis_client, hosts)
-    try:
-        beat = harness.start_beat()
-        _soak(watch, 10)
-        beat.send_signal(signal.SIGKILL)  # mid-run, mid-interval
-        _assert_cadence(_soak(watch, 30), 30, "beat killed")
-        workers[1].send_signal(signal.SIGKILL)
-        survivors = SweepWatch(redis_client, [hosts[0], hosts[2]])
-        try:
-            _assert_cadence(_soak(survivors, 30), 30, "one guard killed")
-        finally:
-            survivors.stop()
-    finally:
-        watch.stop()
+        workspace: Workspace, tracker: ProcessTracker):
+    """Side by side: a trio whose beat is SIGKILLed mid-run, and a trio (no beat, its
+    timers sweep) one of whose guards is SIGKILLed."""
+    with contextlib.ExitStack() as stack:
+        beaten = _world(stack, workspace, tracker, beats=1)
+        lessened = _world(stack, workspace, tracker)
+        _soak_side_by_side([beaten.watch], 10)
+        beaten.harness.beats[0].send_signal(signal.SIGKILL)  # mid-run, mid-interval
+        lessened.workers[1].send_signal(signal.SIGKILL)
+        survivors = SweepWatch(lessened.watch.client, [lessened.hosts[0], lessened.hosts[2]])
+        stack.callback(survivors.stop)
+        after_beat, after_guard = _soak_side_by_side([beaten.watch, survivors], 30)
+        _assert_cadence(after_beat, 30, "beat killed")
+        _assert_cadence(after_guard, 30, "one guard killed")
