@@ -31,7 +31,8 @@ from benchmarks.rows import _drain
 
 PARTS = (
     ("the guard: `Guard.ensure` (fast path: MGET, /proc check, plan, result)", "workerguard/policy/"),
-    ("Celery: the repr of the result (`saferepr`)", "celery/utils/saferepr.py"),
+    ("Celery: the repr of the result (`saferepr`; the guard's `tasks/result_repr.py`)",
+     "saferepr"),
     ("Celery: storing STARTED and the result (backend: GET, SET + PUBLISH)", "celery/backends/"),
     ("Celery: task events (task-received/started/succeeded)", "celery/events/"),
     ("kombu: receiving and acking the message (BRPOP, unacked bookkeeping)", "kombu/"),

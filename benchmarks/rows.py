@@ -433,6 +433,7 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
     from celery.utils.saferepr import saferepr
 
     from workerguard.store.known_instances import decode_known
+    from workerguard.tasks.result_repr import saferepr as guard_saferepr
     from workerguard.workers.discover import verify_known
 
     path = b.write_config("breakdown", {"bd": b.profile(5)})
@@ -474,6 +475,8 @@ def breakdown(b: Bench, n: int) -> list[tuple[str, str]]:
         ("Celery, after every task: the repr of its result for the task-succeeded event and "
          "log line (`saferepr`), of an ensure's result dict",
          measure(lambda: saferepr(answer, RESULTREPR_MAXSIZE))),
+        ("  the same text as the guard worker writes it (`tasks/result_repr.py`)",
+         measure(lambda: guard_saferepr(answer, RESULTREPR_MAXSIZE))),
         ("  the same of a no-op's result (an int)", measure(lambda: saferepr(2, RESULTREPR_MAXSIZE))),
     ]
 

@@ -24,7 +24,7 @@ from workerguard.config.load import Config
 from workerguard.errors import ConfigError, WorkerguardError
 from workerguard.ops.connect import celery_url, redis_url
 from workerguard.redact import redact_text
-from workerguard.tasks import context, idle_wakeups, sweep_logging
+from workerguard.tasks import context, idle_wakeups, result_repr, sweep_logging
 from workerguard.tasks.app import make_app
 from workerguard.tasks.routing import (
     BROADCAST,
@@ -83,9 +83,11 @@ def start_celery_worker(app: Celery, pool: str, concurrency: int, loglevel: str,
     here reads; mingle asks all workers for their revoked ids and waits 1 s at each
     start, and workerguard revokes nothing (a request past its ``expires`` is refused by
     the worker that takes it, with no sync). Task events and the worker heartbeat stay on:
-    Flower shows the requests from the first and a guard's online state from the second.
+    Flower shows the requests from the first and a guard's online state from the second;
+    each result's text for them is written by ``tasks/result_repr.py``.
     """
     idle_wakeups.install()
+    result_repr.install()
     worker = app.Worker(
         hostname=node_name(host), pool_cls=pool, concurrency=concurrency, loglevel=loglevel,
         task_events=True, queues=[DEFAULT_QUEUE, host_queue(host), BROADCAST],
