@@ -92,6 +92,46 @@ def test_a_restarted_redis_is_a_new_primary_logged_recorded_and_counted(
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_a_new_primary_elsewhere_is_recorded_only_after_the_old_ones_connections_are_shut(
+        restartable: list[RedisServer], monkeypatch: pytest.MonkeyPatch):
+    """The record goes through the guard's general client: written while that client still
+    held a connection to a cut-off old primary, it was acknowledged there and lost at the
+    demotion (a CI run of the three isolations: 3 failovers counted, 2 recorded, no write
+    error). So the old primary's connections are shut down first, and the client's next
+    command asks the Sentinels. Here a Redis restarted on its port is the new primary, and
+    the Sentinel pool's address is stood in for: old, then new."""
+    from workerguard.ops import primary_watch
+
+    order: list[str] = []
+    addresses = iter([("10.0.0.1", 1), ("10.0.0.2", 2)])
+    monkeypatch.setattr(primary_watch, "primary_address", lambda _client: next(addresses))
+
+    def shut_down(host: str, port: int) -> int:
+        order.append(f"shut {host}:{port}")
+        return 1
+
+    monkeypatch.setattr(primary_watch, "shut_down_connections_to", shut_down)
+
+    class Recorded(EventLog):
+        def record(self, *args: object, **kwargs: object) -> None:
+            order.append(f"record {args[1]}")
+
+    directory = short_tmpdir("wg-watch-")
+    try:
+        restartable.append(start_redis(directory))
+        port = restartable[0].port
+        client = redis_client(restartable[0].url, Settings())
+        watch = PrimaryWatch(client, HOST, events=Recorded(client, HOST))
+        assert watch.check() is not None and order == []
+        restartable.pop().stop()
+        restartable.append(start_redis(directory, port=port))
+        assert watch.check() is not None
+        assert order == ["shut 10.0.0.1:1", "record redis_failover"]
+        client.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def test_a_replica_named_as_the_primary_is_said_once_and_its_end_once(
         restartable: list[RedisServer], caplog: pytest.LogCaptureFixture):
     """The Sentinels can name a replica for a minute (docs/operations.md, "A second
