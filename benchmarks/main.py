@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(rows.ensure_round_trip(b, app, 100 if quick else 1000))
             if "drain" in chosen:
                 log("drain")
-                results.append(rows.drain(b, app, 200 if quick else 1000, 1 if quick else 3))
+                results.append(rows.drain(b, app, 200 if quick else 1000, 1 if quick else 7))
         if "sweep" in chosen:
             log("sweep cost")
             results.extend(rows.sweep_cost(b, 5 if quick else 30))
