@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from workerguard.ops.embedded import redis_server_binary
+from workerguard.policy.guard import Guard
 from workerguard.workers.discover import Discovery, Scan
 from workerguard.workers.host import HostProcesses
 
@@ -42,6 +43,17 @@ def poll_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
+
+
+def running_the_worker(guard: Guard, profile: str = "demo") -> bool:
+    """An instance of ``profile`` runs the worker itself: past the spawn trampoline, whose
+    shell exits without starting anything when its guard dies before it is told to go (a
+    guard killed in that window leaves no instance, and the next one rightly starts one)."""
+    try:
+        return any(psutil.Process(pid).cmdline()[1:2] == [str(SLEEPER)]
+                   for pid in guard.status(profile).running)
+    except psutil.NoSuchProcess:
+        return False
 
 
 def alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import CeleryHarness, Workspace
-from tests.support import HERE, cli_env, events, poll_for, run_cli
+from tests.support import HERE, cli_env, events, poll_for, run_cli, running_the_worker
 from workerguard.store import keys
 from workerguard.tasks.routing import SWEEP_TASK
 
@@ -155,8 +155,8 @@ def test_a_guard_sigkilled_while_holding_the_lock_leaves_no_duplicate(workspace:
     app.send_task("workerguard.ensure", args=["demo"], queue=harness.queue)
     key = keys.lock(workspace.host_id, "demo")
     guard = workspace.guard(redis_client)
-    poll_for(lambda: redis_client.exists(key) and guard.status("demo").running, timeout=30,
-             message="the guard to hold the lock with a worker spawned")
+    poll_for(lambda: redis_client.exists(key) and running_the_worker(guard), timeout=30,
+             message="the guard to hold the lock with its worker running")
     [spawned] = guard.status("demo").running
     harness.worker.send_signal(signal.SIGKILL)
     harness.worker.wait(10)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from tests.conftest import Workspace
-from tests.support import SLEEPER, CountingTable, RedisServer, free_port, poll_for
+from tests.support import CountingTable, RedisServer, free_port, poll_for, running_the_worker
 from workerguard.errors import LockLost, RedisUnavailable, UnknownProfile
 from workerguard.ops.connect import redis_client as redis_client_for
 from workerguard.policy.guard import Guard
@@ -25,16 +25,6 @@ def read_events(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
 
 def running(guard: Guard, profile: str = "demo") -> list[int]:
     return list(guard.status(profile).running)
-
-
-def running_the_worker(guard: Guard, profile: str = "demo") -> bool:
-    """An instance runs the worker itself: past the spawn trampoline (whose shell exits
-    without starting anything when its guard dies before it is told to go)."""
-    try:
-        return any(psutil.Process(pid).cmdline()[1:2] == [str(SLEEPER)]
-                   for pid in running(guard, profile))
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_ensure_starts_one_then_reports_it_running(workspace: Workspace, redis_client):
