@@ -455,16 +455,20 @@ def check_detection(workspace: Workspace, harness: CeleryHarness, bed: SentinelB
     ``rounds`` the test caused, and any the Sentinels added (``epoch``: theirs before)."""
     done = bed.epoch() - epoch
     assert done >= rounds
-    log = harness.log_tail(100_000_000)
-    seen = [line[:200] for line in log.splitlines()
-            if "redis: a new primary" in line or "redis watch" in line]
+
+    def watch_lines() -> list[str]:
+        return [line[:200] for line in harness.log_tail(100_000_000).splitlines()
+                if "redis: a new primary" in line or "redis watch" in line]
+
     try:
         counted = poll_for(lambda: (c := failovers_counted(workspace, port)) is not None
                            and c >= rounds and c, timeout=30,
                            message=f"{rounds} failover(s) to be counted")
     except AssertionError:
         raise AssertionError(f"counted {failovers_counted(workspace, port)}, not {rounds}:\n"
-                             + "\n".join(seen)) from None
+                             + "\n".join(watch_lines())) from None
+    # Read after the count: the watch logs and records each failover before it counts it.
+    log, seen = harness.log_tail(100_000_000), watch_lines()
     assert rounds <= counted <= done, (counted, done, seen)
     caused, rounds = rounds, int(counted)
     unrecorded = log.count("could not record redis_failover")  # Redis refused the write

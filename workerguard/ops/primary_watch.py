@@ -214,9 +214,9 @@ class PrimaryWatch:
                   f"replid {_short(before.replid)} -> {_short(after.replid)}")
         log.warning("redis: a new primary (%s): records written just before may be lost; "
                     "instances are rebuilt from this host", detail)
+        self._record("redis_failover", detail)  # first: whoever sees the count finds the record
         for hook in self.hooks:
             hook.redis_failed_over(detail)
-        self._record("redis_failover", detail)
 
     def _abandon(self, address: tuple[str, int]) -> None:
         """Shut down this process's connections to the old primary at ``address``."""
@@ -228,9 +228,9 @@ class PrimaryWatch:
         detail = f"{jump:+.1f} s against this host's clock over {elapsed:.1f} s"
         log.warning("redis: the server's clock jumped %s: key expiries (locks) follow it",
                     detail)
+        self._record("redis_clock_jump", detail)
         for hook in self.hooks:
             hook.redis_clock_jumped(jump)
-        self._record("redis_clock_jump", detail)
 
     def _reached(self, ok: bool, exc: BaseException | None = None) -> None:
         if ok != self._reachable:
