@@ -256,10 +256,10 @@ def start_with_pid(tracker: ProcessTracker, pid: int, argv: Sequence[str],
     setting the pid namespace's last allocated pid to ``pid - 1`` just before the fork
     (root, Linux; another fork of the machine in between takes the slot: tried again).
     The counter is put back where it was, so pids go on growing as before for others."""
-    poll_for(lambda: not os.path.exists(f"/proc/{pid}"), message=f"pid {pid} to be free")
     before = int(NS_LAST_PID.read_text())
     try:
-        for _ in range(attempts):
+        for _ in range(attempts):  # a fork or thread elsewhere can take it in between: wait again
+            poll_for(lambda: not os.path.exists(f"/proc/{pid}"), message=f"pid {pid} to be free")
             NS_LAST_PID.write_text(str(pid - 1))
             proc = tracker.popen(argv)
             if proc.pid == pid:

@@ -74,7 +74,8 @@ def test_a_crash_looping_profile_after_a_guard_restart_fires_and_a_paused_one_do
     config = workspace.config()
     Guard(redis_client, config).stop_all("calm", requested_by="test")  # paused before the restart
     metrics = GuardMetrics(config, CollectorRegistry())  # the restarted guard's metrics
-    guard = Guard(redis_client, config, hooks=[metrics])
+    # a frozen clock: the second sweep is inside the 1 s backoff however long the first took
+    guard = Guard(redis_client, config, hooks=[metrics], clock=lambda: 1000.0)
     results = {r.profile: r.action for r in guard.sweep(requested_by="startup")}
     assert results == {"crashy": "start_failed", "calm": "paused"}
     assert {r.profile: r.action for r in guard.sweep(requested_by="beat")}["crashy"] == "backoff"

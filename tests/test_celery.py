@@ -248,9 +248,10 @@ def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
     stamps = [e["timestamp"] for e in [*retried, failed]]
     # Between two attempts: the countdown (1, 2, 4 s), then the 0.5 s lock wait. The
     # stamps are taken when each event is sent, not when the wait began: a few ms of
-    # jitter either way (once measured 0.99992 s for the first).
+    # jitter either way (once measured 0.99992 s for the first), more on a loaded machine:
+    # a retry's event is sent after its traceback is formatted and its state written.
     waits = [b - a - 0.5 for a, b in itertools.pairwise(stamps)]
-    assert all(c - 0.05 <= w < c + 1 for c, w in zip([1, 2, 4], waits, strict=True)), waits
+    assert all(c - 0.3 <= w < c + 1 for c, w in zip([1, 2, 4], waits, strict=True)), waits
     assert instances(harness) == []
 
 

@@ -118,7 +118,9 @@ def test_a_shell_wrapper_that_execs_the_real_program_stays_one(workspace: Worksp
 
 def test_a_daemonising_worker_is_started_not_failed(workspace: Workspace, redis_client,
                                                     mode: str):
-    shapeshifter(workspace, "demo", "--daemon")
+    # The launcher must have forked and exited within the start window, or it is taken as
+    # the main process: 0.3 s is not enough for a Python start on a loaded machine.
+    shapeshifter(workspace, "demo", "--daemon", start_seconds=3)
     guard = workspace.guard(redis_client)
     first = guard.ensure("demo").contract()
     assert first["action"] == "started" and first["ok"], first["message"]

@@ -276,7 +276,9 @@ def test_the_unhealthy_callback_fires_within_interval_times_threshold_and_only_o
     poll_for(lambda: seen.unhealthy, 10, message="the unhealthy callback")
     took = seen.unhealthy[0][0] - flipped
     assert took <= 0.3 * 3 + MARGIN, took
-    assert took >= 0.3 * 2, "three failures in a row, not one"
+    # A probe already in flight at the touch can be the first failure (it began before
+    # ``flipped``): the third then comes up to one probe's duration short of 2 intervals.
+    assert took >= 0.3 * 2 - 0.1, "three failures in a row, not one"
     _, profile, key, result = seen.unhealthy[0]
     assert (profile, key, result.ok) == ("web", "i0", False) and "HTTP 500" in result.output
     later = len(seen.of("i0"))
@@ -406,7 +408,7 @@ def test_hanging_probes_do_not_delay_the_other_instances_or_profiles(
                  message="15 probes of each fast instance")
         late = max(_lateness(seen.of(f"fast{i}")[:15], watched_at[i], interval) for i in range(1, 50))
         print(f"worst lateness of 49 instances over 15 probes each: {late * 1000:.1f} ms")
-        assert late < 0.25, late
+        assert late < 0.25 + MARGIN, late  # a hung probe would delay them by its 30 s timeout
         assert not seen.of("hang0") and not seen.unhealthy, "the hanging probes are still running"
         assert sum(p.exists() for p in pidfiles) == 5, "the hung profile runs 4 at once, never more"
         pids = [int(p) for f in pidfiles if f.exists() for p in f.read_text().split()]

@@ -47,13 +47,14 @@ def test_the_timer_is_due_one_drawn_interval_after_the_last_sweep():
 def test_a_claim_holds_the_host_for_most_of_an_interval_on_the_redis_clock(redis_client):
     claims = SweepClaims(redis_client, f"h{uuid.uuid4().hex[:8]}")
     assert claims.age() is None
-    assert claims.claim(0.5)
-    assert not claims.claim(0.5)  # a second beat's copy, a timer just behind: dropped
-    assert claims.claim(0.5, spacing=0.0)  # the startup sweep always runs
-    assert 0 <= (claims.age() or 0) < 0.45
-    poll_for(lambda: (claims.age() or 0) >= 0.45, timeout=10, interval=0.01,
+    assert claims.claim(2.0)  # an interval a stalled test process does not outlast
+    assert not claims.claim(2.0)  # a second beat's copy, a timer just behind: dropped
+    began = time.monotonic()
+    assert claims.claim(2.0, spacing=0.0)  # the startup sweep always runs
+    assert 0 <= (claims.age() or 0) <= time.monotonic() - began + 0.05  # counted from it
+    poll_for(lambda: (claims.age() or 0) >= 1.8, timeout=10, interval=0.01,
              message="0.9 of the interval to pass")
-    assert claims.claim(0.5)
+    assert claims.claim(2.0)
     assert redis_client.pttl(keys.sweep(claims.host)) > 0  # forgotten after a few intervals
 
 

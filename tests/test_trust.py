@@ -29,7 +29,7 @@ def test_eight_concurrent_ensures_of_a_failing_worker_make_one_failed_start(
 
         config = load_config(config_path, environ={})
         client = client_for(workspace.redis_url, config.settings)
-        guard = Guard(client, config)
+        guard = Guard(client, config, clock=lambda: 1000.0)  # every waiter inside the 1 s backoff
         barrier.wait()
         results.append(guard.ensure("demo"))
         client.close()
