@@ -242,8 +242,8 @@ def test_a_lock_held_elsewhere_is_retried_with_backoff_then_fails_clearly(
         holder.release()
     assert request.state == "FAILURE"
     assert "still held by another caller" in str(request.result)
-    retried = events.of("workerguard.ensure", "task-retried")
     [failed] = poll_for(lambda: events.of("workerguard.ensure", "task-failed"), timeout=10)
+    retried = events.of("workerguard.ensure", "task-retried")  # all sent before task-failed
     assert len(retried) == 3
     stamps = [e["timestamp"] for e in [*retried, failed]]
     # Between two attempts: the countdown (1, 2, 4 s), then the 0.5 s lock wait. The
@@ -286,8 +286,11 @@ def test_a_sweep_that_changes_nothing_writes_no_info_line_and_results_are_logged
         return len(events.of(SWEEP_TASK, "task-succeeded")) >= 3
 
     poll_for(idle_sweeps, timeout=60, interval=0.3, message="three idle sweeps")
-    # A request's line says what it did, as the CLI would (not the whole result dict).
-    assert "succeeded in " in log.read_text() and f": demo: started (PIDs: {pid})" in log.read_text()
+    # A request's line says what it did, as the CLI would (not the whole result dict);
+    # Celery logs it after it stores the result: polled.
+    poll_for(lambda: f": demo: started (PIDs: {pid})" in log.read_text(), timeout=10,
+             message="the ensure's line in the guard's log")
+    assert "succeeded in " in log.read_text()
     assert f"{SWEEP_TASK}[" not in log.read_text()  # idle sweeps: neither received nor succeeded
     extra = workspace.hand_started()  # adopted beyond max_workers, stop_adopted: a sweep acts
 

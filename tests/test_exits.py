@@ -105,14 +105,14 @@ def test_two_guard_workers_on_one_host_never_leave_two_instances(
     second.start_worker()
     try:
         harness.call("workerguard.ensure", "demo")
-        second.call("workerguard.status", "demo")  # both guards have seen (and watch) it
         for i in range(10):
             # kill each one once its start is confirmed (a kill inside the start window
             # is a failed start, and a flood of those is a crash loop: backoff)
             poll_for(lambda: len(events(redis_client, "started")) == i + 1, timeout=10,  # noqa: B023
                      message="the start to be confirmed")
             [pid] = poll_for(lambda: sleepers(workspace), timeout=10, message="one worker")
-            second.call("workerguard.status", "demo")  # the second guard watches it too
+            # an ensure (a status would only read) makes the second guard watch it too: both heal
+            assert second.call("workerguard.ensure", "demo").result["running"] == [pid]
             psutil.Process(pid).kill()
             deadline = time.monotonic() + 3
             while time.monotonic() < deadline:

@@ -200,9 +200,12 @@ def test_a_drained_holder_hands_its_slot_over_never_two_at_once(fleet):
         poll_for(lambda: (s := slot0(config))["host"] == moved.host and s["token"] == moved.token
                  and s["pid"] == psutil.Process(moved.pid).ppid(), timeout=30,
                  message="status --cluster to show the new holder and its instance")
-        listed = poll_for(lambda: (h := {v["host"]: v for v in as_json(config, "hosts")["hosts"]})
-                          [running.host]["draining"] and h, timeout=10, message="the drain mark")
-        assert listed[running.host]["slots"] in ({}, {"demo": []})
+        # The drained host's record drops the slot at its next renewal round, which can come
+        # after the new holder's instance is up: polled, not read once.
+        poll_for(lambda: (h := {v["host"]: v for v in as_json(config, "hosts")["hosts"]}
+                          .get(running.host, {})).get("draining")
+                 and h.get("slots") in ({}, {"demo": []}), timeout=10,
+                 message="the drain mark, and the slot gone from the drained host's record")
         table = cli(config, "hosts").stdout
         assert running.host in table and "yes" in table
     assert sampler.most == 1, f"{sampler.most} instances of a max_workers=1 cluster profile"
